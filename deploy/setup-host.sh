@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Installs what `make test` and `make demo` need on a fresh Debian/Ubuntu machine, then builds
+# the Python environment. Safe to re-run: it installs only what is missing.
+#
+# Why the environment is special: PL/Python inside the ML replica embeds the *system* Python
+# (3.11 for PostgreSQL 15 on Debian 12), so the virtual environment it imports must be built
+# with that interpreter and be readable by the `postgres` OS user. When the checkout lives
+# where `postgres` cannot read (a private home directory), the environment is built under
+# /var/lib/pgml-replica instead and .venv is a symbolic link to it.
+set -euo pipefail
+
+PG_VERSION="${PG_VERSION:-15}"
+PYTHON="${PYTHON:-/usr/bin/python3.11}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+apt_packages=(
+    "postgresql-$PG_VERSION" "postgresql-plpython3-$PG_VERSION" "postgresql-contrib"
+    python3.11 python3.11-venv python3.11-dev
+    chromium
+)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup-host: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+# Debian's postgresql package starts a default cluster; the demo and tests run their own.
+readable_by_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- test -r "$1" -a -x "$1"
+    else
+        test -r "$1" -a -x "$1"
+    fi
+}
+
+if [ -L .venv ] || [ -d .venv ]; then
+    venv="$(readlink -f .venv)"
+else
+    if readable_by_postgres "$ROOT"; then
+        venv="$ROOT/.venv"
+    else
+        venv="/var/lib/pgml-replica/venv-$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)"
+        $SUDO mkdir -p "$(dirname "$venv")"
+        $SUDO chown "$(id -u):$(id -g)" "$(dirname "$venv")"
+        chmod 755 "$(dirname "$venv")"
+        ln -sfn "$venv" .venv
+        echo "setup-host: $ROOT is private to you; the environment lives in $venv (.venv links there)"
+    fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup-host: creating the Python environment in $venv with $PYTHON"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+
+stamp="$venv/.deps-$(sha1sum pyproject.toml | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+    echo "setup-host: installing Python dependencies (first run takes a few minutes)"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check ".[test]" 2>&1 \
+        | grep -v "^WARNING: Location" || true
+    "$venv/bin/python" -c "import psycopg, sklearn, onnxruntime, xgboost, skl2onnx" \
+        || { echo "setup-host: the Python environment is incomplete" >&2; exit 1; }
+    rm -f "$venv"/.deps-* "$venv/.editable"
+    touch "$stamp"
+fi
+# The project itself: editable when PL/Python can read the checkout, else a copy that is
+# refreshed on every run (the server must never import a stale inference/).
+if [ "$venv" = "$ROOT/.venv" ]; then
+    if [ ! -f "$venv/.editable" ]; then
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 \
+            | grep -v "^WARNING: Location" || true
+        touch "$venv/.editable"
+    fi
+else
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall . 2>&1 \
+        | grep -v "^WARNING: Location" || true
+fi
+# PL/Python runs as `postgres`: keep the environment readable for it.
+chmod -R a+rX "$venv"
+if ! readable_by_postgres "$venv/lib/python3.11/site-packages"; then
+    echo "setup-host: $venv is not readable by the postgres OS user; move the checkout or" \
+         "remove .venv and re-run" >&2
+    exit 1
+fi
