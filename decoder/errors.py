@@ -1,0 +1,42 @@
+"""The decoder's one error tree.
+
+Why a ValueError: every failure here means "these bytes are not what the protocol says", the
+same policy as ``int("x")``. Callers never see IndexError, struct.error or
+UnicodeDecodeError from this package; they catch :class:`DecodeError` (stop: the stream is
+corrupt or the decoder is out of step with it) or :class:`ValueConversionError` (one column
+value has no Python form; its raw bytes are still in ``TupleData.raw``).
+"""
+
+from __future__ import annotations
+
+
+class DecodeError(ValueError):
+    """Bytes that do not follow the pgoutput / replication framing layout.
+
+    ``message_type`` names the message being decoded ("Insert", "XLogData", ...) and
+    ``offset`` the byte offset inside that message where decoding failed.
+    """
+
+    def __init__(self, message_type: str, offset: int, detail: str) -> None:
+        self.message_type = message_type
+        self.offset = offset
+        self.detail = detail
+        super().__init__(f"{message_type} message: {detail} (at byte {offset})")
+
+
+class ValueConversionError(DecodeError):
+    """One column value could not be turned into a Python value.
+
+    The message is intact, only this value has no Python form (for example a BC date, a
+    year past 9999, time 24:00:00, or bytes that do not match the column's type). The raw
+    bytes stay available in ``TupleData.raw`` and can be passed on unconverted.
+    """
+
+    def __init__(self, type_oid: int, detail: str, column: str | None = None) -> None:
+        self.type_oid = type_oid
+        self.column = column
+        where = f"column {column!r} " if column is not None else ""
+        ValueError.__init__(self, f"{where}(type OID {type_oid}): {detail}")
+        self.message_type = "TupleData"
+        self.offset = -1
+        self.detail = detail

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# /docker-entrypoint-initdb.d hook of the ML replica image: the server is up on its Unix socket
+# only, as the postgres user. Installs the pgml schema (PL/Python wrappers, postgres_fdw) into
+# $POSTGRES_DB and tells it to import the image's venv.
+set -euo pipefail
+site="$("$PGML_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "pgml-replica: installing the pgml schema into ${POSTGRES_DB:-postgres} (python path $site)"
+"$PGML_VENV/bin/pgml-replica" install \
+    --target "host=/var/run/postgresql dbname=${POSTGRES_DB:-postgres} user=${POSTGRES_USER:-postgres}" \
+    --python-path "$site"

@@ -1,0 +1,224 @@
+"""Export a fitted Pipeline (preprocessing + estimator) to one ONNX graph.
+
+skl2onnx converts the scikit-learn estimators; onnxmltools' XGBoost and LightGBM converters are
+registered with skl2onnx so a Pipeline holding them converts in one piece; the Preprocessor
+(inference.preprocess) gets a converter here that writes its fitted numbers as constants:
+``Where(IsNaN(x), fill, x)`` then ``(x - offset) * factor`` — standard ONNX operators, so the
+same graph works on any execution provider.
+
+The graph has one input, ``features``: float32 [None, n_features], NaN for NULL. Classifiers are
+exported with ``zipmap=False`` so probabilities come out as a tensor, and are fitted on class
+indexes, so the label output is an index; the original class values, the task and which columns
+refuse NULL travel in the model's metadata (``pgml.*`` properties) for the scorer.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+
+from inference.errors import NotExportable
+
+INPUT_NAME = "features"
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+
+@functools.cache
+def register_converters() -> None:
+    """Teach skl2onnx about the Preprocessor, XGBoost and LightGBM (once per process)."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    from inference.preprocess import Preprocessor
+
+    update_registered_converter(
+        Preprocessor, "PgmlPreprocessor", _preprocessor_shape, _convert_preprocessor
+    )
+    classifier_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    try:
+        import xgboost as xgb
+    except ImportError:  # pragma: no cover - xgboost is a project dependency
+        pass
+    else:
+        for cls in (xgb.XGBRegressor, xgb.XGBRFRegressor):
+            update_registered_converter(
+                cls, f"XGBoost{cls.__name__}", _xgboost_regressor_shape,
+                _convert_xgboost_regressor,
+            )
+        for cls in (xgb.XGBClassifier, xgb.XGBRFClassifier):
+            update_registered_converter(
+                cls, f"XGBoost{cls.__name__}", calculate_linear_classifier_output_shapes,
+                _convert_xgboost_classifier, options=classifier_options,
+            )
+    try:
+        import lightgbm as lgb
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    except ImportError:  # pragma: no cover - lightgbm is a project dependency
+        pass
+    else:
+        update_registered_converter(
+            lgb.LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes,
+            convert_lightgbm, options={"split": None},
+        )
+        update_registered_converter(
+            lgb.LGBMClassifier, "LightGbmLGBMClassifier",
+            calculate_linear_classifier_output_shapes, convert_lightgbm,
+            options=classifier_options,
+        )
+
+
+def export(
+    pipeline,
+    *,
+    task: str,
+    n_features: int,
+    classes: list | None,
+    has_proba: bool,
+    error_columns: list[int],
+    feature_names: list[str],
+) -> bytes:
+    """The ONNX bytes for ``pipeline``; NotExportable with the converter's reason otherwise."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    register_converters()
+    final = pipeline.steps[-1][1]
+    options = _options(final) if task == "classification" else None
+    try:
+        model = to_onnx(
+            pipeline,
+            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+            target_opset=TARGET_OPSET,
+            options=options,
+        )
+    except Exception as exc:  # skl2onnx raises many kinds; every one means "cannot export"
+        raise NotExportable(f"{type(final).__name__} cannot be exported to ONNX: {_reason(exc)}") from exc
+    from inference.onnx_graph import fold_imputation_into_trees
+
+    folded = fold_imputation_into_trees(model)
+    props = {
+        "pgml.task": task,
+        "pgml.imputation": "folded into trees" if folded else "graph",
+        "pgml.classes": json.dumps(None if classes is None else [float(c) for c in classes]),
+        "pgml.has_proba": "true" if has_proba else "false",
+        "pgml.error_columns": json.dumps([int(j) for j in error_columns]),
+        "pgml.feature_names": json.dumps(list(feature_names)),
+    }
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "pgml-replica"
+    return model.SerializeToString()
+
+
+def _options(final) -> dict | None:
+    """Probabilities as a tensor (``zipmap=False``) wherever the converter has the option.
+
+    Converters without the option (LinearSVC) still get an entry: skl2onnx's Pipeline parser
+    otherwise injects ``zipmap=True`` for a final classifier and the conversion fails.
+    """
+    from skl2onnx import get_model_alias
+    from skl2onnx.common._registration import get_converter
+
+    try:
+        allowed = get_converter(get_model_alias(type(final))).get_allowed_options() or {}
+    except Exception:  # no converter: to_onnx will say so with its own message
+        return None
+    return {id(final): {"zipmap": False} if "zipmap" in allowed else {"nocl": False}}
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _convert_xgboost_classifier(scope, operator, container) -> None:
+    """onnxmltools' converter, with each tree's class taken from XGBoost's own ``tree_info``.
+
+    onnxmltools assigns tree ``t`` to class ``t % n_classes``, which holds for boosting (one tree
+    per class per round) but not for XGBRFClassifier, whose ``num_parallel_tree`` trees per class
+    are stored together; the multiclass random forest then scores the wrong classes.
+    """
+    _convert_xgboost_with_tree_info(
+        scope, operator, container, "TreeEnsembleClassifier", "class_treeids", "class_ids"
+    )
+
+
+def _convert_xgboost_regressor(scope, operator, container) -> None:
+    """onnxmltools' converter, with each tree's target taken from ``tree_info``: onnxmltools
+    sends every tree to target 0, which breaks multi-target (joint) regression."""
+    _convert_xgboost_with_tree_info(
+        scope, operator, container, "TreeEnsembleRegressor", "target_treeids", "target_ids"
+    )
+
+
+def _xgboost_regressor_shape(operator) -> None:
+    from skl2onnx.common.data_types import FloatTensorType
+
+    n_rows = operator.inputs[0].get_first_dimension()
+    n_targets = max(1, len(set(_tree_info(operator.raw_operator))))
+    operator.outputs[0].type = FloatTensorType([n_rows, n_targets])
+
+
+def _tree_info(model) -> list[int]:
+    raw = json.loads(model.get_booster().save_raw("json"))
+    return raw["learner"]["gradient_booster"]["model"].get("tree_info", [])
+
+
+def _convert_xgboost_with_tree_info(scope, operator, container, op_type, tree_key, out_key):
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+
+    first = len(container.nodes)
+    convert_xgboost(scope, operator, container)
+    tree_info = _tree_info(operator.raw_operator)
+    if len(set(tree_info)) < 2:
+        return  # one output (regression, binary classification): every tree counts for it
+    for node in container.nodes[first:]:
+        if node.op_type != op_type:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        tree_ids = list(attrs[tree_key].ints)
+        del attrs[out_key].ints[:]
+        attrs[out_key].ints.extend(int(tree_info[t]) for t in tree_ids)
+
+
+def _preprocessor_shape(operator) -> None:
+    from skl2onnx.common.data_types import FloatTensorType
+
+    n_rows = operator.inputs[0].get_first_dimension()
+    operator.outputs[0].type = FloatTensorType([n_rows, len(operator.raw_operator.spec["columns"])])
+
+
+def _convert_preprocessor(scope, operator, container) -> None:
+    from onnx import TensorProto
+
+    from inference.preprocess import arrays
+
+    fill, offset, factor, _ = arrays(operator.raw_operator.spec)
+    x = operator.inputs[0].full_name
+    out = operator.outputs[0].full_name
+
+    def const(name: str, values: np.ndarray) -> str:
+        unique = scope.get_unique_variable_name(name)
+        container.add_initializer(
+            unique, TensorProto.FLOAT, [len(values)], values.astype(np.float32).tolist()
+        )
+        return unique
+
+    def node(op: str, inputs: list[str], name: str, output: str | None = None) -> str:
+        output = output or scope.get_unique_variable_name(name)
+        container.add_node(op, inputs, [output], name=scope.get_unique_operator_name(op))
+        return output
+
+    isnan = node("IsNaN", [x], "pgml_isnan")
+    scaled = not (np.all(offset == 0) and np.all(factor == 1))
+    filled = node("Where", [isnan, const("pgml_fill", fill), x], "pgml_filled",
+                  None if scaled else out)
+    if scaled:
+        shifted = node("Sub", [filled, const("pgml_offset", offset)], "pgml_shifted")
+        node("Mul", [shifted, const("pgml_factor", factor)], "pgml_scaled", out)

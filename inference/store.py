@@ -1,0 +1,295 @@
+"""The pgml tables, read and written from inside PL/Python; and the per-backend model cache.
+
+Every statement here is a prepared plan kept for the life of the backend, with values bound as
+parameters: no name or value is ever pasted into SQL text. Only this module (and data.py for
+the snapshot tables themselves) touches the pgml tables, so their layout is known in one place
+next to sql/10_pgml_schema.sql.
+
+Caching: a model row never changes after training (rows are inserted, never updated), so a
+loaded Scorer is cached by model id for the life of the backend. Which model a project has
+deployed *does* change, and may change in another session or arrive through WAL replay on a
+standby, so that lookup is never cached here; sql_api caches it per statement.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import plpy
+
+from inference.errors import PgmlError
+
+MAX_CACHED_SCORERS = 32
+
+
+class UnknownProject(PgmlError):
+    sqlstate = "42704"  # undefined_object
+
+
+class UnknownModel(PgmlError):
+    sqlstate = "42704"
+
+
+class NotDeployed(PgmlError):
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
+_PLANS: dict[str, object] = {}
+
+
+def query(sql: str, types: tuple[str, ...] = (), args: tuple = ()):
+    """Run ``sql`` as a prepared plan (prepared once per backend) with bound ``args``."""
+    plan = _PLANS.get(sql)
+    if plan is None:
+        plan = _PLANS[sql] = plpy.prepare(sql, list(types))
+    return plpy.execute(plan, list(args))
+
+
+def dumps(value) -> str:
+    """JSON for a jsonb parameter; numpy scalars and arrays become plain numbers and lists."""
+    return json.dumps(value, default=_plain, allow_nan=False)
+
+
+def _plain(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# -- projects ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    name: str
+    task: str
+
+
+def project(name: str) -> Project | None:
+    rows = query("SELECT id, name, task FROM pgml.projects WHERE name = $1", ("text",), (name,))
+    return Project(rows[0]["id"], rows[0]["name"], rows[0]["task"]) if rows.nrows() else None
+
+
+def require_project(name: str) -> Project:
+    found = project(name)
+    if found is None:
+        raise UnknownProject(
+            f"project {name!r} does not exist; train it first with pgml.train({name!r}, ...) "
+            "(SELECT name FROM pgml.projects lists the projects)"
+        )
+    return found
+
+
+def create_project(name: str, task: str) -> Project:
+    """Insert the project, or return the one a concurrent train created meanwhile."""
+    query("INSERT INTO pgml.projects (name, task) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+          ("text", "text"), (name, task))
+    return require_project(name)
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: int
+    relation_name: str
+    y_column_name: list[str]
+    test_size: float
+    test_sampling: str
+    random_state: int
+    columns: list[dict]
+
+    @property
+    def table(self) -> str:
+        """The materialized copy: built from our own integer id, so safe as SQL text."""
+        return f"pgml.snapshot_{int(self.id)}"
+
+    @property
+    def features(self) -> list[str]:
+        return [c["name"] for c in self.columns if not c["label"]]
+
+
+_SNAPSHOT_COLUMNS = ("s.id, s.relation_name, s.y_column_name, s.test_size, s.test_sampling,"
+                     " s.random_state, s.columns::text AS columns")
+
+
+def _snapshot(row) -> Snapshot:
+    return Snapshot(row["id"], row["relation_name"], list(row["y_column_name"]),
+                    row["test_size"], row["test_sampling"], row["random_state"],
+                    json.loads(row["columns"]))
+
+
+def new_snapshot(relation_name: str, y_columns: list[str], test_size: float, test_sampling: str,
+                 columns: list[dict]) -> Snapshot:
+    rows = query(
+        "INSERT INTO pgml.snapshots AS s (relation_name, y_column_name, test_size, test_sampling,"
+        " columns) VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING " + _SNAPSHOT_COLUMNS,
+        ("text", "text[]", "real", "text", "text"),
+        (relation_name, y_columns, test_size, test_sampling, dumps(columns)))
+    return _snapshot(rows[0])
+
+
+def finish_snapshot(snapshot_id: int, num_rows: int, analysis: dict) -> None:
+    query("UPDATE pgml.snapshots SET status = 'snapshot', num_rows = $2, analysis = $3::jsonb,"
+          " updated_at = clock_timestamp() WHERE id = $1",
+          ("int8", "int8", "text"), (snapshot_id, num_rows, dumps(analysis)))
+
+
+def project_snapshot(project_id: int) -> Snapshot | None:
+    """The snapshot of the project's most recent model: what a train without relation reuses."""
+    rows = query(
+        "SELECT " + _SNAPSHOT_COLUMNS + " FROM pgml.models m JOIN pgml.snapshots s"
+        " ON s.id = m.snapshot_id WHERE m.project_id = $1 ORDER BY m.created_at DESC, m.id DESC"
+        " LIMIT 1", ("int8",), (project_id,))
+    return _snapshot(rows[0]) if rows.nrows() else None
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+def insert_model(project_id: int, snapshot_id: int, algorithm: str, num_features: int,
+                 result, search: str | None, search_params: dict, search_args: dict,
+                 joint: bool) -> int:
+    """The model row and its files (ONNX graph when exported, native pickle always)."""
+    rows = query(
+        "INSERT INTO pgml.models (project_id, snapshot_id, num_features, algorithm, runtime,"
+        " hyperparams, metrics, search, search_params, search_args, search_results, parity,"
+        " preprocess, classes, joint, warnings) VALUES ($1, $2, $3, $4, $5, $6::jsonb,"
+        " $7::jsonb, $8, $9::jsonb, $10::jsonb, $11::jsonb, $12::jsonb, $13::jsonb, $14::jsonb,"
+        " $15, $16::jsonb) RETURNING id",
+        ("int8", "int8", "int4", "text", "text", "text", "text", "text", "text", "text", "text",
+         "text", "text", "text", "bool", "text"),
+        (project_id, snapshot_id, num_features, algorithm, result.runtime,
+         dumps(result.hyperparams), dumps(result.metrics), search, dumps(search_params or {}),
+         dumps(search_args or {}),
+         None if result.search_results is None else dumps(result.search_results),
+         dumps(result.parity), dumps(result.preprocessor), dumps(result.classes), joint,
+         dumps(result.warnings)))
+    model_id = rows[0]["id"]
+    files = {"model.pkl": result.native}
+    if result.onnx:
+        files["model.onnx"] = result.onnx
+    for path, data in files.items():
+        query("INSERT INTO pgml.files (model_id, path, data) VALUES ($1, $2, $3)",
+              ("int8", "text", "bytea"), (model_id, path, bytes(data)))
+    return model_id
+
+
+# -- deployments ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployed:
+    model_id: int
+    algorithm: str
+    metrics: dict
+
+
+def current_deployment(project_id: int) -> Deployed | None:
+    rows = query(
+        "SELECT d.model_id, m.algorithm, m.metrics::text AS metrics FROM pgml.deployments d"
+        " JOIN pgml.models m ON m.id = d.model_id WHERE d.project_id = $1"
+        " ORDER BY d.created_at DESC, d.id DESC LIMIT 1", ("int8",), (project_id,))
+    if not rows.nrows():
+        return None
+    return Deployed(rows[0]["model_id"], rows[0]["algorithm"], json.loads(rows[0]["metrics"] or "{}"))
+
+
+def deploy(project_id: int, model_id: int, strategy: str) -> None:
+    query("INSERT INTO pgml.deployments (project_id, model_id, strategy) VALUES ($1, $2, $3)",
+          ("int8", "int8", "text"), (project_id, model_id, strategy))
+
+
+def best_model(project_id: int, algorithm: str | None, metric: str, higher_is_better: bool):
+    """(id, algorithm) of the model with the best key metric, compared as numbers."""
+    rows = query(
+        "SELECT id, algorithm FROM pgml.models WHERE project_id = $1"
+        " AND ($2::text IS NULL OR algorithm = $2) AND jsonb_typeof(metrics -> $3) = 'number'"
+        " ORDER BY (metrics ->> $3)::float8 * $4, created_at DESC, id DESC LIMIT 1",
+        ("int8", "text", "text", "float8"),
+        (project_id, algorithm, metric, -1.0 if higher_is_better else 1.0))
+    return (rows[0]["id"], rows[0]["algorithm"]) if rows.nrows() else None
+
+
+def most_recent_model(project_id: int, algorithm: str | None):
+    rows = query(
+        "SELECT id, algorithm FROM pgml.models WHERE project_id = $1"
+        " AND ($2::text IS NULL OR algorithm = $2) ORDER BY created_at DESC, id DESC LIMIT 1",
+        ("int8", "text"), (project_id, algorithm))
+    return (rows[0]["id"], rows[0]["algorithm"]) if rows.nrows() else None
+
+
+def rollback_model(project_id: int, current_model_id: int, algorithm: str | None):
+    """The model of the latest deployment that is not the current model (PostgresML's rule)."""
+    rows = query(
+        "SELECT m.id, m.algorithm FROM pgml.deployments d JOIN pgml.models m ON m.id = d.model_id"
+        " WHERE d.project_id = $1 AND d.model_id <> $2 AND ($3::text IS NULL OR m.algorithm = $3)"
+        " ORDER BY d.created_at DESC, d.id DESC LIMIT 1",
+        ("int8", "int8", "text"), (project_id, current_model_id, algorithm))
+    return (rows[0]["id"], rows[0]["algorithm"]) if rows.nrows() else None
+
+
+def deployed_model(project_name: str) -> tuple[int, bool]:
+    """(model id, joint) deployed for the project now; one indexed lookup."""
+    rows = query(
+        "SELECT p.id AS project_id, d.model_id, m.joint FROM pgml.projects p"
+        " LEFT JOIN LATERAL (SELECT model_id FROM pgml.deployments WHERE project_id = p.id"
+        "   ORDER BY created_at DESC, id DESC LIMIT 1) d ON true"
+        " LEFT JOIN pgml.models m ON m.id = d.model_id WHERE p.name = $1",
+        ("text",), (project_name,))
+    if not rows.nrows():
+        require_project(project_name)  # raises with the helpful message
+    if rows[0]["model_id"] is None:
+        raise NotDeployed(
+            f"project {project_name!r} has no deployed model; deploy one with "
+            f"pgml.deploy({project_name!r}) or train with automatic_deploy => true"
+        )
+    return rows[0]["model_id"], rows[0]["joint"]
+
+
+# -- loaded models -------------------------------------------------------------------------
+
+_SCORERS: OrderedDict[int, object] = OrderedDict()
+
+
+def scorer(model_id: int):
+    """The loaded Scorer for a model, from this backend's cache when it is there."""
+    found = _SCORERS.get(model_id)
+    if found is not None:
+        _SCORERS.move_to_end(model_id)
+        return found
+    from inference.runtime import load_scorer
+
+    rows = query(
+        "SELECT m.runtime, m.num_features, p.task,"
+        " (SELECT string_agg(f.data, ''::bytea ORDER BY f.part) FROM pgml.files f"
+        "   WHERE f.model_id = m.id AND f.path = CASE m.runtime WHEN 'onnx' THEN 'model.onnx'"
+        "   ELSE 'model.pkl' END) AS data"
+        " FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id WHERE m.id = $1",
+        ("int8",), (model_id,))
+    if not rows.nrows():
+        raise UnknownModel(f"model {model_id} does not exist (SELECT id FROM pgml.models)")
+    row = rows[0]
+    onnx, native = (row["data"], None) if row["runtime"] == "onnx" else (None, row["data"])
+    loaded = load_scorer(row["runtime"], onnx, native, row["task"], row["num_features"])
+    _SCORERS[model_id] = loaded
+    while len(_SCORERS) > MAX_CACHED_SCORERS:
+        _SCORERS.popitem(last=False)
+    return loaded
+
+
+def cached_scorers() -> dict[int, object]:
+    return dict(_SCORERS)
+
+
+def model_joint(model_id: int) -> bool:
+    rows = query("SELECT joint FROM pgml.models WHERE id = $1", ("int8",), (model_id,))
+    if not rows.nrows():
+        raise UnknownModel(f"model {model_id} does not exist (SELECT id FROM pgml.models)")
+    return rows[0]["joint"]

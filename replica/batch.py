@@ -1,0 +1,244 @@
+"""The net effect of a run of changes to one table: what the target must do, per key.
+
+Why net effects: within one target transaction only the final state of each key matters
+(DESIGN.md invariant 2: several changes to one key keep the last), and the target has no
+foreign keys or triggers that could observe the order between keys. So a run of changes
+becomes, per key, one of:
+
+=======  ==================  ================  =========================================
+state    row at run start    row at run end    written as
+=======  ==================  ================  =========================================
+FRESH    absent              this full row     COPY BINARY straight into the table
+UPDATE   present             this full row     UPDATE ... FROM a COPY-loaded stage
+PATCH    present             some columns new  UPDATE of the known columns only: 'u'
+                                               (unchanged TOAST) columns keep their value
+DELETE   present             absent            DELETE ... USING the stage
+=======  ==================  ================  =========================================
+
+"Present at run start" is known exactly because the target equals the source as of the run's
+start (invariant 1): a key first seen in an Insert did not exist, a key first seen in an
+Update or Delete did. A key that is inserted and deleted inside one run leaves no entry.
+
+A table without a key (REPLICA IDENTITY FULL, no primary key) holds a multiset: each full
+row image maps to a net count; positive counts are inserted, negative ones delete that many
+equal rows. The one change that cannot be netted is a key change whose new image has
+unchanged-TOAST columns the run does not know: ``update`` returns False and the caller
+writes the run so far, then moves that row on the target itself.
+
+Values stay the raw bytes pgoutput sent with ``binary 'true'``, which are COPY BINARY's field
+format; ``encode`` only adds the length words. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from operator import itemgetter
+
+from decoder import TupleData
+from replica.errors import UnsupportedError, UnsupportedTypeError
+
+FRESH, UPDATE, PATCH, DELETE = 0, 1, 2, 3
+
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" * 2
+COPY_TRAILER = b"\xff\xff"
+_NULL = b"\xff\xff\xff\xff"
+_LEN = struct.Struct(">i").pack
+_NCOLS = struct.Struct(">h").pack
+_INT4_FIELD = struct.Struct(">ii").pack
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A published table as the stream sends it: columns in Relation order, key positions."""
+
+    qualname: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]  # target types, for error messages
+    key_pos: tuple[int, ...]  # positions of the target's primary key; () = multiset
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.key_pos)
+
+
+def fill(raw: tuple, kinds: str, known: tuple) -> tuple:
+    """``raw`` with every unchanged-TOAST column taken from ``known``."""
+    return tuple(k if kind == "u" else v for v, kind, k in zip(raw, kinds, known, strict=True))
+
+
+def overlay(old_raw: tuple, old_kinds: str, raw: tuple, kinds: str) -> tuple[tuple, str]:
+    """A newer partial image over an older one: the newer wins where it has a value."""
+    return (tuple(o if kind == "u" else v for o, v, kind in zip(old_raw, raw, kinds, strict=True)),
+            "".join(ok if kind == "u" else kind for ok, kind in zip(old_kinds, kinds,
+                                                                    strict=True)))
+
+
+class TableBatch:
+    """Absorbs one table's changes in source order; apply.py writes the result."""
+
+    __slots__ = ("layout", "entries", "counts", "truncated", "ops", "_key")
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.entries: dict = {}  # key -> (state, raw, kinds or None)
+        self.counts: dict[tuple, int] = {}  # multiset tables: row image -> net count
+        self.truncated = False  # TRUNCATE first, then the entries
+        self.ops = [0, 0, 0, 0]  # insert, update, delete, truncate (for metrics)
+        self._key = itemgetter(*layout.key_pos) if layout.key_pos else None
+
+    def __len__(self) -> int:
+        return len(self.entries) + len(self.counts)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.entries or self.counts or self.truncated)
+
+    def _text_value(self, tup: TupleData) -> None:
+        """A type without a binary send function: COPY BINARY cannot carry it."""
+        i = tup.kinds.index("t")
+        raise UnsupportedTypeError(self.layout.qualname, self.layout.columns[i],
+                                   self.layout.types[i], "the source sends it as text only "
+                                   "(no binary send function)")
+
+    def insert(self, new: TupleData) -> None:
+        self.ops[0] += 1
+        raw = new.raw
+        if "t" in new.kinds:
+            self._text_value(new)
+        if self._key is None:
+            self.counts[raw] = self.counts.get(raw, 0) + 1
+            return
+        k = self._key(raw)
+        prev = self.entries.get(k)
+        self.entries[k] = (FRESH if prev is None or prev[0] == FRESH else UPDATE, raw, None)
+
+    def update(self, new: TupleData, old: TupleData | None, old_is_full: bool) -> bool:
+        """Absorb an Update; False when the caller must write the run first (see module)."""
+        self.ops[1] += 1
+        raw, kinds = new.raw, new.kinds
+        if "t" in kinds:
+            self._text_value(new)
+        has_u = "u" in kinds
+        if has_u and old_is_full:
+            raw, has_u = fill(raw, kinds, old.raw), False
+        if self._key is None:
+            if not old_is_full:
+                raise UnsupportedError(f"table {self.layout.qualname} has no key on the "
+                                       "target and the source sent no old row: ALTER TABLE "
+                                       "... REPLICA IDENTITY FULL on the source")
+            self._count(old.raw, -1)
+            self._count(raw, 1)
+            return True
+        key = self._key
+        if has_u and any(kinds[i] == "u" for i in self.layout.key_pos):
+            raw = tuple(old.raw[i] if kinds[i] == "u" and i in self.layout.key_pos else v
+                        for i, v in enumerate(raw))  # an unchanged TOASTed key
+        new_key = key(raw)
+        old_key = key(old.raw) if old is not None else new_key
+        entries = self.entries
+        if old_key == new_key:
+            prev = entries.get(new_key)
+            if not has_u:
+                entries[new_key] = (FRESH if prev is not None and prev[0] == FRESH else UPDATE,
+                                    raw, None)
+            elif prev is None or prev[0] == DELETE:
+                entries[new_key] = (PATCH, raw, kinds)
+            elif prev[0] == PATCH:
+                entries[new_key] = (PATCH, *overlay(prev[1], prev[2], raw, kinds))
+            else:
+                entries[new_key] = (prev[0], fill(raw, kinds, prev[1]), None)
+            return True
+        prev = entries.get(old_key)
+        if has_u:
+            if prev is None or prev[0] == DELETE:
+                return False
+            if prev[0] == PATCH:
+                raw, kinds = overlay(prev[1], prev[2], raw, kinds)
+                if "u" in kinds:
+                    return False
+            else:
+                raw = fill(raw, kinds, prev[1])
+        if prev is not None and prev[0] == FRESH:
+            del entries[old_key]
+        else:
+            entries[old_key] = (DELETE, old.raw, None)
+        entries[new_key] = (FRESH if entries.get(new_key) is None else UPDATE, raw, None)
+        return True
+
+    def delete(self, old: TupleData) -> None:
+        self.ops[2] += 1
+        if self._key is None:
+            self._count(old.raw, -1)
+            return
+        k = self._key(old.raw)
+        prev = self.entries.get(k)
+        if prev is not None and prev[0] == FRESH:
+            del self.entries[k]
+        else:
+            self.entries[k] = (DELETE, old.raw, None)
+
+    def truncate(self) -> None:
+        self.ops[3] += 1
+        self.entries.clear()
+        self.counts.clear()
+        self.truncated = True
+
+    def _count(self, raw: tuple, n: int) -> None:
+        c = self.counts.get(raw, 0) + n
+        if c:
+            self.counts[raw] = c
+        else:
+            self.counts.pop(raw, None)
+
+    # -- what apply.py writes -------------------------------------------------------------
+
+    def fresh_rows(self) -> list[tuple]:
+        """Row images to COPY straight into the table."""
+        if self._key is None:
+            return [raw for raw, n in self.counts.items() for _ in range(n) if n > 0]
+        return [e[1] for e in self.entries.values() if e[0] == FRESH]
+
+    def staged(self) -> tuple[list[tuple[int, int, tuple]], dict[str, int]]:
+        """(op, n, image) rows for the stage table, and each PATCH pattern's op code.
+
+        Keyed: op UPDATE / DELETE, or 10 + the pattern's index for a PATCH (the pattern is
+        the kinds string; its 'u' columns are left alone). Multiset: op DELETE with n = how
+        many equal rows to remove.
+        """
+        if self._key is None:
+            return [(DELETE, -n, raw) for raw, n in self.counts.items() if n < 0], {}
+        rows, patterns = [], {}
+        for state, raw, kinds in self.entries.values():
+            if state == PATCH:
+                code = patterns.get(kinds)
+                if code is None:
+                    code = patterns[kinds] = 10 + len(patterns)
+                rows.append((code, 0, raw))
+            elif state != FRESH:
+                rows.append((state, 0, raw))
+        return rows, patterns
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.counts.clear()
+        self.truncated = False
+
+
+def encode(rows, extra: bool = False) -> bytes:
+    """A complete COPY BINARY stream of ``rows``: images, or (op, n, image) when ``extra``
+    (two leading int4 columns, the stage table's op and n)."""
+    out = [COPY_HEADER]
+    append = out.append
+    if extra:
+        for op, n, raw in rows:
+            append(_NCOLS(len(raw) + 2) + _INT4_FIELD(4, op) + _INT4_FIELD(4, n)
+                   + b"".join([_NULL if v is None else _LEN(len(v)) + v for v in raw]))
+    else:
+        ncols = None
+        for raw in rows:
+            if ncols is None:
+                ncols = _NCOLS(len(raw))
+            append(ncols + b"".join([_NULL if v is None else _LEN(len(v)) + v for v in raw]))
+    append(COPY_TRAILER)
+    return b"".join(out)

@@ -1,0 +1,113 @@
+"""Preflight on the source: everything logical replication needs, checked before any change.
+
+Why up front and all at once: on a managed database each fix is a ticket or a parameter-group
+change plus a reboot, so a user wants the whole list in one go, each item saying what to
+change - not one failure per restart. Only what RDS grants is assumed: a role with
+REPLICATION (``rds_replication`` on RDS) and SELECT on the published tables.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from replica.catalog import TypeResolver, publication_exists, publication_tables, read_table
+from replica.errors import PreflightError, UnsupportedError
+
+
+def candidate_tables(conn: psycopg.Connection, publication: str,
+                     tables: list[tuple[str, str]], schema: str | None) -> list[tuple[str, str]]:
+    """What will be replicated: the publication's tables (if it exists) plus what the flags
+    name (``--tables``, or every table of ``--schema``; public when the publication is new
+    and neither flag is given)."""
+    existing = list(publication_tables(conn, publication)) \
+        if publication_exists(conn, publication) else None
+    if tables:
+        requested = tables
+    elif schema is not None or existing is None:
+        requested = schema_tables(conn, schema or "public")
+    else:
+        requested = []
+    existing = existing or []
+    return existing + [t for t in requested if t not in existing]
+
+
+def schema_tables(conn: psycopg.Connection, schema: str) -> list[tuple[str, str]]:
+    rows = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+                        " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN"
+                        " ('r', 'p') AND NOT c.relispartition ORDER BY 2", (schema,)).fetchall()
+    return [(s, t) for s, t in rows]
+
+
+def preflight(conn: psycopg.Connection, *, publication: str, slot: str,
+              tables: list[tuple[str, str]]) -> None:
+    """Raise PreflightError listing every problem found; return quietly when ready."""
+    problems: list[str] = []
+    settings = dict(conn.execute(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level',"
+        " 'max_replication_slots', 'max_wal_senders')").fetchall())
+    if settings.get("wal_level") != "logical":
+        problems.append(f"wal_level is {settings.get('wal_level')!r}, logical replication "
+                        "needs 'logical': on RDS set rds.logical_replication = 1 in the DB "
+                        "parameter group and reboot; elsewhere ALTER SYSTEM SET wal_level = "
+                        "logical and restart")
+    slot_exists = conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                               (slot,)).fetchone() is not None
+    # the slot itself (unless it exists) plus one temporary slot while a table is copied
+    need = 1 if slot_exists else 2
+    free_slots = conn.execute("SELECT current_setting('max_replication_slots')::int - "
+                              "count(*) FROM pg_replication_slots").fetchone()[0]
+    if free_slots < need:
+        problems.append(f"only {free_slots} free replication slot(s), need {need}: raise "
+                        "max_replication_slots (an RDS parameter group setting) or drop "
+                        "unused slots (SELECT * FROM pg_replication_slots)")
+    free_senders = conn.execute("SELECT current_setting('max_wal_senders')::int - count(*)"
+                                " FROM pg_stat_replication").fetchone()[0]
+    if free_senders < 2:
+        problems.append(f"only {free_senders} free WAL sender(s), need 2 (the stream and a "
+                        "table copy): raise max_wal_senders")
+    role = conn.execute(
+        "SELECT r.rolname, r.rolsuper, r.rolreplication, EXISTS (SELECT 1 FROM pg_roles"
+        " WHERE rolname = 'rds_replication') AND pg_has_role(current_user, 'rds_replication',"
+        " 'MEMBER') FROM pg_roles r WHERE r.rolname = current_user").fetchone()
+    if not (role[1] or role[2] or role[3]):
+        problems.append(f"role {role[0]} may not replicate: ALTER ROLE {role[0]} REPLICATION "
+                        f"(on RDS: GRANT rds_replication TO {role[0]})")
+    pub = conn.execute("SELECT pubupdate OR pubdelete FROM pg_publication WHERE pubname = %s",
+                       (publication,)).fetchone()
+    if pub is None and not conn.execute(
+            "SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()[0]:
+        problems.append(f"publication {publication} does not exist and role {role[0]} may "
+                        f"not create it: have it created (CREATE PUBLICATION {publication} "
+                        "FOR TABLE ...) and pass --publication, or GRANT CREATE ON DATABASE")
+    needs_identity = pub is None or pub[0]
+    if not tables:
+        problems.append("no tables to replicate: name them with --tables, or create tables "
+                        "in the --schema (default public)")
+    resolver = TypeResolver(conn)
+    for schema, name in tables:
+        qual = f"{schema}.{name}"
+        rel = conn.execute(
+            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT'),"
+            " pg_has_role(current_user, c.relowner, 'USAGE')"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
+        if rel is None:
+            problems.append(f"table {qual} does not exist on the source")
+            continue
+        if not rel[1]:
+            problems.append(f"no SELECT on {qual}: GRANT SELECT ON {qual} TO {role[0]}")
+        if pub is None and not rel[2] and not role[1]:
+            problems.append(f"publication {publication} must be created by the owner of "
+                            f"{qual} (or a superuser): create it beforehand and pass "
+                            "--publication")
+        try:
+            t = read_table(conn, schema, name, resolver)
+        except UnsupportedError as exc:
+            problems.append(str(exc))
+            continue
+        if needs_identity and not t.key and t.replica_identity != "f":
+            problems.append(f"table {qual} has no primary key, so the source cannot publish "
+                            f"its UPDATEs and DELETEs: add a primary key, or ALTER TABLE {qual}"
+                            " REPLICA IDENTITY FULL")
+    if problems:
+        raise PreflightError(problems)

@@ -1,0 +1,78 @@
+"""Settings of one sidecar: every command-line flag is also an environment variable.
+
+Why pydantic-settings: Kubernetes passes configuration as environment variables
+(``PGML_REPLICA_SOURCE``, ``PGML_REPLICA_TARGET``, ...), people pass flags; one declared
+model gives both, typed and validated, and the CLI only adds the flags that were given on top.
+DSNs are excluded from ``repr`` so a settings object can be logged.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from replica.errors import ConfigError
+
+ENV_PREFIX = "PGML_REPLICA_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, populate_by_name=True,
+                                      extra="ignore")
+
+    source: str | None = Field(None, repr=False, description="source Postgres DSN")
+    target: str | None = Field(None, repr=False, description="ML replica Postgres DSN")
+    tables: str | None = Field(None, description="comma list of schema.table to replicate")
+    schema_name: str | None = Field(
+        None, validation_alias=AliasChoices("schema_name", "pgml_replica_schema"),
+        description="replicate every table of this schema (default public)")
+    publication: str = Field("pgml_replica", description="publication on the source")
+    slot: str = Field("pgml_replica", description="logical replication slot on the source")
+    http_host: str = Field("127.0.0.1", description="address of the HTTP endpoint")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 = no HTTP")
+    max_lag_seconds: float = Field(30.0, gt=0, description="/readyz fails above this lag")
+    resnapshot: bool = Field(False, description="drop slot + progress and copy everything anew")
+
+    # Tuning; the defaults are what the benchmarks were run with.
+    batch_max_rows: int = Field(200_000, ge=1, description="row changes per target commit")
+    batch_max_seconds: float = Field(0.5, gt=0, description="age of a batch before commit")
+    segment_rows: int = Field(50_000, ge=1, description="changes buffered before they are "
+                              "written into the open target transaction")
+    snapshot_workers: int = Field(2, ge=1, le=64, description="parallel COPY streams")
+    snapshot_chunk_pages: int = Field(16_384, ge=1, description="ctid range per COPY of a "
+                                      "big table (8 kB pages)")
+    status_interval: float = Field(10.0, gt=0, le=60, description="seconds between "
+                                   "feedback messages at most")
+    publication_poll_seconds: float = Field(10.0, gt=0, description="how often to look for "
+                                            "tables added to the publication")
+    protocol: int = Field(2, ge=1, le=2, description="pgoutput protocol version; 2 streams "
+                          "large transactions as they happen")
+    decoding_work_mem: str | None = Field(
+        "16MB", description="logical_decoding_work_mem for the walsender; with protocol 2 "
+        "a transaction bigger than this streams before its commit")
+
+    @field_validator("tables")
+    @classmethod
+    def _tables_are_qualified(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        for name in (t.strip() for t in v.split(",")):
+            if name and name.count(".") > 1:
+                raise ValueError(f"table {name!r}: expected schema.table or table")
+        return v
+
+    def table_list(self) -> list[tuple[str, str]]:
+        """``--tables`` as (schema, table) pairs; unqualified names are in ``public``."""
+        out = []
+        for name in (self.tables or "").split(","):
+            name = name.strip()
+            if name:
+                schema, _, table = name.rpartition(".")
+                out.append((schema or "public", table))
+        return out
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            flags = ", ".join(f"--{n} (or {ENV_PREFIX}{n.upper()})" for n in missing)
+            raise ConfigError(f"missing {flags}")

@@ -1,0 +1,257 @@
+-- pgml-replica: the pgml functions (PostgresML's classic SQL API).
+--
+-- Every PL/Python body is two lines: make sure this backend has loaded the project's Python
+-- package (pgml._bootstrap, once per backend), then call one function of inference.sql_api,
+-- where the logic lives. Run after 10_pgml_schema.sql; idempotent (CREATE OR REPLACE).
+--
+-- Scoring functions come in two layers. The public pgml.predict* are SQL functions simple
+-- enough for the planner to inline into the calling query; each passes the current
+-- statement's start time along to a PL/Python function, which uses it as its cache key: the
+-- deployment is looked up once per statement (and whenever pgml.deployments changes in this
+-- backend), never once per row. A deployment committed by any session -- or replayed on a
+-- physical standby -- is therefore used from the next statement on, in every backend.
+
+-- Loader ---------------------------------------------------------------------------------
+
+-- Puts the directories listed in pgml.settings 'python_path' at the front of sys.path
+-- (processing their .pth files, as a virtual environment needs), imports inference.sql_api
+-- and keeps it in GD, PL/Python's per-backend dictionary.
+CREATE OR REPLACE FUNCTION pgml._bootstrap() RETURNS text
+LANGUAGE plpython3u AS $$
+import json, site, sys
+if "pgml" not in GD:
+    rows = plpy.execute("SELECT value::text AS v FROM pgml.settings WHERE name = 'python_path'")
+    paths = json.loads(rows[0]["v"]) if rows.nrows() else []
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+        site.addsitedir(path)
+    from inference import sql_api
+    GD["pgml"] = sql_api
+return GD["pgml"].__file__
+$$;
+
+-- What the installer checks after installing: the package PL/Python imports, and versions.
+CREATE OR REPLACE FUNCTION pgml._environment() RETURNS jsonb
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].environment()
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.version() RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT value #>> '{}' FROM pgml.settings WHERE name = 'version'
+$$;
+
+-- Training ---------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION pgml.train(
+    project_name     text,
+    task             text DEFAULT NULL,
+    relation_name    text DEFAULT NULL,
+    y_column_name    text DEFAULT NULL,
+    algorithm        text DEFAULT 'linear',
+    hyperparams      jsonb DEFAULT '{}',
+    search           text DEFAULT NULL,
+    search_params    jsonb DEFAULT '{}',
+    search_args      jsonb DEFAULT '{}',
+    test_size        real DEFAULT 0.25,
+    test_sampling    text DEFAULT 'random',
+    automatic_deploy boolean DEFAULT true,
+    preprocess       jsonb DEFAULT '{}')
+RETURNS TABLE (project_name text, task text, algorithm_name text, status text)
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.train_joint(
+    project_name     text,
+    task             text DEFAULT NULL,
+    relation_name    text DEFAULT NULL,
+    y_column_name    text[] DEFAULT NULL,
+    algorithm        text DEFAULT 'linear',
+    hyperparams      jsonb DEFAULT '{}',
+    search           text DEFAULT NULL,
+    search_params    jsonb DEFAULT '{}',
+    search_args      jsonb DEFAULT '{}',
+    test_size        real DEFAULT 0.25,
+    test_sampling    text DEFAULT 'random',
+    automatic_deploy boolean DEFAULT true,
+    preprocess       jsonb DEFAULT '{}')
+RETURNS TABLE (project_name text, task text, algorithm_name text, status text)
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess, joint=True)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.deploy(
+    project_name   text,
+    strategy       text DEFAULT 'best_score',
+    algorithm_name text DEFAULT NULL)
+RETURNS TABLE (project_name text, task text, algorithm_name text)
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].deploy(project_name, strategy, algorithm_name)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.snapshot(
+    relation_name text,
+    y_column_name text,
+    test_size     real DEFAULT 0.25,
+    test_sampling text DEFAULT 'random')
+RETURNS TABLE (relation text, y_column_name text, snapshot_id bigint, table_name text)
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].snapshot(relation_name, y_column_name, test_size, test_sampling)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.load_dataset(source text)
+RETURNS TABLE (table_name text, rows bigint)
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].load_dataset(source)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.runtime_info(project_name text DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].runtime_info(project_name)
+$$;
+
+-- Scoring: PL/Python layer (statement_key = the calling statement's start time) -------------
+-- One function per array type, so PL/Python converts the elements itself (no SQL array cast
+-- per row). STRICT: a NULL features array predicts NULL.
+
+CREATE OR REPLACE FUNCTION pgml._predict(project_name text, features float8[], statement_key float8)
+RETURNS float8 LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict(project_name text, features real[], statement_key float8)
+RETURNS float8 LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict(project_name text, features integer[], statement_key float8)
+RETURNS float8 LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict(project_name text, features bigint[], statement_key float8)
+RETURNS float8 LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict(project_name text, features smallint[], statement_key float8)
+RETURNS float8 LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict(project_name text, features boolean[], statement_key float8)
+RETURNS float8 LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict_proba(project_name text, features float8[], statement_key float8)
+RETURNS float8[] LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict_proba(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict_joint(project_name text, features float8[], statement_key float8)
+RETURNS float8[] LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict_joint(project_name, features, statement_key)
+$$;
+
+-- features arrives as array_send()'s binary form: numpy reads it without a Python object
+-- per element, which is what makes a million-value batch cheap.
+CREATE OR REPLACE FUNCTION pgml._predict_batch(project_name text, features bytea, statement_key float8)
+RETURNS float8[] LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict_batch(project_name, features, statement_key)
+$$;
+
+-- Scoring: public API ------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION pgml.predict(project_name text, features float8[]) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict(project_name, features, date_part('epoch', statement_timestamp()))
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(project_name text, features real[]) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict(project_name, features, date_part('epoch', statement_timestamp()))
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(project_name text, features integer[]) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict(project_name, features, date_part('epoch', statement_timestamp()))
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(project_name text, features bigint[]) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict(project_name, features, date_part('epoch', statement_timestamp()))
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(project_name text, features smallint[]) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict(project_name, features, date_part('epoch', statement_timestamp()))
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(project_name text, features boolean[]) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict(project_name, features, date_part('epoch', statement_timestamp()))
+$$;
+
+-- ARRAY[1.5, 2.0] is numeric[]; without this overload the call would be ambiguous between
+-- the float8[] and real[] ones.
+CREATE OR REPLACE FUNCTION pgml.predict(project_name text, features numeric[]) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict(project_name, features::float8[], date_part('epoch', statement_timestamp()))
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict_proba(project_name text, features float8[]) RETURNS float8[]
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict_proba(project_name, features, date_part('epoch', statement_timestamp()))
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict_joint(project_name text, features float8[]) RETURNS float8[]
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict_joint(project_name, features, date_part('epoch', statement_timestamp()))
+$$;
+
+-- features: rows one after another (n_rows x num_features values); one prediction per row.
+CREATE OR REPLACE FUNCTION pgml.predict_batch(project_name text, features float8[])
+RETURNS SETOF float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT unnest(pgml._predict_batch(project_name, array_send(features),
+                                      date_part('epoch', statement_timestamp())))
+$$;
+
+-- A specific model, deployed or not. Models never change once trained, so the loaded model
+-- is cached by id for the life of the backend.
+CREATE OR REPLACE FUNCTION pgml.model_predict(model_id bigint, features float8[]) RETURNS float8
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict(model_id, features)
+$$;
+
+-- Any change to pgml.deployments in this backend drops its cached deployment lookups at once
+-- (changes made elsewhere are seen from the next statement, see above).
+CREATE OR REPLACE FUNCTION pgml._forget_deployments() RETURNS trigger
+LANGUAGE plpython3u AS $$
+if "pgml" in GD: GD["pgml"].forget_deployments()
+return None
+$$;
+
+CREATE OR REPLACE TRIGGER pgml_forget_deployments
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON pgml.deployments
+    FOR EACH STATEMENT EXECUTE FUNCTION pgml._forget_deployments();

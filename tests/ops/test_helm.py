@@ -1,0 +1,250 @@
+"""The Helm chart, rendered and linted offline with Helm's own Go SDK (helm-python-sdk), every
+manifest validated against the Kubernetes 1.37 schemas (kubernetes-validate, strict)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.ops.metric_names import exposed
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "k8s" / "pgml-replica"
+K8S_VERSION = "1.37"
+SECRET = "Sup3r$ecret-Pa55w0rd"
+EXISTING = {"connection": {"existingSecret": "pgml-dsn"}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_helm():
+    helm.disable_logging()
+
+
+def render(values: dict | None = None, namespace: str = "data") -> dict[tuple[str, str], dict]:
+    """{(kind, name): manifest} of a fresh install, each validated against Kubernetes."""
+    with helm.Chart.load(CHART) as chart:
+        files = chart.render(values, name="pgml", namespace=namespace, is_install=True)
+    out = {}
+    for path, text in files.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            validate(doc)
+            out[(doc["kind"], doc["metadata"]["name"])] = doc
+    return out
+
+
+def validate(doc: dict) -> None:
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        # CRDs (Prometheus Operator) have no schema there; their tests check them by hand
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1", doc["kind"]
+
+
+def notes(values: dict) -> str:
+    with helm.Chart.load(CHART) as chart:
+        files = chart.render(values, name="pgml", namespace="data", is_install=True)
+    return next(text for path, text in files.items() if path.endswith("NOTES.txt"))
+
+
+def only(manifests, kind):
+    [doc] = [d for (k, _), d in manifests.items() if k == kind]
+    return doc
+
+
+def env_of(deployment) -> dict[str, dict]:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container["env"]}
+
+
+@pytest.mark.parametrize("values", [
+    EXISTING,
+    {**EXISTING, "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+     "grafanaDashboard": {"enabled": True}, "mlReplica": {"enabled": True}},
+    {"connection": {"source": "host=s", "target": "host=t"}},
+])
+def test_lint_is_clean(values):
+    report = helm.lint(CHART, values, strict=True, kube_version="v1.37.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_default_install_with_an_existing_secret():
+    m = render(EXISTING)
+    assert {k for k, _ in m} == {"Deployment", "Service", "ServiceAccount"}
+    deploy = only(m, "Deployment")
+    spec = deploy["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert pod["serviceAccountName"] == only(m, "ServiceAccount")["metadata"]["name"]
+    assert {v["mountPath"] for v in container["volumeMounts"]} == {"/tmp"}
+
+    env = env_of(deploy)
+    for name in ("PGML_REPLICA_SOURCE", "PGML_REPLICA_TARGET"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "pgml-dsn"
+    assert env["PGML_REPLICA_SOURCE"]["valueFrom"]["secretKeyRef"]["key"] == "source-dsn"
+    assert env["PGML_REPLICA_TARGET"]["valueFrom"]["secretKeyRef"]["key"] == "target-dsn"
+    assert env["PGML_REPLICA_SCHEMA"]["value"] == "public"
+    assert "PGML_REPLICA_TABLES" not in env
+    assert env["PGML_REPLICA_SLOT"]["value"] == env["PGML_REPLICA_PUBLICATION"]["value"] \
+        == "pgml_replica"
+    assert env["PGML_REPLICA_HTTP_HOST"]["value"] == "0.0.0.0"
+    port = int(env["PGML_REPLICA_HTTP_PORT"]["value"])
+    assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+
+    service = only(m, "Service")
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_without_dsns_the_install_fails_saying_what_to_set():
+    with pytest.raises(helm.HelmError, match="connection.existingSecret"):
+        render({})
+    with pytest.raises(helm.HelmError, match="connection.existingSecret"):
+        render({"connection": {"source": "host=s"}})  # no target and no ML replica
+
+
+def test_inline_dsns_go_to_a_chart_secret_never_the_deployment():
+    source = f"host=db.example dbname=app user=r password={SECRET}"
+    m = render({"connection": {"source": source, "target": "host=ml password=x2"}})
+    secret = only(m, "Secret")
+    assert secret["stringData"] == {"source-dsn": source, "target-dsn": "host=ml password=x2"}
+    deploy = only(m, "Deployment")
+    assert SECRET not in json.dumps(deploy)
+    env = env_of(deploy)
+    assert env["PGML_REPLICA_SOURCE"]["valueFrom"]["secretKeyRef"]["name"] == \
+        secret["metadata"]["name"]
+    annotations = deploy["spec"]["template"]["metadata"]["annotations"]
+    assert len(annotations["checksum/dsn"]) == 64  # a changed DSN rolls the pod
+    assert SECRET not in annotations["checksum/dsn"]
+
+
+def test_default_values_hold_no_password():
+    with helm.Chart.load(CHART) as chart:
+        values = chart.values
+    assert values["connection"]["source"] == values["connection"]["target"] == ""
+    assert values["connection"]["existingSecret"] == ""
+
+
+def test_tables_and_names_reach_the_environment():
+    m = render({**EXISTING, "replication": {"tables": ["public.orders", "sales.customers"],
+                                            "slot": "ml_slot", "publication": "ml_pub",
+                                            "extraEnv": [{"name": "PGML_REPLICA_X",
+                                                          "value": "1"}]},
+                "http": {"port": 9100}})
+    env = env_of(only(m, "Deployment"))
+    assert env["PGML_REPLICA_TABLES"]["value"] == "public.orders,sales.customers"
+    assert "PGML_REPLICA_SCHEMA" not in env
+    assert env["PGML_REPLICA_SLOT"]["value"] == "ml_slot"
+    assert env["PGML_REPLICA_PUBLICATION"]["value"] == "ml_pub"
+    assert env["PGML_REPLICA_HTTP_PORT"]["value"] == "9100"
+    assert env["PGML_REPLICA_X"]["value"] == "1"
+
+
+def test_service_monitor_and_prometheus_rule():
+    m = render({**EXISTING, "serviceMonitor": {"enabled": True,
+                                               "labels": {"release": "kube-prom"}},
+                "prometheusRule": {"enabled": True}})
+    monitor = only(m, "ServiceMonitor")
+    service = only(m, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prom"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= \
+        service["metadata"]["labels"].items()
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
+    assert endpoint["path"] == "/metrics"
+    # job label = the Service's app.kubernetes.io/name, which PgmlReplicaDown matches
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "pgml-replica"
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["data"]
+
+    rule = only(m, "PrometheusRule")
+    # one source of truth: the chart ships deploy/prometheus/rules.yml unchanged
+    assert rule["spec"] == yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
+    assert "pgml_replica_lag_seconds" in exposed()
+
+
+def test_grafana_dashboard_configmap_is_the_deploy_dashboard():
+    m = render({**EXISTING, "grafanaDashboard": {"enabled": True}})
+    [cm] = [d for (k, _), d in m.items() if k == "ConfigMap"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(cm["data"]["pgml-replica.json"])
+    assert shipped == json.loads(
+        (ROOT / "deploy/grafana/dashboards/pgml-replica.json").read_text())
+
+
+def test_ml_replica_statefulset_with_a_volume_and_a_generated_password():
+    m = render({**EXISTING, "mlReplica": {"enabled": True,
+                                          "persistence": {"size": "50Gi",
+                                                          "storageClass": "gp3"}}})
+    sts = only(m, "StatefulSet")
+    ml_secret = next(d for (k, n), d in m.items() if k == "Secret")
+    ml_service = next(d for (k, n), d in m.items()
+                      if k == "Service" and d["spec"].get("clusterIP") == "None")
+    assert sts["spec"]["replicas"] == 1
+    assert sts["spec"]["serviceName"] == ml_service["metadata"]["name"]
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert claim["spec"]["storageClassName"] == "gp3"
+    [pg] = sts["spec"]["template"]["spec"]["containers"]
+    assert {"name": "data", "mountPath": "/var/lib/postgresql/data"} in pg["volumeMounts"]
+    assert pg["securityContext"]["readOnlyRootFilesystem"] is True
+    assert sts["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    pg_env = {e["name"]: e for e in pg["env"]}
+    assert pg_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == \
+        ml_secret["metadata"]["name"]
+    assert len(ml_secret["data"]["postgres-password"]) > 20
+    assert ml_secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+    # the sidecar targets it; the password reaches the DSN only inside the pod
+    env = env_of(only(m, "Deployment"))
+    target = env["PGML_REPLICA_TARGET"]["value"]
+    assert f"host={ml_service['metadata']['name']} " in target
+    assert "password=$(PGML_ML_PASSWORD)" in target
+    assert list(env).index("PGML_ML_PASSWORD") < list(env).index("PGML_REPLICA_TARGET")
+    assert env["PGML_ML_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == \
+        ml_secret["metadata"]["name"]
+    assert env["PGML_REPLICA_SOURCE"]["valueFrom"]["secretKeyRef"]["name"] == "pgml-dsn"
+
+
+def test_ml_replica_with_its_own_secret_and_only_a_source_dsn():
+    m = render({"connection": {"source": "host=s"},
+                "mlReplica": {"enabled": True, "existingSecret": "ml-pw"}})
+    secrets = [d for (k, _), d in m.items() if k == "Secret"]
+    assert [s["stringData"] for s in secrets] == [{"source-dsn": "host=s"}]
+    env = env_of(only(m, "Deployment"))
+    assert env["PGML_ML_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "ml-pw"
+
+
+def test_notes_tell_how_to_watch_lag():
+    text = notes(EXISTING)
+    assert "port-forward svc/pgml-pgml-replica 8000:8000" in text
+    assert "/status" in text and "pgml_replica_(lag|slot)_" in text
+    assert "lost" in text
+
+
+def test_chart_metadata():
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2"
+    assert meta["name"] == "pgml-replica"
+    pyproject_version = next(line.split('"')[1] for line in
+                             (ROOT / "pyproject.toml").read_text().splitlines()
+                             if line.startswith("version"))
+    assert meta["appVersion"] == pyproject_version
