@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# Tools the setup puts in the environment (promtool) come first on PATH.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: setup demo test test-all bench lint clean
 

@@ -39,6 +39,7 @@ import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from decoder._construct import fast_constructor
 from decoder.errors import DecodeError
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -52,7 +53,7 @@ _STATUS = struct.Struct(">cQQQqB")
 def pg_time(micros: int, message_type: str, offset: int) -> datetime:
     """A PostgreSQL TimestampTz (µs since 2000-01-01 UTC) as an aware UTC datetime."""
     try:
-        return PG_EPOCH + timedelta(microseconds=micros)
+        return PG_EPOCH + timedelta(0, 0, micros)
     except OverflowError:
         raise DecodeError(message_type, offset,
                           f"timestamp {micros} µs is outside Python's datetime range") from None
@@ -101,6 +102,9 @@ class PrimaryKeepalive:
     reply_requested: bool
 
 
+_new_xlogdata = fast_constructor(XLogData)
+
+
 def parse_copy_data(buf: bytes) -> XLogData | PrimaryKeepalive:
     """Split one CopyData payload of the replication stream into its frame."""
     if type(buf) is not bytes:
@@ -113,7 +117,11 @@ def parse_copy_data(buf: bytes) -> XLogData | PrimaryKeepalive:
         if n < 25:
             raise DecodeError("XLogData", n, f"truncated: header needs 25 bytes, got {n}")
         start, end, sent = _XLOGDATA.unpack_from(buf, 1)
-        return XLogData(start, end, pg_time(sent, "XLogData", 17), buf[25:])
+        try:  # pg_time() inlined: this runs once per message
+            when = PG_EPOCH + timedelta(0, 0, sent)
+        except OverflowError:
+            when = pg_time(sent, "XLogData", 17)  # raises the DecodeError
+        return _new_xlogdata(start, end, when, buf[25:])
     if tag == 0x6B:  # 'k'
         if n != 18:
             raise DecodeError("PrimaryKeepalive", min(n, 18),

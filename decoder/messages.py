@@ -110,8 +110,7 @@ class Relation(Message):
     name: str
     replica_identity: str
     columns: tuple[Column, ...]
-    # (text loader, binary loader) per column, filled on first TupleData.values(); cached
-    # here because a relation's column types are fixed for its lifetime.
+    # The loaders per column, filled on first TupleData.values() (see tuples._plan).
     _loaders: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from decoder._construct import fast_constructor
 from decoder.errors import DecodeError
 from decoder.framing import pg_time
 from decoder.messages import (
@@ -57,6 +58,10 @@ _STREAM_COMMIT = struct.Struct(">IBQQq")
 _STREAM_ABORT_V4 = struct.Struct(">IIQq")
 _COLUMN = struct.Struct(">Ii")  # type_oid, type_modifier
 _MESSAGE_HEAD = struct.Struct(">BQ")  # flags, lsn
+
+_new_insert = fast_constructor(Insert)
+_new_update = fast_constructor(Update)
+_new_delete = fast_constructor(Delete)
 
 _NAMES = {
     b"B": "Begin", b"C": "Commit", b"O": "Origin", b"R": "Relation", b"Y": "Type",
@@ -159,16 +164,22 @@ class Decoder:
         return None, _U32(buf, 1)[0], 5
 
     def _insert(self, buf: bytes) -> Insert:
-        xid, relid, pos = self._head(buf, "Insert")
+        if self.stream_xid is None and len(buf) > 5:  # inline _head: the hottest path
+            xid, relid, pos = None, _U32(buf, 1)[0], 5
+        else:
+            xid, relid, pos = self._head(buf, "Insert")
         if buf[pos:pos + 1] != b"N":
             raise DecodeError("Insert", pos, f"expected 'N' before the new tuple, got "
                               f"{buf[pos:pos + 1]!r}")
         tup, pos = read_tuple(buf, pos + 1, "Insert")
         _done(buf, pos, "Insert")
-        return Insert(xid, relid, tup)
+        return _new_insert(xid, relid, tup)
 
     def _update(self, buf: bytes) -> Update:
-        xid, relid, pos = self._head(buf, "Update")
+        if self.stream_xid is None and len(buf) > 5:
+            xid, relid, pos = None, _U32(buf, 1)[0], 5
+        else:
+            xid, relid, pos = self._head(buf, "Update")
         old = key = None
         marker = buf[pos:pos + 1]
         if marker == b"K":
@@ -180,7 +191,7 @@ class Decoder:
                               f"{buf[pos:pos + 1]!r}")
         new, pos = read_tuple(buf, pos + 1, "Update")
         _done(buf, pos, "Update")
-        return Update(xid, relid, old, key, new)
+        return _new_update(xid, relid, old, key, new)
 
     def _delete(self, buf: bytes) -> Delete:
         xid, relid, pos = self._head(buf, "Delete")
@@ -190,8 +201,8 @@ class Decoder:
         tup, end = read_tuple(buf, pos + 1, "Delete")
         _done(buf, end, "Delete")
         if marker == b"K":
-            return Delete(xid, relid, None, tup)
-        return Delete(xid, relid, tup, None)
+            return _new_delete(xid, relid, None, tup)
+        return _new_delete(xid, relid, tup, None)
 
     def _truncate(self, buf: bytes) -> Truncate:
         xid, pos = self._xid(buf, "Truncate")

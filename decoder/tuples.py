@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from decoder._construct import fast_constructor
 from decoder.errors import DecodeError, ValueConversionError
 from decoder.types import CONVERSION_ERRORS, REGISTRY
 from decoder.types.registry import describe
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from decoder.messages import Relation
 
 _INT32 = struct.Struct(">i").unpack_from
-_UINT16 = struct.Struct(">H").unpack_from
+_KIND_LENGTH = struct.Struct(">ci").unpack_from
 
 
 class _UnchangedToast:
@@ -69,17 +70,26 @@ class TupleData:
         None for NULL, UNCHANGED_TOAST for 'u'. Raises ValueConversionError (a DecodeError)
         naming the column when one value has no Python form.
         """
-        loaders = relation._loaders
-        if loaders is None:
-            loaders = tuple(REGISTRY.loaders(c.type_oid) for c in relation.columns)
-            object.__setattr__(relation, "_loaders", loaders)
-        if len(loaders) != len(self.raw):
+        plan = relation._loaders or _plan(relation)
+        kinds = self.kinds
+        try:  # fast path: every column sent in one form (the usual row)
+            if kinds == plan[2]:
+                return tuple([load(raw) for load, raw in zip(plan[0], self.raw, strict=True)])
+            if kinds == plan[3]:
+                return tuple([load(raw) for load, raw in zip(plan[1], self.raw, strict=True)])
+        except CONVERSION_ERRORS:
+            pass  # the column-by-column path below names the failing column
+        return self._values_by_column(relation, plan)
+
+    def _values_by_column(self, relation: Relation, plan: tuple) -> tuple:
+        if len(plan[0]) != len(self.raw):
             raise DecodeError("TupleData", 0, f"row has {len(self.raw)} columns but relation "
-                              f"{relation.namespace}.{relation.name} has {len(loaders)}")
-        out = []
+                              f"{relation.namespace}.{relation.name} has {len(plan[0])}")
+        out: list = []
         append = out.append
         try:
-            for kind, raw, (text, binary) in zip(self.kinds, self.raw, loaders, strict=True):
+            for kind, raw, text, binary in zip(self.kinds, self.raw, plan[0], plan[1],
+                                               strict=True):
                 if kind == "t":
                     append(text(raw))
                 elif kind == "b":
@@ -95,36 +105,81 @@ class TupleData:
         return tuple(out)
 
 
+def _plan(relation: Relation) -> tuple:
+    """(text loaders, binary loaders, 't' * ncols, 'b' * ncols), cached on the Relation
+    because a relation's column types are fixed for its lifetime."""
+    pairs = [REGISTRY.loaders(c.type_oid) for c in relation.columns]
+    ncols = len(pairs)
+    plan = (tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), "t" * ncols, "b" * ncols)
+    object.__setattr__(relation, "_loaders", plan)
+    return plan
+
+
+_new_tuple_data = fast_constructor(TupleData)
+
+
 def read_tuple(buf: bytes, pos: int, message_type: str) -> tuple[TupleData, int]:
     """Split the TupleData starting at ``buf[pos]``; return it and the offset after it."""
     n = len(buf)
     if pos + 2 > n:
         raise DecodeError(message_type, pos, "truncated: TupleData needs Int16 ncols")
-    (ncols,) = _UINT16(buf, pos)
-    pos += 2
-    kinds = bytearray(ncols)
-    raw: list[bytes | None] = [None] * ncols
+    ncols = buf[pos] << 8 | buf[pos + 1]
+    begin = pos = pos + 2
+    kinds: list[bytes] = []
+    raw: list[bytes | None] = []
+    try:  # fast path: kind and length in one unpack; any surprise -> the careful path
+        for _ in range(ncols):
+            kind, length = _KIND_LENGTH(buf, pos)
+            if kind == b"t" or kind == b"b":
+                start = pos + 5
+                pos = start + length
+                if length < 0 or pos > n:
+                    raise _Malformed
+                raw.append(buf[start:pos])
+            elif kind == b"n" or kind == b"u":
+                pos += 1
+                raw.append(None)
+            else:
+                raise _Malformed
+            kinds.append(kind)
+    except (_Malformed, struct.error):
+        return _read_tuple_exactly(buf, begin, ncols, message_type)
+    return _new_tuple_data(b"".join(kinds).decode("ascii"), tuple(raw)), pos
+
+
+class _Malformed(Exception):
+    """Internal: leave the fast path for the one that reports exactly what is wrong."""
+
+
+def _read_tuple_exactly(buf: bytes, pos: int, ncols: int,
+                        message_type: str) -> tuple[TupleData, int]:
+    """read_tuple's checked twin: also handles 'n'/'u' in the last 4 bytes, where the fast
+    path's combined unpack runs off the end, and names what is wrong otherwise."""
+    n = len(buf)
+    kinds: list[bytes] = []
+    raw: list[bytes | None] = []
     for i in range(ncols):
-        if pos >= n:
-            raise DecodeError(message_type, pos,
-                              f"truncated: TupleData ends before column {i + 1} of {ncols}")
-        kind = buf[pos]
-        if kind == 0x74 or kind == 0x62:  # 't', 'b'
-            if pos + 5 > n:
+        kind = buf[pos:pos + 1]
+        if kind == b"t" or kind == b"b":
+            start = pos + 5
+            if start > n:
                 raise DecodeError(message_type, pos + 1,
                                   f"truncated: column {i + 1} needs an Int32 length")
-            (length,) = _INT32(buf, pos + 1)
-            start = pos + 5
+            length = _INT32(buf, pos + 1)[0]
             pos = start + length
             if length < 0 or pos > n:
                 raise DecodeError(message_type, start - 4,
                                   f"column {i + 1} length {length} does not fit the "
                                   f"{n - start} bytes left")
-            raw[i] = buf[start:pos]
-        elif kind == 0x6E or kind == 0x75:  # 'n', 'u'
+            raw.append(buf[start:pos])
+        elif kind == b"n" or kind == b"u":
             pos += 1
+            raw.append(None)
+        elif not kind:
+            raise DecodeError(message_type, pos,
+                              f"truncated: TupleData ends before column {i + 1} of {ncols}")
         else:
             raise DecodeError(message_type, pos, f"column {i + 1} has unknown kind "
-                              f"{bytes([kind])!r} (expected n, u, t or b)")
-        kinds[i] = kind
-    return TupleData(kinds.decode("ascii"), tuple(raw)), pos
+                              f"{kind!r} (expected n, u, t or b)")
+        kinds.append(kind)
+    return _new_tuple_data(b"".join(kinds).decode("ascii"), tuple(raw)), pos

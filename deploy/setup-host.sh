@@ -89,6 +89,18 @@ else
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall . 2>&1 \
         | grep -v "^WARNING: Location" || true
 fi
+# promtool (checks and unit-tests the Prometheus rules) ships only inside Debian's prometheus
+# package, which would also start a Prometheus service: take just the binary into the venv.
+if ! command -v promtool >/dev/null && [ ! -x "$venv/bin/promtool" ]; then
+    tmp="$(mktemp -d)"
+    if (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+        dpkg -x "$tmp"/prometheus_*.deb "$tmp/x"
+        cp "$tmp/x/usr/bin/promtool" "$venv/bin/promtool"
+    else
+        echo "setup-host: could not download Debian's prometheus package; the promtool tests will skip"
+    fi
+    rm -rf "$tmp"
+fi
 # PL/Python runs as `postgres`: keep the environment readable for it.
 chmod -R a+rX "$venv"
 if ! readable_by_postgres "$venv/lib/python3.11/site-packages"; then

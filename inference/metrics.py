@@ -37,6 +37,12 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, classes: np.ndarray
 ) -> dict[str, float]:
+    """Labels are compared as codes: scikit-learn would call labels like 20.5 "continuous",
+    and every metric here is unchanged by renaming the classes consistently."""
+    labels = np.unique(np.concatenate([np.asarray(y_true), np.asarray(y_pred), classes]))
+    y_true = np.searchsorted(labels, y_true)
+    y_pred = np.searchsorted(labels, y_pred)
+    classes = np.searchsorted(labels, classes)
     out = {
         "f1": skm.f1_score(y_true, y_pred, average="weighted", zero_division=0),
         "precision": skm.precision_score(y_true, y_pred, average="weighted", zero_division=0),

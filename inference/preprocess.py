@@ -56,10 +56,13 @@ def as_float_matrix(X, feature_names: Sequence[str], what: str = "features") -> 
         raise InvalidData(
             f"{what} have {out.shape[1]} columns but {len(feature_names)} feature names were given"
         )
-    bad = np.isinf(out).any(axis=0)
-    if bad.any():
-        name = feature_names[int(np.argmax(bad))] if len(feature_names) else "?"
-        raise InvalidData(f"feature column {name!r} contains infinity; replace it with a number or NULL")
+    sums = out.sum(axis=0)  # one pass, no temporaries: a finite sum means no NaN and no inf
+    for j in np.flatnonzero(~np.isfinite(sums)):
+        if np.isinf(out[:, j]).any():
+            name = feature_names[j] if len(feature_names) else f"#{j + 1}"
+            raise InvalidData(
+                f"feature column {name!r} contains infinity; replace it with a number or NULL"
+            )
     return out
 
 
@@ -67,23 +70,14 @@ def fit_preprocessor(X: np.ndarray, feature_names: list[str], preprocess: dict |
     """Fit per-column fill values and scaling on ``X`` (the training split, NaN for NULL)."""
     X = as_float_matrix(X, feature_names)
     options = _column_options(feature_names, preprocess or {})
+    means = X.sum(axis=0) / max(len(X), 1)  # finite exactly where a column has no NULL
     columns = []
     for j, name in enumerate(feature_names):
-        col = X[:, j]
         impute, scale = options[name]["impute"], options[name]["scale"]
-        missing = np.isnan(col)
-        if impute == "error":
-            if missing.any():
-                raise InvalidData(
-                    f"feature column {name!r} has {int(missing.sum())} NULL values in the training "
-                    "split and its preprocess impute is 'error'; clean the data or choose "
-                    f"another impute ({', '.join(IMPUTE)})"
-                )
-            fill = None
+        if np.isfinite(means[j]) and impute == "mean" and scale == "preserve":
+            fill, offset, factor = float(means[j]), 0.0, 1.0  # the default: no column copy
         else:
-            fill = _fill_value(col[~missing], impute, name)
-        filled = col if fill is None else np.where(missing, fill, col)
-        offset, factor = _scaling(filled, scale)
+            fill, offset, factor = _fit_column(X[:, j], name, impute, scale)
         columns.append(
             {"name": name, "impute": impute, "scale": scale, "fill": fill,
              "offset": offset, "factor": factor}
@@ -107,7 +101,10 @@ def apply_preprocessor(spec: dict, X: np.ndarray) -> np.ndarray:
             f"feature column {name!r} is NULL and its preprocess impute is 'error'; "
             "pass a value for it"
         )
-    X = np.where(missing, fill, X) if missing.any() else X
+    if missing.any():
+        X = np.where(missing, fill, X)
+    if np.all(offset == 0.0) and np.all(factor == 1.0):
+        return X  # 'preserve' everywhere: no copy of a possibly large matrix
     return (X - offset) * factor
 
 
@@ -184,6 +181,23 @@ def _column_options(feature_names: list[str], preprocess: dict) -> dict[str, dic
                 )
         out[name] = opts
     return out
+
+
+def _fit_column(col: np.ndarray, name: str, impute: str, scale: str):
+    missing = np.isnan(col)
+    if impute == "error":
+        if missing.any():
+            raise InvalidData(
+                f"feature column {name!r} has {int(missing.sum())} NULL values in the training "
+                "split and its preprocess impute is 'error'; clean the data or choose "
+                f"another impute ({', '.join(IMPUTE)})"
+            )
+        fill = None
+    else:
+        fill = _fill_value(col[~missing], impute, name)
+    filled = np.where(missing, fill, col) if fill is not None and missing.any() else col
+    offset, factor = _scaling(filled, scale)
+    return fill, offset, factor
 
 
 def _fill_value(present: np.ndarray, impute: str, name: str) -> float:

@@ -110,10 +110,13 @@ class OnnxScorer(Scorer):
         wanted = providers()
         if any(node.domain == ML_DOMAIN for node in model.graph.node):
             wanted = [CPU]  # CUDA has no ai.onnx.ml kernels: the work would run on the CPU anyway
+        options = _session_options()
+        if CUDA in wanted:
+            options.log_severity_level = 4  # a CUDA set-up that fails falls back quietly...
         self._session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=_session_options(), providers=wanted
+            bytes(onnx_bytes), sess_options=options, providers=wanted
         )
-        self.providers = self._session.get_providers()
+        self.providers = self._session.get_providers()  # ...and this says what it really got
         inputs = self._session.get_inputs()
         width = inputs[0].shape[1]
         if isinstance(width, int) and width != n_features:
@@ -122,7 +125,9 @@ class OnnxScorer(Scorer):
         outputs = [o.name for o in self._session.get_outputs()]
         self._predict_out = outputs[:1]
         self._proba_out = outputs[1:2]
-        self._run = self._session._sess.run  # skips per-call feed validation; shapes checked here
+        # The binding's run skips InferenceSession.run's per-call feed validation (about a
+        # third of a single-row call); shapes are checked here instead. Same signature.
+        self._run = getattr(self._session, "_sess", self._session).run
         self._row = np.empty((1, n_features), dtype=np.float32)
         self._row_shape = (n_features,)
         self._has_error_cols = bool(self._error_cols.size)

@@ -80,7 +80,7 @@ def require_project(name: str) -> Project:
     if found is None:
         raise UnknownProject(
             f"project {name!r} does not exist; train it first with pgml.train({name!r}, ...) "
-            "(SELECT name FROM pgml.projects lists the projects)"
+            "(the table pgml.projects lists the projects)"
         )
     return found
 
@@ -128,8 +128,8 @@ def _snapshot(row) -> Snapshot:
 def new_snapshot(relation_name: str, y_columns: list[str], test_size: float, test_sampling: str,
                  columns: list[dict]) -> Snapshot:
     rows = query(
-        "INSERT INTO pgml.snapshots AS s (relation_name, y_column_name, test_size, test_sampling,"
-        " columns) VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING " + _SNAPSHOT_COLUMNS,
+        "INSERT INTO pgml.snapshots AS s (relation_name, y_column_name, test_size,"  # noqa: S608 - constants
+        " test_sampling, columns) VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING " + _SNAPSHOT_COLUMNS,
         ("text", "text[]", "real", "text", "text"),
         (relation_name, y_columns, test_size, test_sampling, dumps(columns)))
     return _snapshot(rows[0])
@@ -144,7 +144,7 @@ def finish_snapshot(snapshot_id: int, num_rows: int, analysis: dict) -> None:
 def project_snapshot(project_id: int) -> Snapshot | None:
     """The snapshot of the project's most recent model: what a train without relation reuses."""
     rows = query(
-        "SELECT " + _SNAPSHOT_COLUMNS + " FROM pgml.models m JOIN pgml.snapshots s"
+        "SELECT " + _SNAPSHOT_COLUMNS + " FROM pgml.models m JOIN pgml.snapshots s"  # noqa: S608 - constants
         " ON s.id = m.snapshot_id WHERE m.project_id = $1 ORDER BY m.created_at DESC, m.id DESC"
         " LIMIT 1", ("int8",), (project_id,))
     return _snapshot(rows[0]) if rows.nrows() else None
@@ -274,7 +274,7 @@ def scorer(model_id: int):
         " FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id WHERE m.id = $1",
         ("int8",), (model_id,))
     if not rows.nrows():
-        raise UnknownModel(f"model {model_id} does not exist (SELECT id FROM pgml.models)")
+        raise UnknownModel(f"model {model_id} does not exist (see the table pgml.models)")
     row = rows[0]
     onnx, native = (row["data"], None) if row["runtime"] == "onnx" else (None, row["data"])
     loaded = load_scorer(row["runtime"], onnx, native, row["task"], row["num_features"])
@@ -291,5 +291,5 @@ def cached_scorers() -> dict[int, object]:
 def model_joint(model_id: int) -> bool:
     rows = query("SELECT joint FROM pgml.models WHERE id = $1", ("int8",), (model_id,))
     if not rows.nrows():
-        raise UnknownModel(f"model {model_id} does not exist (SELECT id FROM pgml.models)")
+        raise UnknownModel(f"model {model_id} does not exist (see the table pgml.models)")
     return rows[0]["joint"]

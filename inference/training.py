@@ -264,7 +264,9 @@ def _export_and_check(export_pipeline, pipeline, task, spec, classes, has_proba,
     except NotExportable as exc:
         return None, "python", _fallback(str(exc))
     except Exception as exc:  # the graph converted but onnxruntime cannot load or run it
-        return None, "python", _fallback(f"the exported ONNX graph does not run: {exc}")
+        name = type(export_pipeline.steps[-1][1]).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, "python", _fallback(f"{name}'s ONNX graph does not run in onnxruntime: {first}")
     if task == "regression":
         check = parity.regression_parity(y_pred, onnx_pred, y_train)
     else:

@@ -59,7 +59,7 @@ def preflight(conn: psycopg.Connection, *, publication: str, slot: str,
     if free_slots < need:
         problems.append(f"only {free_slots} free replication slot(s), need {need}: raise "
                         "max_replication_slots (an RDS parameter group setting) or drop "
-                        "unused slots (SELECT * FROM pg_replication_slots)")
+                        "unused slots (listed in the view pg_replication_slots)")
     free_senders = conn.execute("SELECT current_setting('max_wal_senders')::int - count(*)"
                                 " FROM pg_stat_replication").fetchone()[0]
     if free_senders < 2:

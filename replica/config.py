@@ -45,7 +45,7 @@ class Settings(BaseSettings):
                                    "feedback messages at most")
     publication_poll_seconds: float = Field(10.0, gt=0, description="how often to look for "
                                             "tables added to the publication")
-    protocol: int = Field(2, ge=1, le=2, description="pgoutput protocol version; 2 streams "
+    protocol: int = Field(1, ge=1, le=2, description="pgoutput protocol version; 2 streams "
                           "large transactions as they happen")
     decoding_work_mem: str | None = Field(
         "16MB", description="logical_decoding_work_mem for the walsender; with protocol 2 "

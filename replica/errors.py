@@ -25,6 +25,13 @@ class TransientError(ReplicaError):
     target's progress row. Nothing was acknowledged that was not committed."""
 
     kind = "transient"
+    #: which side was lost: "source" or "target" (the ``reconnects_total{peer}`` label)
+    peer = "source"
+
+    def __init__(self, message: str = "", peer: str | None = None) -> None:
+        super().__init__(message)
+        if peer is not None:
+            self.peer = peer
 
 
 class ConfigError(ReplicaError):
@@ -79,3 +86,11 @@ class ApplyError(ReplicaError):
 
     kind = "apply"
     exit_code = 5
+
+
+class ProtocolError(ReplicaError):
+    """The stream held bytes the decoder rejects (corrupt, or a protocol it does not know).
+    The open batch was rolled back; restarting replays from the last commit."""
+
+    kind = "protocol"
+    exit_code = 6

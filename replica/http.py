@@ -132,7 +132,26 @@ def registry_view() -> dict[str, Any]:
     return view
 
 
-def status_body(state: SidecarState, max_lag_seconds: float) -> dict[str, Any]:
+class _ProviderCache:
+    """The status provider queries the source; every open dashboard polls /status, so one
+    answer serves all callers for ``ttl`` seconds instead of one query per poll."""
+
+    def __init__(self, ttl: float = 1.0) -> None:
+        self.ttl = ttl
+        self._at = -ttl
+        self._value: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, provider: Any) -> dict[str, Any]:
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl:
+                self._value = provider()
+                self._at = time.monotonic()
+            return self._value
+
+
+def status_body(state: SidecarState, max_lag_seconds: float,
+                cache: _ProviderCache | None = None) -> dict[str, Any]:
     """The /status document: state, readiness, registry view, then the provider's view."""
     body = state.to_dict()
     reason = not_ready_reason(state, max_lag_seconds)
@@ -146,14 +165,20 @@ def status_body(state: SidecarState, max_lag_seconds: float) -> dict[str, Any]:
     body.update(registry_view())
     if state.status_provider is not None:
         try:
-            body.update(state.status_provider())
+            provided = (cache.get(state.status_provider) if cache
+                        else state.status_provider())
         except Exception as exc:  # the database view is optional; the rest still answers
             body["status_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            # the databases' answer wins, except where it has none (a side unreachable)
+            body.update({k: v for k, v in provided.items() if v is not None or k not in body})
     return redact(jsonable_encoder(body))
 
 
-def create_app(state: SidecarState, *, max_lag_seconds: float = 30.0) -> FastAPI:
-    """The sidecar's HTTP app over ``state``; ``max_lag_seconds`` bounds /readyz."""
+def create_app(state: SidecarState, *, max_lag_seconds: float = 30.0,
+               status_cache_seconds: float = 1.0) -> FastAPI:
+    """The sidecar's HTTP app over ``state``; ``max_lag_seconds`` bounds /readyz, and the
+    status provider's answer is reused for ``status_cache_seconds``."""
     app = FastAPI(title="pgml-replica sidecar", docs_url=None, redoc_url=None,
                   openapi_url=None)
 
@@ -176,9 +201,12 @@ def create_app(state: SidecarState, *, max_lag_seconds: float = 30.0) -> FastAPI
                 "lag_seconds": round(state.lag_seconds(), 3), "reason": reason}
         return JSONResponse(redact(body), 200 if reason is None else 503, headers=_NO_STORE)
 
+    provider_cache = _ProviderCache(status_cache_seconds)
+
     @app.get("/status")
     def status() -> JSONResponse:
-        return JSONResponse(status_body(state, max_lag_seconds), headers=_NO_STORE)
+        return JSONResponse(status_body(state, max_lag_seconds, provider_cache),
+                            headers=_NO_STORE)
 
     index = DASHBOARD_DIR / "index.html"
 

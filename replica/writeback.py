@@ -374,25 +374,27 @@ def _check_reachable(conn: psycopg.Connection, schema: str, e: Exposure, reader:
 
 
 def _next_sql(conn: psycopg.Connection, result: WritebackResult) -> str:
-    """Copy-pasteable SQL for the source, composed (and quoted) like every other statement."""
-    schema = sql.Identifier(result.schema)
+    """Copy-pasteable SQL for the source. Names are quoted by the server's quote_ident, which
+    quotes only where needed, so the text reads as a person would write it."""
+    names = {result.schema, "app_role"}
+    for e in result.exposures:
+        names.update([e.view_name, e.view_name + JOINED_SUFFIX, *(n for n, _ in e.columns)])
+    quoted = dict(conn.execute("SELECT n, quote_ident(n) FROM unnest(%s::text[]) AS n",
+                               (sorted(names),)).fetchall())
+    q = {n: sql.SQL(v) for n, v in quoted.items()}
     lines = ["-- on the source: predictions by key (the key filter runs on the replica)"]
     for e in result.exposures:
-        where = sql.SQL(" AND ").join(sql.SQL("{} = $1").format(sql.Identifier(k))
-                                      for k in e.key_columns)
-        cols = sql.SQL(", ").join(sql.Identifier(n) for n, _ in e.columns
-                                  if n not in e.key_columns)
-        stmt = sql.SQL("SELECT {} FROM {}.{} WHERE {};").format(
-            cols, schema, sql.Identifier(e.view_name), where)
-        lines.append(stmt.as_string(conn))
+        where = sql.SQL(" AND ").join(sql.SQL("{} = $1").format(q[k]) for k in e.key_columns)
+        cols = sql.SQL(", ").join(q[n] for n, _ in e.columns if n not in e.key_columns)
+        lines.append(sql.SQL("SELECT {} FROM {}.{} WHERE {};").format(
+            cols, q[result.schema], q[e.view_name], where).as_string(conn))
         if f"{result.schema}.{e.view_name}{JOINED_SUFFIX}" in result.joined_views:
-            stmt = sql.SQL("SELECT * FROM {}.{} WHERE {};").format(
-                schema, sql.Identifier(e.view_name + JOINED_SUFFIX), where)
-            lines.append(stmt.as_string(conn))
+            lines.append(sql.SQL("SELECT * FROM {}.{} WHERE {};").format(
+                q[result.schema], q[e.view_name + JOINED_SUFFIX], where).as_string(conn))
     lines.append("-- let an application role read them:")
-    for stmt in (sql.SQL("GRANT USAGE ON SCHEMA {} TO app_role;").format(schema),
-                 sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO app_role;").format(schema)):
-        lines.append(stmt.as_string(conn))
+    for stmt in (sql.SQL("GRANT USAGE ON SCHEMA {} TO {};"),
+                 sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {};")):
+        lines.append(stmt.format(q[result.schema], q["app_role"]).as_string(conn))
     return "\n".join(lines)
 
 

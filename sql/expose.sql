@@ -109,10 +109,34 @@ BEGIN
 END
 $$;
 
+-- predict_batch reshapes a flat array by the model's feature count, so a model trained on
+-- other columns can still "fit" the values; one prediction per row is the proof it did not.
+CREATE OR REPLACE FUNCTION pgml_expose.check_scored(view_name text, project_name text,
+                                                    passed integer, rows bigint, scored bigint)
+RETURNS boolean LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    takes integer;
+BEGIN
+    IF rows = scored THEN
+        RETURN true;
+    END IF;
+    SELECT m.num_features INTO takes
+      FROM pgml.projects p JOIN pgml.deployments d ON d.project_id = p.id
+      JOIN pgml.models m ON m.id = d.model_id
+     WHERE p.name = check_scored.project_name
+     ORDER BY d.created_at DESC, d.id DESC LIMIT 1;
+    RAISE EXCEPTION 'the model deployed for project % takes % features, pgml_out.% passes %',
+        quote_literal(project_name), coalesce(takes::text, '?'), quote_ident(view_name), passed
+        USING HINT = 'expose it again: SELECT pgml.expose(...) (features default to the '
+                     'deployed model''s)';
+END
+$$;
+
 -- The upsert that scores every row of `source` (a FROM item whose rows have the relation's
 -- columns: the base table, a trigger's transition table, or a subquery over those) into the
 -- exposure's materialized table. One pgml.predict_batch call for all rows: scoring a batch
--- costs a fraction of a microsecond per row, one PL/Python call per row about 7 us.
+-- costs a fraction of a microsecond per row, one PL/Python call per row several.
 CREATE OR REPLACE FUNCTION pgml_expose.score_sql(e pgml.exposures, source text)
 RETURNS text LANGUAGE plpgsql STABLE
 AS $$
@@ -128,11 +152,14 @@ BEGIN
             SELECT array_agg(u.x ORDER BY src.n, u.i) AS a
               FROM src, unnest(src.f) WITH ORDINALITY AS u(x, i)
             HAVING count(*) > 0
-        ), pred AS (
+        ), pred AS MATERIALIZED (
             SELECT r.n, r.p FROM flat, pgml.predict_batch(%4$L, flat.a) WITH ORDINALITY AS r(p, n)
+        ), checked AS (
+            SELECT pgml_expose.check_scored(%5$L, %4$L, %10$s, (SELECT count(*) FROM src),
+                                            (SELECT count(*) FROM pred)) AS ok
         )
         INSERT INTO pgml_expose.%5$I AS t (%1$s, prediction%6$s, scored_at)
-        SELECT %7$s, pred.p%8$s, now() FROM src JOIN pred USING (n)
+        SELECT %7$s, pred.p%8$s, now() FROM src JOIN pred USING (n), checked WHERE checked.ok
         ON CONFLICT (%1$s) DO UPDATE
            SET prediction = EXCLUDED.prediction%9$s, scored_at = EXCLUDED.scored_at$q$,
         keys, pgml_expose.feature_array(e, 's'), source, e.project_name, e.view_name,
@@ -140,7 +167,8 @@ BEGIN
         skeys,
         CASE WHEN proba THEN format(', pgml.predict_proba(%L, src.f)', e.project_name)
              ELSE '' END,
-        CASE WHEN proba THEN ', probabilities = EXCLUDED.probabilities' ELSE '' END);
+        CASE WHEN proba THEN ', probabilities = EXCLUDED.probabilities' ELSE '' END,
+        cardinality(e.features));
 END
 $$;
 
@@ -456,12 +484,17 @@ CREATE OR REPLACE FUNCTION pgml.expose(
 RETURNS text LANGUAGE plpgsql
 AS $$
 DECLARE
-    rel    regclass := to_regclass(expose.relation_name);
+    rel    regclass;
     e      pgml.exposures;
     prev   pgml.exposures;
     v_task text;
     col    text;
 BEGIN
+    BEGIN
+        rel := to_regclass(expose.relation_name);
+    EXCEPTION WHEN invalid_name THEN
+        rel := NULL;   -- not even a name: reported as missing below
+    END;
     SELECT p.task INTO v_task FROM pgml.projects p WHERE p.name = expose.project_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'project % does not exist', quote_literal(expose.project_name)
@@ -521,6 +554,9 @@ BEGIN
     PERFORM pgml_expose.feature_array(e, 'r');   -- validates the feature columns
 
     IF prev.materialized THEN
+        -- the view reads the old predictions table: both are rebuilt (grants come back from
+        -- pgml_out's readers in build_view)
+        EXECUTE format('DROP VIEW IF EXISTS pgml_out.%I', prev.view_name);
         PERFORM pgml_expose.drop_materialized(prev);
     END IF;
     INSERT INTO pgml.exposures VALUES (e.*)

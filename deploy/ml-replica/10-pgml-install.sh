@@ -6,5 +6,5 @@ set -euo pipefail
 site="$("$PGML_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "pgml-replica: installing the pgml schema into ${POSTGRES_DB:-postgres} (python path $site)"
 "$PGML_VENV/bin/pgml-replica" install \
-    --target "host=/var/run/postgresql dbname=${POSTGRES_DB:-postgres} user=${POSTGRES_USER:-postgres}" \
+    --target "host=${PGHOST:-/var/run/postgresql} port=${PGPORT:-5432} dbname=${POSTGRES_DB:-postgres} user=${POSTGRES_USER:-postgres}" \
     --python-path "$site"

@@ -3,7 +3,7 @@
 # role like the one an RDS operator creates (`GRANT rds_replication TO pgml_replica` there;
 # REPLICATION here), owning a demo table so it may create the publication FOR TABLE.
 set -euo pipefail
-password="$(cat /run/secrets/replicator_password)"
+password="$(cat "${REPLICATOR_PASSWORD_FILE:-/run/secrets/replicator_password}")"
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
      -v pw="$password" <<'SQL'
 CREATE ROLE pgml_replica LOGIN REPLICATION PASSWORD :'pw';

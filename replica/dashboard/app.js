@@ -70,17 +70,24 @@ function drawSpark(svgId, values) {
   svg.dataset.points = String(values.length);
 }
 
-// Row counts on the target, from the database-backed part of /status when the sidecar has one.
+// Row counts per table from the database-backed part of /status (replica/status.py):
+// tables = {"schema.table": {source_rows, target_rows, synced, ...}}; a plain
+// row_counts = {"schema.table": n} is read as target rows.
 function rowCounts(s) {
-  if (s.row_counts && typeof s.row_counts === "object") return s.row_counts;
-  if (s.tables && typeof s.tables === "object" && !Array.isArray(s.tables)) return s.tables;
-  return {};
+  const out = {};
+  if (s.tables && typeof s.tables === "object" && !Array.isArray(s.tables)) {
+    for (const [name, t] of Object.entries(s.tables)) {
+      out[name] = (t && typeof t === "object") ? t : { target_rows: t };
+    }
+  }
+  for (const [name, n] of Object.entries(s.row_counts || {})) {
+    out[name] = Object.assign(out[name] || {}, { target_rows: n });
+  }
+  return out;
 }
 
 function count(v) {
-  if (v === undefined || v === null) return "";
-  if (typeof v === "object") return groupDigits(v.rows ?? v.target_rows ?? v.count ?? 0);
-  return groupDigits(v);
+  return v === undefined || v === null ? "–" : groupDigits(v);
 }
 
 function renderTables(s) {
@@ -92,13 +99,16 @@ function renderTables(s) {
   body.replaceChildren();
   for (const name of [...names].sort()) {
     const ops = applied[name] || {};
+    const rows = counts[name] || {};
     const tr = document.createElement("tr");
-    const cells = [name, ops.insert, ops.update, ops.delete, ops.truncate, counts[name]];
-    cells.forEach((v, i) => {
+    const cells = [name, groupDigits(ops.insert || 0), groupDigits(ops.update || 0),
+                   groupDigits(ops.delete || 0), groupDigits(ops.truncate || 0),
+                   count(rows.source_rows), count(rows.target_rows)];
+    for (const v of cells) {
       const td = document.createElement("td");
-      td.textContent = i === 0 ? v : (i === 5 ? count(v) : groupDigits(v || 0));
+      td.textContent = v;
       tr.appendChild(td);
-    });
+    }
     body.appendChild(tr);
   }
 }
@@ -131,7 +141,10 @@ function renderSnapshot(snap) {
 
 function renderErrors(s) {
   setText("error", s.error || "");
-  setText("status-error", s.status_error ? "status query failed: " + s.status_error : "");
+  // status_error (the database view failed), source_error / target_error (a side unreachable)
+  const queryErrors = Object.keys(s).filter((k) => k.endsWith("_error") && s[k]).sort()
+    .map((k) => k.replace(/_error$/, "") + ": " + s[k]);
+  setText("query-errors", queryErrors.join("\n"));
   const list = $("errors-by-kind");
   list.replaceChildren();
   const kinds = Object.entries(s.errors_by_kind || {}).filter(([, n]) => n > 0);
@@ -140,7 +153,7 @@ function renderErrors(s) {
     li.textContent = kind + ": " + groupDigits(n);
     list.appendChild(li);
   }
-  $("no-errors").hidden = Boolean(s.error || s.status_error || kinds.length);
+  $("no-errors").hidden = Boolean(s.error || queryErrors.length || kinds.length);
 }
 
 function slotName(s) {
@@ -156,9 +169,10 @@ function render(s) {
   badge("ready", s.ready ? "ready" : "not ready", s.ready ? "good" : "warn");
   setText("not-ready", s.not_ready_reason ? "not ready: " + s.not_ready_reason : "");
 
+  const known = (v) => v !== undefined && v !== null;
   setText("lag-seconds", humanSeconds(s.lag_seconds));
-  setText("lag-bytes", groupDigits(s.lag_bytes || 0));
-  setText("lag-bytes-human", humanBytes(s.lag_bytes || 0));
+  setText("lag-bytes", known(s.lag_bytes) ? groupDigits(s.lag_bytes) : null);
+  setText("lag-bytes-human", known(s.lag_bytes) ? humanBytes(s.lag_bytes) : null);
   pushHistory("seconds", s.lag_seconds);
   pushHistory("bytes", s.lag_bytes);
   drawSpark("spark-seconds", history.seconds);
@@ -178,6 +192,9 @@ function render(s) {
   setText("applied-lsn", s.applied_lsn);
   setText("flushed-lsn", s.flushed_lsn);
   setText("confirmed-flush-lsn", s.confirmed_flush_lsn);
+  setText("current-lsn", s.current_lsn);
+  const active = s.active ?? s.slot_active;
+  setText("slot-active", known(active) ? (active ? "yes" : "no") : null);
   setText("source-connected", s.source_connected ? "connected" : "disconnected");
   setText("target-connected", s.target_connected ? "connected" : "disconnected");
   setText("transactions-applied", groupDigits(s.transactions_applied || 0));

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from sklearn import datasets
 from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,15 @@ def split(name: str) -> Split:
         return Split(X[:15], X[15:], y[:15], y[15:], names)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
     return Split(X_train, X_test, y_train, y_test, names)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_openmp_thread():
+    """HistGradientBoosting, XGBoost and LightGBM use OpenMP; on a shared 2-core machine their
+    spinning workers fight other test processes and the suite slows several-fold. One thread
+    changes nothing these tests check (train and reference run under the same limit)."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,10 @@ def serve() -> Iterator[Callable[..., HttpServer]]:
 
 @pytest.fixture
 def wal_status_reset() -> Iterator[None]:
-    """The slot gauges are process-wide: clear them after a test that sets them."""
+    """The slot gauges are process-wide (a sidecar run in this process sets them too): start
+    from "never looked at the slot" and leave it that way."""
+    metrics.SLOT_WAL_STATUS.clear()
     yield
-    metrics.set_wal_status(None)
     metrics.SLOT_WAL_STATUS.clear()
     metrics.SLOT_RETAINED_WAL_BYTES.set(0)
 

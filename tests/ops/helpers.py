@@ -23,6 +23,19 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
                   "--lang=en-US"]
 
 
+def sidecar_env_names() -> set[str]:
+    """The environment variables `pgml-replica run` reads (from replica.config.Settings),
+    plus the *_FILE variants the image's entry point turns into them."""
+    from replica.config import ENV_PREFIX, Settings
+
+    names = set()
+    for name, field in Settings.model_fields.items():
+        choices = getattr(field.validation_alias, "choices", None) or []
+        env = [c.upper() for c in choices if c.upper().startswith(ENV_PREFIX)]
+        names |= set(env) or {ENV_PREFIX + name.upper()}
+    return names | {ENV_PREFIX + "SOURCE_FILE", ENV_PREFIX + "TARGET_FILE"}
+
+
 def streaming_state(**kw) -> SidecarState:
     base = dict(phase="streaming", source_connected=True, target_connected=True,
                 received_lsn=0x1_6B37_4D48, applied_lsn=0x1_6B37_4D48,

@@ -13,13 +13,16 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
+from tests.ops.helpers import sidecar_env_names
 from tests.ops.metric_names import check_expr, exposed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,10 +34,6 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not installed (Debian package `prometheus`): the rules "
                              "are still checked against the metric names, not by Prometheus")
-SIDECAR_ENV = {"PGML_REPLICA_SOURCE", "PGML_REPLICA_TARGET", "PGML_REPLICA_TABLES",
-               "PGML_REPLICA_SCHEMA", "PGML_REPLICA_PUBLICATION", "PGML_REPLICA_SLOT",
-               "PGML_REPLICA_HTTP_HOST", "PGML_REPLICA_HTTP_PORT",
-               "PGML_REPLICA_SOURCE_FILE", "PGML_REPLICA_TARGET_FILE"}
 
 
 def rules() -> list[dict]:
@@ -256,7 +255,7 @@ def test_compose_references_exist_and_agree():
     source_cmd = " ".join(services["source"]["command"])
     assert "wal_level=logical" in source_cmd
     env = services["sidecar"]["environment"]
-    assert set(env) <= SIDECAR_ENV
+    assert set(env) <= sidecar_env_names()
     for key in ("PGML_REPLICA_SOURCE_FILE", "PGML_REPLICA_TARGET_FILE"):
         assert env[key].removeprefix("/run/secrets/") in services["sidecar"]["secrets"]
     # no password sits in the compose file itself: only paths to secret files
@@ -402,3 +401,58 @@ def test_the_installed_package_ships_the_dashboard():
     missing = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
     assert not missing, (f"pyproject.toml [tool.setuptools.package-data] needs "
                          f"replica = [\"dashboard/*\"]; not shipped: {missing}")
+
+
+def test_operations_doc_lists_every_metric_and_alert():
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    families = {re.sub(r"_(total|bucket|sum|count|created|info)$", "", n) for n in exposed()}
+    missing = [f for f in sorted(families) if f not in doc]
+    assert not missing, f"docs/operations.md does not mention {missing}"
+    assert [r["alert"] for r in rules() if f"`{r['alert']}`" not in doc] == []
+
+
+def test_compose_source_init_makes_a_role_that_can_replicate(tmp_path):
+    """deploy/source-init runs as the postgres image runs it (POSTGRES_USER/DB set, psql on
+    the fresh server), here on a throw-away cluster; the role it makes then does what the
+    sidecar needs: log in with its password, create the publication, create a slot."""
+    from replica.localcluster import SOURCE_SETTINGS, running_cluster
+
+    password = tmp_path / "replicator_password"
+    password.write_text("demo-Pa55\n")
+    with running_cluster("ops-compose-source", SOURCE_SETTINGS) as cluster:
+        cluster.create_database("app")
+        env = {**os.environ, "POSTGRES_USER": "postgres", "POSTGRES_DB": "app",
+               "PGHOST": cluster.host, "PGPORT": str(cluster.port),
+               "REPLICATOR_PASSWORD_FILE": str(password)}
+        proc = subprocess.run(["bash", str(DEPLOY / "source-init/10-replication-role.sh")],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        with cluster.connect("app") as conn:
+            conn.execute("CREATE ROLE pw_required NOLOGIN")
+            conn.execute("GRANT pw_required TO pgml_replica")  # the harness's scram rule
+        with psycopg.connect(cluster.dsn("app", user="pgml_replica", password="demo-Pa55"),
+                             autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM public.demo_events").fetchone()[0] == 1000
+            conn.execute("CREATE PUBLICATION pgml_replica FOR TABLE public.demo_events")
+            conn.execute("SELECT pg_create_logical_replication_slot('ops_demo', 'pgoutput')")
+            conn.execute("SELECT pg_drop_replication_slot('ops_demo')")
+
+
+def test_ml_replica_init_hook_installs_pgml(replica_db):
+    """deploy/ml-replica/10-pgml-install.sh as the image's entrypoint runs it, with this
+    checkout's environment standing in for the image's venv, against a real PL/Python
+    server: afterwards pgml is installed and its Python path is the venv's site-packages."""
+    venv = Path(os.environ.get("VIRTUAL_ENV") or Path(sys.executable).parent.parent)
+    cluster = replica_db.cluster
+    env = {**os.environ, "PGML_VENV": str(venv), "POSTGRES_DB": replica_db.name,
+           "POSTGRES_USER": cluster.user, "PGHOST": cluster.host, "PGPORT": str(cluster.port)}
+    proc = subprocess.run(["bash", str(DEPLOY / "ml-replica/10-pgml-install.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "installed" in proc.stdout
+    [(paths,)] = replica_db.execute(
+        "SELECT value FROM pgml.settings WHERE name = 'python_path'")
+    site = subprocess.run([str(venv / "bin/python"), "-c",
+                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert site in (paths if isinstance(paths, list) else json.loads(paths))

@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.ops.helpers import sidecar_env_names
 from tests.ops.metric_names import exposed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +98,8 @@ def test_default_install_with_an_existing_secret():
     assert {v["mountPath"] for v in container["volumeMounts"]} == {"/tmp"}
 
     env = env_of(deploy)
+    assert {n for n in env if n.startswith("PGML_REPLICA_")} <= sidecar_env_names()
+    assert env["PGML_REPLICA_MAX_LAG_SECONDS"]["value"] == "30"
     for name in ("PGML_REPLICA_SOURCE", "PGML_REPLICA_TARGET"):
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "pgml-dsn"
     assert env["PGML_REPLICA_SOURCE"]["valueFrom"]["secretKeyRef"]["key"] == "source-dsn"

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from replica import metrics
+from replica import metrics, status
 from replica.http import HttpServer, HttpServerError, create_app
 from replica.state import SidecarState
 from tests.ops.helpers import SECRET, database_provider, streaming_state
@@ -142,6 +142,28 @@ def test_status_merges_state_and_the_database_view_without_secrets(serve, slot_o
     assert "postgresql://ops:********@10.0.0.5/app" in body["last_retry"]
 
 
+def test_status_with_the_sidecars_provider_and_an_unreachable_target(serve, slot_on_source,
+                                                                      source_db):
+    """replica.status.collect as the CLI installs it: the source side answers, the target
+    does not; the state's live values stay where the databases have no answer."""
+    dsn, slot = slot_on_source
+    target = source_db.cluster.dsn("no_such_database_ops", password=SECRET)
+    state = streaming_state(slot=slot, publication="ops_pub",
+                            status_provider=lambda: status.collect(
+                                dsn, target, slot=slot, publication="ops_pub", exact=True))
+    resp = httpx.get(serve(state).url + "/status", timeout=30)
+    body = resp.json()
+    confirmed = source_db.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
+                                  " WHERE slot_name = %s", (slot,))[0][0]
+    assert body["confirmed_flush_lsn"] == confirmed
+    assert body["wal_status"] == "reserved" and body["active"] is False
+    assert body["tables"]["public.items"]["source_rows"] == 37
+    assert "no_such_database_ops" in body["target_error"]
+    assert body["applied_lsn"] == "1/6B374D48"  # the provider had None: the state's stays
+    assert body["phase"] == "streaming"
+    assert SECRET not in resp.text
+
+
 def test_status_survives_a_failing_provider(serve, source_db):
     bad_dsn = source_db.cluster.dsn(source_db.name, user="no_such_role_ops", password=SECRET)
 
@@ -218,3 +240,22 @@ def test_server_stops_and_frees_its_port():
     server.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+@pytest.mark.parametrize("ttl, queries", [(3600, 1), (0, 3)])
+def test_status_provider_answers_are_shared_for_a_while(serve, slot_on_source, ttl, queries):
+    """Every open dashboard polls /status: within the cache time one database query serves
+    them all; with no cache time each poll queries."""
+    dsn, slot = slot_on_source
+    calls = []
+    provide = database_provider(dsn, slot)
+
+    def counting() -> dict:
+        calls.append(1)
+        return provide()
+
+    server = serve(streaming_state(status_provider=counting), status_cache_seconds=ttl)
+    with httpx.Client(timeout=20) as client:
+        bodies = [client.get(server.url + "/status").json() for _ in range(3)]
+    assert len(calls) == queries
+    assert all(b["row_counts"] == {"public.items": 37} for b in bodies)

@@ -1,0 +1,203 @@
+"""Relations into numpy inside PL/Python: names, column checks, snapshots, loading, splitting.
+
+Loading. One query scans the relation once and returns every column as a single bytea of
+big-endian float8 values (``string_agg(float8send(col::float8))``, NULL as NaN); numpy reads
+those bytes without creating a Python object per value. Measured for 1M rows x 11 columns
+inside PL/Python on the 2-core dev box: this 0.7 s; one ``array_agg`` per column converted
+through Python lists 1.4 s; ``plpy.execute`` row by row 4.65 s (PERF-NOTES); psycopg binary
+COPY over a loopback connection 1.37 s (PERF-NOTES) -- and a loopback connection could not
+see the snapshot table that the same transaction has just created, needs credentials, and
+would escape the caller's transaction. So: in-process string_agg.
+
+Row order. A snapshot table is written once and never updated, so a sequential scan returns
+its rows in the same physical order every time; synchronized scans (which can start a scan
+in the middle of a big table) are switched off for the load. That, the stored random_state
+and the split rule below make a retrain from the same snapshot see the same rows in the same
+split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import plpy
+
+from inference import store
+from inference.errors import InvalidData, PgmlError
+
+# Base types a feature or label may have (a domain over one of them counts as that type).
+NUMERIC_TYPES = {21: "smallint", 23: "integer", 20: "bigint", 700: "real",
+                 701: "double precision", 1700: "numeric", 16: "boolean"}
+_BOOL = 16
+_NAN = r"'\x7ff8000000000000'::bytea"
+SAMPLINGS = ("random", "first", "last")
+
+
+class UnknownRelation(PgmlError):
+    sqlstate = "42P01"  # undefined_table
+
+
+class UnknownColumn(PgmlError):
+    sqlstate = "42703"  # undefined_column
+
+
+class NotNumeric(InvalidData):
+    sqlstate = "42804"  # datatype_mismatch
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    pg_type: str
+    base_oid: int
+    position: int
+    nullable: bool
+
+
+def resolve(relation_name: str) -> tuple[int, str]:
+    """(oid, quoted schema-qualified name) of a table, view, materialized or foreign table.
+
+    The name goes to to_regclass as a bound parameter; what comes back is PostgreSQL's own
+    quoting of the relation (``oid::regclass``), the only form used in SQL text afterwards.
+    """
+    rows = None
+    try:
+        with plpy.subtransaction():  # to_regclass raises on malformed names in PostgreSQL 15
+            rows = store.query(
+                "SELECT c.oid::int8 AS oid, c.relkind::text AS kind,"
+                " format('%I.%I', n.nspname, c.relname) AS name FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+                ("text",), (relation_name,))
+    except plpy.SPIError:
+        rows = None
+    if not rows:
+        raise UnknownRelation(
+            f"relation {relation_name!r} does not exist; name a table or view, "
+            "schema-qualified if it is not on the search_path (e.g. 'public.patients')"
+        )
+    if rows[0]["kind"] not in ("r", "v", "m", "f", "p"):
+        raise UnknownRelation(f"{relation_name!r} is not a table or view")
+    return rows[0]["oid"], rows[0]["name"]
+
+
+def columns(oid: int) -> list[Column]:
+    rows = store.query(
+        "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS pg_type,"
+        " (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8 AS base,"
+        " a.attnum::int AS position, NOT a.attnotnull AS nullable"
+        " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+        " WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        ("int8",), (oid,))
+    return [Column(r["name"], r["pg_type"], r["base"], r["position"], r["nullable"]) for r in rows]
+
+
+def check_columns(relation_name: str, cols: list[Column], y_columns: list[str]) -> None:
+    """Every y column exists; every column (features and labels) is numeric."""
+    names = [c.name for c in cols]
+    for y in y_columns:
+        if y not in names:
+            raise UnknownColumn(
+                f"column {y!r} does not exist in {relation_name}; its columns are: "
+                + ", ".join(names)
+            )
+    if len(cols) <= len(y_columns):
+        raise InvalidData(f"{relation_name} has no feature columns besides {', '.join(y_columns)}")
+    for c in cols:
+        if c.base_oid not in NUMERIC_TYPES:
+            role = "y column" if c.name in y_columns else "feature column"
+            raise NotNumeric(
+                f"{role} {c.name!r} of {relation_name} has type {c.pg_type}, which is not "
+                "numeric; train on a view that casts it to a number or leaves it out "
+                "(encoding text columns is not supported yet)"
+            )
+
+
+def materialize(snapshot: store.Snapshot, source: str, cols: list[Column]) -> None:
+    """Copy the relation into the snapshot's own table (CREATE TABLE AS)."""
+    select = ", ".join(plpy.quote_ident(c.name) for c in cols)
+    plpy.execute(f"CREATE TABLE {snapshot.table} AS SELECT {select} FROM {source}")  # noqa: S608 - quoted identifiers and our integer id
+
+
+def load(table: str, cols: list[Column]) -> tuple[int, dict[str, np.ndarray]]:
+    """(row count, column name -> float64 array with NaN for NULL), one scan of ``table``."""
+    parts = ["count(*)::int8 AS n"]
+    for i, c in enumerate(cols):
+        value = plpy.quote_ident(c.name)
+        value = f"{value}::int::float8" if c.base_oid == _BOOL else f"{value}::float8"
+        parts.append(f"string_agg(coalesce(float8send({value}), {_NAN}), ''::bytea) AS c{i}")
+    previous = store.query("SELECT current_setting('synchronize_seqscans') AS v")[0]["v"]
+    _set_syncscan("off")
+    try:
+        row = plpy.execute(f"SELECT {', '.join(parts)} FROM {table}")[0]  # noqa: S608 - quoted identifiers
+    finally:
+        _set_syncscan(previous)
+    n = row["n"]
+    if n == 0:
+        return 0, {c.name: np.empty(0) for c in cols}
+    return n, {c.name: np.frombuffer(row[f"c{i}"], dtype=">f8").astype(np.float64)
+               for i, c in enumerate(cols)}
+
+
+def _set_syncscan(value: str) -> None:
+    store.query("SELECT set_config('synchronize_seqscans', $1, true)", ("text",), (value,))
+
+
+def analyze(values: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per-column statistics over all rows (NULL counted as missing), stored with the snapshot."""
+    out = {}
+    for name, col in values.items():
+        present = col[~np.isnan(col)]
+        stats = {"count": int(present.size), "missing": int(col.size - present.size)}
+        if present.size:
+            stats.update(mean=float(present.mean()), stddev=float(present.std()),
+                         min=float(present.min()), max=float(present.max()),
+                         median=float(np.median(present)))
+        out[name] = stats
+    return out
+
+
+def test_fraction(test_size: float) -> float:
+    """test_size arrives as float4 (0.2 -> 0.2000000030); use the decimal the user wrote."""
+    fraction = float(f"{float(test_size):.7g}")
+    if not 0 < fraction < 1:
+        raise InvalidData(f"test_size must be between 0 and 1 (exclusive), got {fraction:g}")
+    return fraction
+
+
+def check_sampling(test_sampling: str) -> str:
+    sampling = (test_sampling or "").strip().lower()
+    if sampling not in SAMPLINGS:
+        raise PgmlError(f"test_sampling {test_sampling!r} is not one of {', '.join(SAMPLINGS)}")
+    return sampling
+
+
+def split(n: int, test_size: float, sampling: str, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train row indexes, test row indexes) of an n-row snapshot.
+
+    The test split has ceil(test_size * n) rows, as scikit-learn's train_test_split. 'random'
+    is exactly ``train_test_split(range(n), test_size, random_state, shuffle=True)``, so the
+    same split can be rebuilt outside the database; 'first' tests on the first rows of the
+    snapshot, 'last' on the last ones.
+    """
+    fraction = test_fraction(test_size)
+    n_test = math.ceil(fraction * n)
+    n_train = n - n_test
+    if n == 0:
+        raise InvalidData("the relation is empty; there is nothing to train on")
+    if n_train < 2 or n_test < 1:
+        raise InvalidData(
+            f"the relation has {n} row(s): test_size {fraction:g} leaves {n_train} for training "
+            f"and {n_test} for testing; at least 2 and 1 are needed -- add rows or change test_size"
+        )
+    rows = np.arange(n)
+    if sampling == "first":
+        return rows[n_test:], rows[:n_test]
+    if sampling == "last":
+        return rows[:n_train], rows[n_train:]
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(rows, test_size=fraction, random_state=random_state,
+                                   shuffle=True)
+    return train, test

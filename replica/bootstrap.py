@@ -1,0 +1,252 @@
+"""Getting to the point where streaming can start: publication, slot, initial copy.
+
+Why these decisions (docs/sidecar.md, "How the copy meets the stream"):
+- No progress on the target and no slot: create the slot with an exported snapshot and copy
+  every table inside it. The copy holds exactly what committed before the slot's consistent
+  point; the stream starts there.
+- No progress but the slot exists (handed over by a DBA, as on RDS, or left by a run that
+  died during its copy): that slot's snapshot is gone, so the tables are copied inside the
+  snapshot of a *temporary* slot created now, and each table records that slot's consistent
+  point as its sync LSN. The stream then replays from the existing slot and applies a table's
+  changes only from transactions committing at or after its sync LSN: what the copy holds is
+  skipped, what it lacks is applied - nothing is replayed twice, so nothing has to be
+  idempotent.
+- Progress but a table not yet copied (added to the publication while the sidecar was down):
+  the same temporary-slot copy, for that table.
+- Progress but no slot, a slot whose ``wal_status`` is ``lost``, or progress from another
+  source system: changes are gone for good; only ``--resnapshot`` repairs the target.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from decoder import parse_lsn
+from replica import catalog, progress
+from replica.catalog import TableDef
+from replica.config import Settings
+from replica.errors import ConfigError, ResnapshotNeeded
+from replica.replconn import ReplicationConnection
+from replica.snapshot import Snapshot
+from replica.state import SidecarState
+
+TableKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    name: str
+    plugin: str | None
+    database: str | None
+    active: bool
+    active_pid: int | None
+    confirmed_flush_lsn: int | None
+    wal_status: str | None
+
+
+def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
+    row = conn.execute("SELECT slot_name, plugin, database, active, active_pid,"
+                       " confirmed_flush_lsn::text, wal_status FROM pg_replication_slots"
+                       " WHERE slot_name = %s", (slot,)).fetchone()
+    if row is None:
+        return None
+    return SlotInfo(row[0], row[1], row[2], row[3], row[4],
+                    parse_lsn(row[5]) if row[5] else None, row[6])
+
+
+def system_id(conn: psycopg.Connection) -> str:
+    return str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+
+
+def ensure_publication(conn: psycopg.Connection, settings: Settings) -> list[TableKey]:
+    """Create the publication if missing; add tables the flags name that it lacks."""
+    pub = sql.Identifier(settings.publication)
+    named = settings.table_list()
+    if not catalog.publication_exists(conn, settings.publication):
+        if named:
+            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                pub, sql.SQL(", ").join(sql.Identifier(s, t) for s, t in named)))
+        else:
+            schema = settings.schema_name or "public"
+            try:  # follows new tables of the schema; needs a superuser (not on RDS)
+                with conn.transaction():
+                    conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLES IN SCHEMA {}").format(
+                        pub, sql.Identifier(schema)))
+            except psycopg.errors.InsufficientPrivilege:
+                from replica.checks import schema_tables
+
+                conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                    pub, sql.SQL(", ").join(sql.Identifier(s, t)
+                                            for s, t in schema_tables(conn, schema))))
+    elif named:
+        have = catalog.publication_tables(conn, settings.publication)
+        for s, t in named:
+            if (s, t) not in have:
+                try:
+                    conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                        pub, sql.Identifier(s, t)))
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise ConfigError(f"table {s}.{t} is not in publication "
+                                      f"{settings.publication} and this role may not add it "
+                                      f"({exc.diag.message_primary}): ask the publication's "
+                                      "owner to ALTER PUBLICATION ... ADD TABLE") from None
+    return sorted(catalog.publication_tables(conn, settings.publication))
+
+
+def publication_defs(conn: psycopg.Connection, publication: str,
+                     keys: set[TableKey] | None = None) -> list[TableDef]:
+    resolver = catalog.TypeResolver(conn)
+    return [catalog.read_table(conn, s, t, resolver, columns=cols, row_filter=rf)
+            for (s, t), (cols, rf) in catalog.publication_tables(conn, publication).items()
+            if keys is None or (s, t) in keys]
+
+
+def run_with_ticks(fn: Callable[[], object], tick: Callable[[], None] | None,
+                   every: float = 1.0):
+    """Run ``fn`` in a thread; call ``tick`` in this one meanwhile (stream feedback keeps the
+    walsender from timing out while a slot is created or tables are copied)."""
+    if tick is None:
+        return fn()
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    th = threading.Thread(target=target, name="table-sync", daemon=True)
+    th.start()
+    while th.is_alive():
+        th.join(every)
+        if th.is_alive():
+            tick()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+class Bootstrap:
+    """Decides how the target catches up with the slot, and does the copying."""
+
+    def __init__(self, settings: Settings, state: SidecarState, stop: threading.Event) -> None:
+        self.settings, self.state, self.stop = settings, state, stop
+
+    def copy_beside_temporary_slot(self, tables: list[TableDef],
+                                   tick: Callable[[], None] | None = None
+                                   ) -> dict[TableKey, int]:
+        """Copy ``tables`` inside a temporary slot's snapshot; their sync LSN is its point."""
+        if not tables:
+            return {}
+        s = self.settings
+
+        def work() -> dict[TableKey, int]:
+            name = f"{s.slot}_sync_{os.getpid()}"[:63]
+            with ReplicationConnection(s.source, application_name="pgml-replica sync") as rc:
+                created = rc.create_slot(name, snapshot="export", temporary=True)
+                self._copy(tables, created["snapshot_name"], created["consistent_point"])
+            return {(t.schema, t.name): created["consistent_point"] for t in tables}
+
+        return run_with_ticks(work, tick)
+
+    def sync_keys(self, keys: set[TableKey], tick: Callable[[], None]) -> dict[TableKey, int]:
+        """Mid-stream: copy these tables of the publication (new or to be re-copied)."""
+        with psycopg.connect(self.settings.source, autocommit=True) as src:
+            tables = publication_defs(src, self.settings.publication, keys)
+        return self.copy_beside_temporary_slot(tables, tick)
+
+    def _copy(self, tables: list[TableDef], snapshot_name: str, lsn: int) -> None:
+        s = self.settings
+        prev = self.state.phase
+        self.state.phase = "snapshot"
+        try:
+            Snapshot(s.source, s.target, slot=s.slot, state=self.state,
+                     workers=s.snapshot_workers, chunk_pages=s.snapshot_chunk_pages,
+                     stop=self.stop).run(tables, snapshot_name, lsn)
+        finally:
+            self.state.phase = prev
+
+    def prepare(self, source: psycopg.Connection, target: psycopg.Connection
+                ) -> tuple[int, dict[TableKey, int]]:
+        """(LSN to start streaming at, table -> sync LSN); copies whatever must be copied.
+        ``target`` must be in autocommit mode."""
+        s = self.settings
+        progress.ensure(target)
+        sysid = system_id(source)
+        if s.resnapshot:
+            self._forget(source, target)
+        prog = progress.read(target, s.slot)
+        slot = slot_info(source, s.slot)
+        dbname = source.info.dbname
+        if slot is not None and (slot.database != dbname or slot.plugin != "pgoutput"):
+            raise ConfigError(f"slot {s.slot} exists but is not a pgoutput slot of database "
+                              f"{dbname} (plugin {slot.plugin}, database {slot.database}): "
+                              "choose another --slot")
+        if slot is not None and slot.wal_status == "lost":
+            raise ResnapshotNeeded(
+                f"slot {s.slot} was invalidated (wal_status = lost: the source removed WAL it "
+                "still needed, see max_slot_wal_keep_size); the changes since are gone, so a "
+                "new snapshot is needed: run again with --resnapshot")
+        if prog is not None and prog.source_system not in (None, sysid):
+            raise ResnapshotNeeded(
+                f"the target's progress for slot {s.slot} came from another source system "
+                f"({prog.source_system}, this one is {sysid}): run with --resnapshot")
+        if prog is not None and slot is None:
+            raise ResnapshotNeeded(
+                f"the target has progress for slot {s.slot}, but the slot no longer exists "
+                "on the source (dropped?): changes since are lost; run with --resnapshot")
+        tables = publication_defs(source, s.publication)
+        self.state.tables = [t.qualname for t in tables]
+        synced = progress.synced_tables(target, s.slot)
+        if prog is None and slot is None:
+            with ReplicationConnection(s.source, application_name="pgml-replica") as rc:
+                created = rc.create_slot(s.slot, snapshot="export")
+                todo = tables
+                self._copy(todo, created["snapshot_name"], created["consistent_point"])
+            start = created["consistent_point"]
+            progress.start(target, s.slot, start, sysid)
+            return start, progress.synced_tables(target, s.slot)
+        todo = [t for t in tables if (t.schema, t.name) not in synced]
+        self.copy_beside_temporary_slot(todo)
+        if prog is None:
+            start = slot.confirmed_flush_lsn or 0
+            progress.start(target, s.slot, start, sysid)
+        else:
+            start = prog.end_lsn
+        return start, progress.synced_tables(target, s.slot)
+
+    def _forget(self, source: psycopg.Connection, target: psycopg.Connection) -> None:
+        """--resnapshot: drop the slot (if any) and everything the target knows about it."""
+        s = self.settings
+        drop_slot(source, s.slot)
+        progress.forget(target, s.slot)
+        s.resnapshot = False  # once per process, not again after a reconnect
+
+
+def drop_slot(conn: psycopg.Connection, slot: str, wait: float = 10.0) -> bool:
+    """Drop a slot, ending the walsender that holds it (a sidecar killed a moment ago may
+    still have one). True if it existed."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        info = slot_info(conn, slot)
+        if info is None:
+            return False
+        if info.active_pid:
+            conn.execute("SELECT pg_terminate_backend(%s)", (info.active_pid,))
+        try:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            return True
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+        except psycopg.errors.UndefinedObject:
+            return False

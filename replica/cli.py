@@ -1,0 +1,268 @@
+"""`pgml-replica`: one subcommand per phase a user thinks in (run, status, drop, install, ...).
+
+Why this shape: each subcommand is an ``add_<name>_parser(subparsers)`` function that builds
+its parser and sets ``func``; ``SUBCOMMANDS`` below is the one place they are registered (a
+module path each, imported lazily so ``pgml-replica status`` never imports FastAPI).
+Settings-backed flags are generated from ``replica.config.Settings``: every flag is also the
+environment variable ``PGML_REPLICA_<FLAG>`` and the help says so. Errors print one line (or
+the preflight list) without a traceback and exit with the error class's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+import psycopg
+from pydantic import ValidationError
+
+from replica.config import ENV_PREFIX, Settings
+from replica.dsn import scrub, secrets_of
+from replica.errors import ReplicaError
+
+SUBCOMMANDS = (
+    "replica.cli:add_run_parser",
+    "replica.cli:add_status_parser",
+    "replica.cli:add_drop_parser",
+    "replica.cli:add_install_parser",
+    "replica.writeback:add_writeback_parser",
+    "replica.cli:add_demo_parser",
+)
+
+_FLAG = {"schema_name": "schema"}  # field -> flag where the field name had to differ
+_BOOL_FIELDS = {"resnapshot"}
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, fields: list[str]) -> None:
+    """Flags for these Settings fields; absent flags stay absent so env and defaults apply."""
+    for name in fields:
+        info = Settings.model_fields[name]
+        flag = "--" + _FLAG.get(name, name).replace("_", "-")
+        env = ENV_PREFIX + _FLAG.get(name, name).upper()
+        default = "" if info.default in (None, "") else f", default {info.default}"
+        help_ = f"{info.description} [{env}{default}]"
+        if name in _BOOL_FIELDS:
+            parser.add_argument(flag, dest=name, action="store_true",
+                                default=argparse.SUPPRESS, help=help_)
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_,
+                                metavar=_FLAG.get(name, name).upper())
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    return Settings(**given)
+
+
+# -- run -------------------------------------------------------------------------------
+
+
+def add_run_parser(sub) -> None:
+    p = sub.add_parser("run", help="check the source, copy the tables, then stream changes",
+                       description="Checks the source, creates the publication and slot when "
+                       "missing, copies the tables when the target has no progress yet, then "
+                       "streams until SIGTERM/SIGINT.")
+    add_settings_flags(p, list(Settings.model_fields))
+    p.add_argument("--log-level", default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
+                   help=f"logging level [{ENV_PREFIX}LOG_LEVEL, default INFO]")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from replica import status
+    from replica.runner import Runner
+    from replica.state import SidecarState
+
+    settings = settings_from(args)
+    settings.require("source", "target")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = SidecarState(slot=settings.slot, publication=settings.publication)
+    state.status_provider = lambda: status.collect(
+        settings.source, settings.target, slot=settings.slot, publication=settings.publication)
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        if stop.is_set():  # asked twice: stop now, the target rolls back the open batch
+            os._exit(128 + signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = None
+    if settings.http_port:
+        from replica.http import HttpServer, create_app
+
+        server = HttpServer(create_app(state, max_lag_seconds=settings.max_lag_seconds),
+                            settings.http_host, settings.http_port).start()
+    try:
+        Runner(settings, state, stop).run()
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def add_status_parser(sub) -> None:
+    p = sub.add_parser("status", help="slot, positions, lag and row counts",
+                       description="Reads the source's slot and the target's progress: "
+                       "active or not, confirmed flush and applied LSN, lag in bytes and "
+                       "seconds, WAL retained by the slot, wal_status, rows per table.")
+    add_settings_flags(p, ["source", "target", "slot", "publication"])
+    p.add_argument("--json", action="store_true", help="print JSON (no secrets in it)")
+    p.add_argument("--exact", action="store_true",
+                   help="count rows with count(*) instead of the statistics' estimate")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from replica import status
+
+    s = settings_from(args)
+    if not (s.source or s.target):
+        s.require("source")
+    report = status.collect(s.source, s.target, slot=s.slot, publication=s.publication,
+                            exact=args.exact)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_status(report)
+    return 1 if "source_error" in report or "target_error" in report else 0
+
+
+def _print_status(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    head = Table.grid(padding=(0, 2))
+    for key in ("source", "target", "slot", "publication", "slot_exists", "active",
+                "wal_status", "confirmed_flush_lsn", "applied_lsn", "applied_commit_time",
+                "current_lsn", "lag_bytes", "lag_seconds", "retained_wal_bytes",
+                "source_error", "target_error"):
+        if key in report:
+            head.add_row(key, str(report[key]))
+    console.print(head)
+    tables = Table("table", "source rows", "target rows", "copied", "sync LSN")
+    for name, t in report.get("tables", {}).items():
+        tables.add_row(name, str(t.get("source_rows")), str(t.get("target_rows")),
+                       "yes" if t.get("synced") else "no", str(t.get("sync_lsn") or ""))
+    console.print(tables)
+
+
+# -- drop ------------------------------------------------------------------------------
+
+
+def add_drop_parser(sub) -> None:
+    p = sub.add_parser("drop", help="remove the slot and publication from the source",
+                       description="Drops what `run` created on the source: the replication "
+                       "slot (an abandoned slot keeps WAL and fills the source's disk) and the "
+                       "publication. With --target also forgets the target's progress for "
+                       "the slot, so the next run copies everything anew.")
+    add_settings_flags(p, ["source", "target", "slot", "publication"])
+    p.add_argument("--keep-publication", action="store_true",
+                   help="drop only the slot (the publication was made by a DBA)")
+    p.set_defaults(func=cmd_drop)
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    import psycopg
+    from psycopg import sql
+
+    from replica import progress
+    from replica.bootstrap import drop_slot
+
+    s = settings_from(args)
+    s.require("source")
+    with psycopg.connect(s.source, autocommit=True, connect_timeout=15) as conn:
+        dropped = drop_slot(conn, s.slot)
+        print(f"slot {s.slot}: {'dropped' if dropped else 'did not exist'}")
+        if not args.keep_publication:
+            exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
+                                  (s.publication,)).fetchone()
+            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                sql.Identifier(s.publication)))
+            print(f"publication {s.publication}: {'dropped' if exists else 'did not exist'}")
+    if s.target:
+        with psycopg.connect(s.target, autocommit=True, connect_timeout=15) as conn:
+            if conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                            (f"{progress.SCHEMA}.progress",)).fetchone()[0]:
+                progress.forget(conn, s.slot)
+            print(f"target progress for {s.slot}: forgotten (tables kept)")
+    return 0
+
+
+# -- install, demo ---------------------------------------------------------------------
+
+
+def add_install_parser(sub) -> None:
+    p = sub.add_parser("install", help="install or upgrade the pgml schema on the ML replica")
+    add_settings_flags(p, ["target"])
+    p.add_argument("--python-path", action="append", default=None, metavar="DIR",
+                   help="directory PL/Python imports from (repeatable; default: this "
+                   "installation's site-packages)")
+    p.set_defaults(func=cmd_install)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from replica.pgml_install import install
+
+    s = settings_from(args)
+    s.require("target")
+    paths = [d for arg in args.python_path for d in arg.split(os.pathsep) if d] \
+        if args.python_path else None
+    print(f"pgml {install(s.target, python_path=paths)} installed")
+    return 0
+
+
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="two local clusters, the sidecar and pgml, end to end")
+    p.add_argument("--once", action="store_true", help="tear down at the end")
+    p.set_defaults(func=lambda a: importlib.import_module("replica.demo").main(
+        ["--once"] if a.once else []))
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgml-replica", description="Mirror Postgres "
+                                     "tables into an ML replica over logical replication.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for path in SUBCOMMANDS:
+        module, _, func = path.partition(":")
+        getattr(importlib.import_module(module), func)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    secrets = secrets_of(*(getattr(args, k, None) for k in ("source", "target")),
+                         os.environ.get(ENV_PREFIX + "SOURCE"),
+                         os.environ.get(ENV_PREFIX + "TARGET"))
+    try:
+        return args.func(args)
+    except ValidationError as exc:
+        print(f"pgml-replica {args.command}: invalid settings:\n{scrub(str(exc), secrets)}",
+              file=sys.stderr)
+        return 2
+    except ReplicaError as exc:
+        print(f"pgml-replica {args.command}: {scrub(str(exc), secrets)}", file=sys.stderr)
+        return exc.exit_code
+    except psycopg.Error as exc:  # a connection refused, a privilege missing, ...
+        print(f"pgml-replica {args.command}: {scrub(str(exc).strip(), secrets)}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

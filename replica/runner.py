@@ -1,0 +1,157 @@
+"""`pgml-replica run`: preflight, then sessions of bootstrap + stream, reconnecting on loss.
+
+Why sessions: any connection can drop (source failover, target restart, network). A session
+opens everything afresh and resumes exactly where the target's progress row says, so
+recovery is the same code path as a normal start. Between sessions the runner waits with
+exponential backoff and full jitter (0.5 s doubling up to 30 s), so a fleet of sidecars does
+not hammer a recovering server in step.
+
+Policies by error class (replica.errors): TransientError and lost connections are retried;
+everything else stops the process with the error's exit code and a message that says what to
+change. SIGTERM/SIGINT set ``stop``: the stream finishes or rolls back the batch in hand,
+sends final feedback and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from replica import catalog, metrics, progress
+from replica.bootstrap import Bootstrap, ensure_publication
+from replica.checks import candidate_tables, preflight
+from replica.config import Settings
+from replica.dsn import scrub, secrets_of, with_options
+from replica.errors import ApplyError, ReplicaError, TransientError
+from replica.replconn import ReplicationCommandError, ReplicationConnection
+from replica.snapshot import SnapshotInterrupted
+from replica.state import SidecarState
+from replica.stream import Stream
+
+log = logging.getLogger("pgml_replica")
+
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+SLOT_IN_USE = "55006"
+
+
+def backoff(attempt: int, rng: random.Random | None = None) -> float:
+    """Full jitter: uniform in [0, min(max, first * 2**attempt)]."""
+    return (rng or random).uniform(0, min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt))
+
+
+class Runner:
+    def __init__(self, settings: Settings, state: SidecarState | None = None,
+                 stop: threading.Event | None = None) -> None:
+        settings.require("source", "target")
+        self.settings = settings
+        self.state = state or SidecarState(slot=settings.slot, publication=settings.publication)
+        self.stop = stop or threading.Event()
+        self.secrets = secrets_of(settings.source, settings.target)
+        self.bootstrap = Bootstrap(settings, self.state, self.stop)
+
+    def _say(self, exc: BaseException) -> str:
+        return scrub(str(exc), self.secrets)
+
+    def run(self) -> None:
+        """Until stopped; raises the ReplicaError that ended it (never a transient one)."""
+        s, state = self.settings, self.state
+        metrics.BUILD_INFO.info({"slot": s.slot, "publication": s.publication})
+        with psycopg.connect(s.source, autocommit=True, connect_timeout=15) as src:
+            preflight(src, publication=s.publication, slot=s.slot,
+                      tables=candidate_tables(src, s.publication, s.table_list(),
+                                              s.schema_name))
+            state.tables = [f"{a}.{b}" for a, b in ensure_publication(src, s)]
+        attempt = 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                self._session()
+                break
+            except SnapshotInterrupted:
+                break
+            except (TransientError, ReplicationCommandError) as exc:
+                if isinstance(exc, ReplicationCommandError) and exc.sqlstate != SLOT_IN_USE:
+                    raise
+                peer = getattr(exc, "peer", "source")
+                metrics.ERRORS.labels("transient").inc()
+                metrics.RECONNECTS.labels(peer).inc()
+                state.error = self._say(exc)
+                attempt = 0 if time.monotonic() - started > 60 else attempt + 1
+                delay = backoff(attempt)
+                log.warning("lost the %s (%s); retrying in %.1fs", peer, state.error, delay)
+                self._disconnected("reconnecting")
+                self.stop.wait(delay)
+            except ReplicaError as exc:
+                metrics.ERRORS.labels(exc.kind).inc()
+                state.error = self._say(exc)
+                self._disconnected("failed")
+                raise
+        self._disconnected("stopped")
+
+    def _disconnected(self, phase: str) -> None:
+        self.state.phase = phase
+        self.state.source_connected = self.state.target_connected = False
+        metrics.CONNECTED.labels("source").set(0)
+        metrics.CONNECTED.labels("target").set(0)
+
+    def _session(self) -> None:
+        s, state = self.settings, self.state
+        state.phase = "starting"
+        try:
+            src = psycopg.connect(s.source, autocommit=True, connect_timeout=15,
+                                  application_name="pgml-replica catalog")
+        except psycopg.OperationalError as exc:
+            raise TransientError(f"cannot connect to the source: {exc}", "source") from None
+        try:
+            tgt = psycopg.connect(s.target, autocommit=True, connect_timeout=15,
+                                  application_name="pgml-replica")
+        except psycopg.OperationalError as exc:
+            src.close()
+            raise TransientError(f"cannot connect to the target: {exc}", "target") from None
+        try:
+            with src, tgt:
+                self._stream(src, tgt)
+        except psycopg.OperationalError as exc:
+            peer = "target" if tgt.broken else "source"
+            raise TransientError(f"lost the {peer}: {exc}", peer) from exc
+        except psycopg.Error as exc:
+            raise ApplyError(f"unexpected database error: {exc}") from exc
+
+    def _stream(self, src: psycopg.Connection, tgt: psycopg.Connection) -> None:
+        s, state = self.settings, self.state
+        start_lsn, synced = self.bootstrap.prepare(src, tgt)
+        tgt.autocommit = False
+        state.applied_lsn = state.flushed_lsn = start_lsn
+        prog = progress.read(tgt, s.slot)
+        tgt.commit()
+        state.last_commit_time = prog.commit_time if prog else None
+        state.error = None
+        dsn = s.source
+        if s.decoding_work_mem and s.protocol >= 2:
+            dsn = with_options(dsn, options=" ".join(filter(None, (
+                conninfo_to_dict(dsn).get("options"),
+                f"-c logical_decoding_work_mem={s.decoding_work_mem}"))))
+        with ReplicationConnection(dsn) as repl:
+            Stream(repl=repl, source=src, target=tgt, settings=s, state=state,
+                   start_lsn=start_lsn, synced=synced, stop=self.stop,
+                   sync_tables=self.bootstrap.sync_keys,
+                   poll=lambda: self._poll(src)).run()
+
+    def _poll(self, src: psycopg.Connection) -> set[tuple[str, str]]:
+        """Every few seconds while streaming: the slot's health and the publication's tables."""
+        s = self.settings
+        row = src.execute("SELECT wal_status, pg_current_wal_lsn() - restart_lsn FROM"
+                          " pg_replication_slots WHERE slot_name = %s", (s.slot,)).fetchone()
+        if row is not None:
+            metrics.set_wal_status(row[0])
+            if row[1] is not None:
+                metrics.SLOT_RETAINED_WAL_BYTES.set(float(row[1]))
+        tables = catalog.publication_tables(src, s.publication)
+        self.state.tables = [f"{a}.{b}" for a, b in tables]
+        return set(tables)
+

@@ -1,0 +1,332 @@
+"""The streaming loop: pgoutput messages in, batched target transactions out.
+
+Why it is thin: what to acknowledge and when to commit is decided by ``flow.FlowControl``;
+how a run of changes becomes SQL is ``batch`` + ``apply``. This module reads the socket,
+routes each message, and keeps the per-table rules:
+
+- A transaction whose commit starts below the target's progress LSN is already applied: its
+  changes are dropped (invariant 1).
+- A table's changes are applied only from transactions committing at or after the table's
+  sync LSN, where its copy met the stream (progress.py). A table the target has not copied
+  yet (added to the publication later, or re-copied after an ambiguous schema change) is
+  skipped until the next commit boundary, where it is copied beside a temporary slot and
+  joined in.
+- A Relation message re-shapes the target table before the next row of it is applied
+  (invariant 4), inside the open target transaction.
+- Anything the apply path cannot handle raises before the transaction holding it commits;
+  the open target transaction is rolled back and nothing about it is acknowledged
+  (invariant 6).
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from decoder import (
+    Begin,
+    Commit,
+    DecodeError,
+    Decoder,
+    Delete,
+    Insert,
+    Relation,
+    Truncate,
+    Update,
+    parse_copy_data,
+    standby_status_update,
+)
+from replica import metrics, schema
+from replica.apply import TableWriter, TargetWriter
+from replica.batch import Layout
+from replica.catalog import ColumnDef, TypeResolver
+from replica.config import Settings
+from replica.errors import ProtocolError, TransientError, UnsupportedError
+from replica.flow import FlowControl
+from replica.replconn import ReplicationConnection
+from replica.state import SidecarState
+
+NEVER = 1 << 64  # sync LSN of a table waiting to be copied: skip all of its changes
+TableKey = tuple[str, str]
+
+
+class Stream:
+    """One replication session: START_REPLICATION until stopped or disconnected."""
+
+    def __init__(self, *, repl: ReplicationConnection, source: psycopg.Connection,
+                 target: psycopg.Connection, settings: Settings, state: SidecarState,
+                 start_lsn: int, synced: dict[TableKey, int], stop: threading.Event,
+                 sync_tables: Callable[[set[TableKey], Callable[[], None]], dict[TableKey, int]],
+                 poll: Callable[[], set[TableKey]]) -> None:
+        self.repl, self.source, self.settings, self.state = repl, source, settings, state
+        self.start_lsn = start_lsn
+        self.synced = dict(synced)
+        self.stop = stop
+        self.sync_tables, self.poll = sync_tables, poll
+        self.writer = TargetWriter(target, settings.slot)
+        self.flow = FlowControl(applied_lsn=start_lsn, status_interval=settings.status_interval,
+                                batch_max_rows=settings.batch_max_rows,
+                                batch_max_seconds=settings.batch_max_seconds)
+        self.decoder = Decoder(protocol_version=1)
+        self.resolver = TypeResolver(source)
+        self.tables: dict[int, TableWriter] = {}
+        self.relations: dict[int, Relation] = {}
+        self.dirty: dict[int, TableWriter] = {}  # tables with absorbed, unwritten changes
+        self.pending_sync: set[TableKey] = set()
+        self.final_lsn = 0
+        self.skip_txn = False
+        self.txn_rows = 0
+        self.unwritten = 0
+        self.next_poll = time.monotonic() + settings.publication_poll_seconds
+        self._handlers = {Begin: self._begin, Commit: self._commit, Relation: self._relation,
+                          Insert: self._insert, Update: self._update, Delete: self._delete,
+                          Truncate: self._truncate}
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        s = self.settings
+        self.repl.start(s.slot, self.start_lsn, {"proto_version": "1",
+                                                 "publication_names": s.publication,
+                                                 "binary": "true"})
+        self.state.phase = "streaming"
+        self.state.source_connected = self.state.target_connected = True
+        metrics.CONNECTED.labels("source").set(1)
+        metrics.CONNECTED.labels("target").set(1)
+        fd = self.repl.fileno()
+        read, handlers, flow = self.repl.read, self._handlers, self.flow
+        stop_deadline = None
+        try:
+            while True:
+                if self.stop.is_set():
+                    if not flow.in_txn:
+                        break
+                    stop_deadline = stop_deadline or time.monotonic() + 10
+                    if time.monotonic() > stop_deadline:  # give up the transaction in hand
+                        break
+                data = read(0)
+                if data is None:
+                    if not select.select([fd], [], [], 0)[0]:
+                        self._idle()
+                        data = read(flow.wait_seconds(time.monotonic()))
+                    else:
+                        data = read(1.0)
+                    if data is None:
+                        continue
+                if data[0] == 0x77:  # 'w' XLogData
+                    try:
+                        msg = self.decoder.decode(parse_copy_data(data).payload)
+                    except DecodeError as exc:
+                        raise ProtocolError(f"undecodable replication message: {exc}") \
+                            from exc
+                    handler = handlers.get(type(msg))
+                    if handler is not None:
+                        handler(msg)
+                else:
+                    ka = parse_copy_data(data)
+                    flow.keepalive(ka.wal_end, ka.reply_requested)
+                    self.state.received_lsn = flow.received_lsn
+                    if ka.reply_requested:
+                        self._feedback(time.monotonic())
+        except BaseException:
+            self._rollback()
+            raise
+        if flow.in_txn:
+            self._rollback()
+        elif flow.pending_txns:
+            self._commit_batch()
+        self._feedback(time.monotonic(), force=True)
+
+    def _idle(self) -> None:
+        """Nothing to read: commit what is in hand, copy waiting tables, send feedback."""
+        now = time.monotonic()
+        if self.flow.batch_due(now, idle=True):
+            self._commit_batch()
+        self._boundary(now)
+        if self.flow.feedback_due(now):
+            self._feedback(now)
+
+    def _boundary(self, now: float) -> None:
+        """Between target transactions: look at the source, copy tables that wait."""
+        if self.flow.in_txn or self.flow.pending_txns:
+            return
+        if now >= self.next_poll:
+            self.next_poll = now + self.settings.publication_poll_seconds
+            self.pending_sync |= {k for k in self.poll() if k not in self.synced}
+        if self.pending_sync:
+            self._sync_pending()
+
+    def _feedback(self, now: float, force: bool = False) -> None:
+        if not force and not self.flow.feedback_due(now):
+            return
+        written, flushed, applied = self.flow.feedback(now)
+        self.repl.send(standby_status_update(written, flushed, applied))
+        self.state.flushed_lsn = flushed
+        metrics.FLUSHED_LSN.set(flushed)
+
+    # -- transactions --------------------------------------------------------------------
+
+    def _begin(self, msg: Begin) -> None:
+        self.final_lsn = msg.final_lsn
+        self.skip_txn = msg.final_lsn < self.start_lsn
+        self.txn_rows = 0
+        self.flow.begin(time.monotonic())
+
+    def _commit(self, msg: Commit) -> None:
+        flow = self.flow
+        if self.skip_txn:
+            self.skip_txn = False
+            flow.skipped()
+            metrics.TRANSACTIONS_SKIPPED.inc()
+            return
+        flow.commit(msg.end_lsn, msg.commit_time, self.txn_rows)
+        now = time.monotonic()
+        if flow.batch_due(now):
+            self._commit_batch()
+            self._boundary(now)
+        if flow.feedback_due(now):
+            self._feedback(now)
+
+    def _commit_batch(self) -> None:
+        flow = self.flow
+        self._write_all()
+        txns, rows = flow.pending_txns, flow.pending_rows
+        self.writer.commit(flow.pending_end_lsn, flow.pending_commit_time)
+        flow.committed()
+        metrics.TRANSACTIONS_APPLIED.inc(txns)
+        metrics.BATCH_TRANSACTIONS.observe(txns)
+        metrics.BATCH_ROWS.observe(rows)
+        metrics.APPLIED_LSN.set(flow.applied_lsn)
+        self.state.applied_lsn = flow.applied_lsn
+        self.state.last_commit_time = flow.pending_commit_time
+        self.state.received_lsn = flow.received_lsn
+
+    def _rollback(self) -> None:
+        self.writer.rollback()
+        self.flow.rolled_back()
+        for tw in self.dirty.values():
+            tw.batch.clear()
+        self.dirty.clear()
+        self.unwritten = 0
+
+    def _write_all(self) -> None:
+        for tw in self.dirty.values():
+            self.writer.flush(tw)
+        self.dirty.clear()
+        self.unwritten = 0
+
+    # -- changes -------------------------------------------------------------------------
+
+    def _table(self, relation_id: int) -> TableWriter | None:
+        """The table to absorb a change into, or None when the change must be dropped."""
+        if self.skip_txn:
+            return None
+        tw = self.tables.get(relation_id)
+        if tw is None:
+            raise UnsupportedError(f"a change for relation {relation_id} arrived before its "
+                                   "Relation message")
+        if self.final_lsn < tw.sync_lsn:
+            return None
+        self.txn_rows += 1
+        self.unwritten += 1
+        self.dirty[relation_id] = tw
+        if self.unwritten >= self.settings.segment_rows:
+            self._write_all()
+        return tw
+
+    def _insert(self, msg: Insert) -> None:
+        tw = self._table(msg.relation_id)
+        if tw is not None:
+            tw.batch.insert(msg.new_tuple)
+
+    def _update(self, msg: Update) -> None:
+        tw = self._table(msg.relation_id)
+        if tw is None:
+            return
+        old = msg.old_tuple or msg.key_tuple
+        if not tw.batch.update(msg.new_tuple, old, msg.old_tuple is not None):
+            self.writer.move(tw, old.raw, msg.new_tuple.raw, msg.new_tuple.kinds)
+
+    def _delete(self, msg: Delete) -> None:
+        tw = self._table(msg.relation_id)
+        if tw is not None:
+            tw.batch.delete(msg.old_tuple or msg.key_tuple)
+
+    def _truncate(self, msg: Truncate) -> None:
+        for rid in msg.relation_ids:
+            tw = self._table(rid)
+            if tw is not None:
+                tw.batch.truncate()
+
+    # -- schema --------------------------------------------------------------------------
+
+    def _relation(self, rel: Relation) -> None:
+        self.relations[rel.relation_id] = rel
+        old = self.tables.get(rel.relation_id)
+        if old is not None and not old.batch.empty:  # rows of the old shape go first
+            self.writer.flush(old)
+            self.dirty.pop(rel.relation_id, None)
+        key = (rel.namespace or "pg_catalog", rel.name)
+        qual = f"{key[0]}.{key[1]}"
+        names = tuple(c.name for c in rel.columns)
+        sync_lsn = self.synced.get(key)
+        target = None if sync_lsn is None else schema.read_target(self.writer.conn, *key)
+        if target is None or key in self.pending_sync:
+            self.pending_sync.add(key)
+            self.tables[rel.relation_id] = TableWriter(
+                rel.relation_id, *key, Layout(qual, names, ("",) * len(names), ()), NEVER)
+            return
+        wanted = [ColumnDef(c.name, self.resolver.target_type(qual, c.name, c.type_oid,
+                                                              c.type_modifier))
+                  for c in rel.columns]
+        if self.final_lsn >= sync_lsn:  # this message is newer than the table's copy
+            target = self._reshape(key, target, wanted)
+            if target is None:
+                return self._relation(rel)  # now waiting for a re-copy
+        types = tuple(target.columns.get(n, c.type_sql) for n, c in zip(names, wanted,
+                                                                      strict=True))
+        key_pos = tuple(names.index(k) for k in target.key) \
+            if target.key and all(k in names for k in target.key) else ()
+        tw = TableWriter(rel.relation_id, *key, Layout(qual, names, types, key_pos), sync_lsn)
+        if old is None or old.layout != tw.layout:
+            self.writer.forget_stage(tw)
+        self.tables[rel.relation_id] = tw
+
+    def _reshape(self, key: TableKey, target: schema.TargetTable,
+                 wanted: list[ColumnDef]) -> schema.TargetTable | None:
+        """ALTER the target to the Relation's columns; None when the table must be re-copied."""
+        conn = self.writer.conn
+        d = schema.diff(target, wanted)
+        if d.ambiguous:
+            self.pending_sync.add(key)
+            return None
+        if d:
+            missing = schema.source_missing_values(self.source, *key,
+                                                   [c.name for c in d.added]) if d.added else {}
+            schema.apply_diff(conn, *key, d, missing)
+            metrics.SCHEMA_CHANGES.labels(f"{key[0]}.{key[1]}").inc(
+                len(d.added) + len(d.dropped) + len(d.retyped))
+        relax = (target.not_null & schema.source_nullable(self.source, *key)) - set(target.key)
+        relax -= set(d.dropped)
+        if relax:
+            schema.relax_not_null(conn, *key, sorted(relax))
+        return schema.read_target(conn, *key) if d or relax else target
+
+    def _sync_pending(self) -> None:
+        """Copy the waiting tables beside a temporary slot and join them in (module doc)."""
+        keys = set(self.pending_sync)
+        try:
+            synced = self.sync_tables(keys, lambda: self._feedback(time.monotonic()))
+        except psycopg.OperationalError as exc:
+            raise TransientError(f"lost a connection while copying {sorted(keys)}: {exc}") \
+                from exc
+        self.synced.update(synced)
+        self.pending_sync -= set(synced)
+        for rid, rel in list(self.relations.items()):
+            if (rel.namespace or "pg_catalog", rel.name) in synced:
+                self.tables.pop(rid, None)
+                self._relation(rel)

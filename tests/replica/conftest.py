@@ -1,0 +1,158 @@
+"""Helpers for the sidecar's tests: a sidecar in a thread or a real process, bounded waits,
+and an order-independent digest of a table (a multiset hash: duplicates count)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from replica.config import Settings
+from replica.runner import Runner
+from replica.state import SidecarState
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 30, what: str = "condition",
+             every: float = 0.1):
+    """Poll ``cond`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def digest(conn: psycopg.Connection, table: str, columns: list[str] | None = None):
+    """(rows, multiset hash of the rows' text) - equal on both sides iff the tables are."""
+    schema, _, name = table.rpartition(".")
+    ident = sql.Identifier(schema or "public", name)
+    if columns is None:
+        columns = [r[0] for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+            " AND NOT attisdropped ORDER BY attnum", (ident.as_string(conn),)).fetchall()]
+    row = sql.SQL("ROW({})").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+    conn.execute("SET TimeZone = 'UTC'")
+    return conn.execute(sql.SQL(
+        "SELECT count(*), coalesce(sum(('x' || substr(md5({}::text), 1, 15))::bit(60)"
+        "::bigint::numeric), 0) FROM {}").format(row, ident)).fetchone()
+
+
+def same(source_db, replica_db, tables: list[str]) -> bool:
+    with source_db.connect() as s, replica_db.connect() as r:
+        for t in tables:
+            cols = [c[0] for c in s.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+                " AND NOT attisdropped AND attgenerated = '' ORDER BY attnum", (t,)).fetchall()]
+            try:
+                if digest(s, t, cols) != digest(r, t, cols):
+                    return False
+            except psycopg.errors.UndefinedTable:
+                return False
+            except psycopg.errors.UndefinedColumn:
+                r.rollback() if not r.autocommit else None
+                return False
+    return True
+
+
+class ThreadSidecar:
+    """`pgml-replica run` in a thread of the test process (fast to start, state visible)."""
+
+    def __init__(self, **settings) -> None:
+        self.settings = Settings(http_port=0, publication_poll_seconds=0.5, **settings)
+        self.state = SidecarState(slot=self.settings.slot,
+                                  publication=self.settings.publication)
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            Runner(self.settings, self.state, self.stop_event).run()
+        except BaseException as exc:
+            self.error = exc
+
+    def start(self) -> ThreadSidecar:
+        self.thread.start()
+        return self
+
+    def wait_streaming(self, timeout: float = 60) -> ThreadSidecar:
+        wait_for(lambda: self.state.phase == "streaming" or self.error, timeout,
+                 "the sidecar to stream")
+        if self.error:
+            raise self.error
+        return self
+
+    def wait_same(self, source_db, replica_db, tables: list[str], timeout: float = 30,
+                  what: str = "the target to equal the source") -> None:
+        """Until the tables are equal; the sidecar's own error, if it stopped, fails first."""
+        def check():
+            if self.error is not None:
+                raise self.error
+            return same(source_db, replica_db, tables)
+        wait_for(check, timeout, what)
+
+    def stop(self, timeout: float = 30) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the sidecar did not stop"
+
+
+class ProcessSidecar:
+    """A real `python -m replica run` process (for SIGKILL and SIGTERM)."""
+
+    def __init__(self, *args: str, env: dict | None = None, log: Path | None = None) -> None:
+        self.args = ["run", "--http-port", "0", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ProcessSidecar:
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "replica", *self.args], cwd=ROOT,
+                                     env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def sidecars():
+    """Start sidecars through this; every one still running is stopped at the end."""
+    started: list = []
+
+    def make(kind: str = "thread", *args, **kwargs):
+        sc = ThreadSidecar(**kwargs) if kind == "thread" else ProcessSidecar(*args, **kwargs)
+        started.append(sc)
+        return sc.start()
+
+    yield make
+    for sc in started:
+        if isinstance(sc, ThreadSidecar):
+            sc.stop_event.set()
+            sc.thread.join(30)
+        elif sc.alive():
+            sc.proc.kill()
+            sc.proc.wait(30)
