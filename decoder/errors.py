@@ -21,7 +21,10 @@ class DecodeError(ValueError):
         self.message_type = message_type
         self.offset = offset
         self.detail = detail
-        super().__init__(f"{message_type} message: {detail} (at byte {offset})")
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        return f"{self.message_type} message: {self.detail} (at byte {self.offset})"
 
 
 class ValueConversionError(DecodeError):
@@ -30,13 +33,14 @@ class ValueConversionError(DecodeError):
     The message is intact, only this value has no Python form (for example a BC date, a
     year past 9999, time 24:00:00, or bytes that do not match the column's type). The raw
     bytes stay available in ``TupleData.raw`` and can be passed on unconverted.
+    ``offset`` is -1: the value is not at a known place in a message.
     """
 
     def __init__(self, type_oid: int, detail: str, column: str | None = None) -> None:
         self.type_oid = type_oid
         self.column = column
-        where = f"column {column!r} " if column is not None else ""
-        ValueError.__init__(self, f"{where}(type OID {type_oid}): {detail}")
-        self.message_type = "TupleData"
-        self.offset = -1
-        self.detail = detail
+        super().__init__("TupleData", -1, detail)
+
+    def _text(self) -> str:
+        where = f"column {self.column!r} " if self.column is not None else ""
+        return f"{where}(type OID {self.type_oid}): {self.detail}"

@@ -207,6 +207,14 @@ class TargetWriter:
         self._touched[tw.relation_id] = tw
         self.busy_seconds += time.perf_counter() - t0
 
+    def ping(self) -> None:
+        """Between transactions: is the target still there?"""
+        try:
+            self.conn.execute("SELECT 1")
+            self.conn.rollback()
+        except psycopg.OperationalError as exc:
+            raise TransientError(f"target connection lost: {exc}", "target") from exc
+
     def commit(self, end_lsn: int, commit_time: datetime | None) -> None:
         """Commit everything written, with the source position it reaches."""
         t0 = time.perf_counter()

@@ -28,9 +28,9 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from decoder import parse_lsn
+from decoder import format_lsn, parse_lsn
 from replica.dsn import describe, scrub, secrets_of
-from replica.errors import ReplicaError, TransientError
+from replica.errors import ConfigError, ReplicaError, TransientError
 
 SESSION_OPTIONS = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"
 _OPTION_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
@@ -53,6 +53,11 @@ class ReplicationCommandError(ReplicationError):
 class ReplicationConnectionError(ReplicationError, TransientError, psycopg.OperationalError):
     """The connection could not be opened or dropped mid-stream: reconnect and resume from
     the last flushed LSN (a wrong password also lands here; its message says so)."""
+
+
+class ReplicationDsnError(ReplicationError, ConfigError):
+    """The connection string cannot be parsed; libpq's reason is not repeated because it
+    quotes the string, secrets included."""
 
 
 class ReplicationStreamEnded(ReplicationError, TransientError):
@@ -90,7 +95,11 @@ class ReplicationConnection:
     def __init__(self, dsn: str, *, application_name: str = "pgml-replica") -> None:
         self._secrets = secrets_of(dsn)
         self._where = describe(dsn)
-        params: dict[str, Any] = dict(conninfo_to_dict(dsn))
+        try:
+            params: dict[str, Any] = dict(conninfo_to_dict(dsn))
+        except psycopg.Error:
+            raise ReplicationDsnError("the source connection string cannot be parsed; check "
+                                      "its key=value quoting or URI escaping") from None
         user_options = str(params.get("options") or "")
         params.update(replication="database", application_name=application_name,
                       client_encoding="UTF8",
@@ -134,8 +143,6 @@ class ReplicationConnection:
         streaming, two_phase, origin); ``publication_names`` is a comma-separated list of
         plain names, each quoted here.
         """
-        from decoder import format_lsn
-
         parts = []
         for key, value in options.items():
             if not _OPTION_NAME.match(key):

@@ -157,6 +157,7 @@ class Stream:
         if now >= self.next_poll:
             self.next_poll = now + self.settings.publication_poll_seconds
             self.pending_sync |= {k for k in self.poll() if k not in self.synced}
+            self.writer.ping()  # an idle target that restarted is noticed here
         if self.pending_sync:
             self._sync_pending()
 

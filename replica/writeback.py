@@ -42,6 +42,11 @@ DEFAULT_SCHEMA = "ml"
 DEFAULT_READER = "pgml_reader"
 JOINED_SUFFIX = "_joined"
 _SECRET_SETTING = "pgml_replica.writeback_secret"
+# Comments that record what writeback created, so --drop removes only that: a schema or a
+# postgres_fdw extension that was there before (e.g. installed by rds_superuser) stays.
+MADE_SCHEMA = "pgml-replica write-back: created by pgml-replica writeback"
+MADE_SERVER = "pgml-replica write-back server"
+MADE_SERVER_AND_EXTENSION = MADE_SERVER + " (writeback created the postgres_fdw extension)"
 
 
 class WritebackError(ConfigError):
@@ -120,8 +125,11 @@ def _execute_with_secret(conn: psycopg.Connection, secret: str, template: str,
     """Run ``format(template, *args, secret)`` as DDL inside the server.
 
     The secret travels as a bind parameter into a transaction-local setting and is cleared
-    right after; the DDL text that carries it never appears as a top-level statement.
+    right after; the DDL text that carries it never appears as a top-level statement. Needs
+    an open transaction: the setting is transaction-local.
     """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+        raise RuntimeError("_execute_with_secret must run inside a transaction")
     conn.execute("SELECT set_config(%s, %s, true)", (_SECRET_SETTING, secret))
     fmt_args = "".join(f", {sql.Literal(a).as_string(conn)}" for a in args)
     body = (f"BEGIN EXECUTE format({sql.Literal(template).as_string(conn)}{fmt_args},"
@@ -270,6 +278,8 @@ def _drop_foreign_table(conn: psycopg.Connection, schema: str, name: str) -> Non
 
 
 def _ensure_server(conn: psycopg.Connection, server: str, where: dict[str, str]) -> None:
+    had_fdw = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgres_fdw'"
+                           ).fetchone() is not None
     conn.execute("CREATE EXTENSION IF NOT EXISTS postgres_fdw")
     ident = sql.Identifier(server)
     oid = _server_oid(conn, server)
@@ -278,6 +288,8 @@ def _ensure_server(conn: psycopg.Connection, server: str, where: dict[str, str])
                                   for k, v in where.items())
         conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})")
                      .format(ident, opts))
+        conn.execute(sql.SQL("COMMENT ON SERVER {} IS {}").format(
+            ident, sql.Literal(MADE_SERVER if had_fdw else MADE_SERVER_AND_EXTENSION)))
         return
     fdw = conn.execute("SELECT w.fdwname FROM pg_foreign_server s JOIN pg_foreign_data_wrapper w"
                        " ON w.oid = s.srvfdw WHERE s.oid = %s", (oid,)).fetchone()[0]
@@ -369,8 +381,8 @@ def _check_reachable(conn: psycopg.Connection, schema: str, e: Exposure, reader:
     except psycopg.Error as exc:
         err = _db_error(f"the source could not read pgml_out.{e.view_name} on the replica at "
                         f"{where['host']}:{where['port']}/{where['dbname']} as {reader}", exc)
-        raise WritebackError(f"{err}. Pass --replica-host/--replica-port as the source reaches "
-                             f"the replica, and check the reader's password") from None
+        raise WritebackError(f"{err}\n  check that --replica-host/--replica-port are how the "
+                             f"source reaches the replica, and the reader's password") from None
 
 
 def _next_sql(conn: psycopg.Connection, result: WritebackResult) -> str:
@@ -405,7 +417,10 @@ def _setup_source(source_dsn: str, schema: str, server: str, reader: str, passwo
         with psycopg.connect(source_dsn, autocommit=True) as conn, conn.transaction():
             _ensure_server(conn, server, where)
             _ensure_mapping(conn, server, reader, password)
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            if conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()[0] is None:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+                conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+                    sql.Identifier(schema), sql.Literal(MADE_SCHEMA)))
             for local, remote in sorted(_our_foreign_tables(conn, schema, server).items()):
                 if remote not in everything:  # un-exposed on the replica since the last run
                     _drop_foreign_table(conn, schema, local)
@@ -442,7 +457,7 @@ def _drop(source_dsn: str, target_dsn: str, project: str, schema: str, server: s
         raise _db_error("removing write-back from the ML replica failed", exc) from None
     result = WritebackResult(schema=schema, server=server, exposures=exposures)
     mine = {e.view_name for e in exposures}
-    server_gone = False
+    server_gone = made_fdw = False
     try:
         with psycopg.connect(source_dsn, autocommit=True) as conn, conn.transaction():
             if _server_oid(conn, server) is not None:
@@ -450,9 +465,10 @@ def _drop(source_dsn: str, target_dsn: str, project: str, schema: str, server: s
                     if remote in mine or remote not in everything:
                         _drop_foreign_table(conn, schema, local)
                         result.removed.append(f"{schema}.{local}")
-                left = conn.execute("SELECT count(*) FROM pg_foreign_table ft JOIN"
-                                    " pg_foreign_server s ON s.oid = ft.ftserver"
-                                    " WHERE s.srvname = %s", (server,)).fetchone()[0]
+                left, comment = conn.execute(
+                    "SELECT (SELECT count(*) FROM pg_foreign_table ft WHERE ft.ftserver = s.oid),"
+                    " obj_description(s.oid, 'pg_foreign_server')"
+                    " FROM pg_foreign_server s WHERE s.srvname = %s", (server,)).fetchone()
                 if left:
                     result.notes.append(f"server {server} still serves {left} foreign tables "
                                         f"of other projects; it stays")
@@ -462,15 +478,18 @@ def _drop(source_dsn: str, target_dsn: str, project: str, schema: str, server: s
                                  .format(ident))
                     conn.execute(sql.SQL("DROP SERVER {}").format(ident))
                     result.removed.append(f"server {server}")
-                    server_gone = True
-            if conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()[0] is not None:
+                    server_gone, made_fdw = True, comment == MADE_SERVER_AND_EXTENSION
+            made_schema = conn.execute(
+                "SELECT obj_description(to_regnamespace(%s), 'pg_namespace') = %s",
+                (schema, MADE_SCHEMA)).fetchone()[0]
+            if made_schema:
                 try:
                     with conn.transaction():
                         conn.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(schema)))
                     result.removed.append(f"schema {schema}")
                 except psycopg.errors.DependentObjectsStillExist:
                     result.notes.append(f"schema {schema} still holds other objects; it stays")
-            if server_gone:
+            if made_fdw:
                 try:
                     with conn.transaction():
                         conn.execute("DROP EXTENSION IF EXISTS postgres_fdw")
@@ -563,34 +582,39 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def add_writeback_parser(subparsers) -> argparse.ArgumentParser:
-    """The `writeback` subcommand; every flag also reads PGML_REPLICA_<FLAG>."""
+    """The `writeback` subcommand; every flag also reads PGML_REPLICA_<NAME> (named in its
+    help)."""
     p = subparsers.add_parser(
         "writeback", help="make a project's predictions readable on the source (postgres_fdw)",
-        description="Set up postgres_fdw on the source so it reads the project's pgml_out "
-                    "views on the ML replica; --drop removes it again.")
-    p.add_argument("--source", default=_env("SOURCE"), help="source DSN [PGML_REPLICA_SOURCE]")
-    p.add_argument("--target", default=_env("TARGET"),
-                   help="ML replica DSN [PGML_REPLICA_TARGET]")
-    p.add_argument("--project", default=_env("PROJECT"), help="pgml project [PGML_REPLICA_PROJECT]")
-    p.add_argument("--schema", default=_env("SCHEMA", DEFAULT_SCHEMA),
-                   help="schema on the source for the foreign tables (default ml)")
-    p.add_argument("--replica-host", default=_env("REPLICA_HOST"),
-                   help="host the *source* reaches the replica at (default: the target's)")
-    p.add_argument("--replica-port", default=_env("REPLICA_PORT"),
-                   help="port the source reaches the replica at (default: the target's)")
-    p.add_argument("--replica-user", default=_env("REPLICA_USER", DEFAULT_READER),
-                   help="login role on the replica that reads pgml_out (default pgml_reader)")
-    p.add_argument("--password-env", default=_env("PASSWORD_ENV", DEFAULT_PASSWORD_ENV),
-                   help="environment variable holding the reader's password "
-                        f"(default {DEFAULT_PASSWORD_ENV})")
-    p.add_argument("--password-file", default=_env("PASSWORD_FILE"),
-                   help="file holding the reader's password (wins over --password-env)")
-    p.add_argument("--server", default=_env("FDW_SERVER", DEFAULT_SERVER),
-                   help="name of the foreign server on the source (default pgml_replica)")
+        description="Sets up postgres_fdw on the source so that it reads the project's "
+                    "pgml_out views on the ML replica (create them there with pgml.expose); "
+                    "--drop removes it again. Idempotent.")
+
+    def flag(name: str, env: str, help_: str, default: str | None = None) -> None:
+        shown = f", default {default}" if default else ""
+        p.add_argument(name, default=_env(env, default),
+                       help=f"{help_} [PGML_REPLICA_{env}{shown}]")
+
+    flag("--source", "SOURCE", "source DSN (the database the application uses)")
+    flag("--target", "TARGET", "ML replica DSN")
+    flag("--project", "PROJECT", "pgml project whose exposed views to read")
+    flag("--schema", "WRITEBACK_SCHEMA", "schema on the source for the foreign tables",
+         DEFAULT_SCHEMA)
+    flag("--replica-host", "REPLICA_HOST",
+         "host the *source* reaches the replica at (default: the target DSN's)")
+    flag("--replica-port", "REPLICA_PORT",
+         "port the source reaches the replica at (default: the target DSN's)")
+    flag("--replica-user", "REPLICA_USER",
+         "login role on the replica that reads pgml_out and nothing else", DEFAULT_READER)
+    flag("--password-env", "PASSWORD_ENV",
+         "environment variable that holds the reader's password", DEFAULT_PASSWORD_ENV)
+    flag("--password-file", "PASSWORD_FILE",
+         "file that holds the reader's password (wins over --password-env)")
+    flag("--server", "FDW_SERVER", "name of the foreign server on the source", DEFAULT_SERVER)
     p.add_argument("--materialize", action=argparse.BooleanOptionalAction,
                    default=_env("MATERIALIZE", "false").lower() in ("1", "true", "yes", "on"),
                    help="keep predictions in a table on the replica, scored as rows replicate, "
-                        "instead of scoring on every read")
+                        "instead of scoring on every read [PGML_REPLICA_MATERIALIZE]")
     p.add_argument("--drop", action="store_true", help="remove what writeback set up")
     p.set_defaults(func=run_writeback)
     return p
@@ -613,7 +637,7 @@ def run_writeback(args: argparse.Namespace) -> int:
                            drop=args.drop, server=args.server)
     except WritebackError as exc:
         print(f"pgml-replica writeback: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     if args.drop:
         print("removed: " + (", ".join(result.removed) or "nothing (nothing was set up)"))
     else:

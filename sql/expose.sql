@@ -41,19 +41,21 @@ CREATE TABLE IF NOT EXISTS pgml.exposures (
 REVOKE ALL ON pgml.exposures FROM PUBLIC;
 
 -- Scoring wrappers --------------------------------------------------------------------------
--- STABLE so that a view column nobody selects is dropped by the planner (a key-only scan
--- through the foreign table scores nothing). search_path is pinned because these run with the
--- owner's rights; pg_temp last so a caller's temporary objects can shadow nothing.
+-- PL/pgSQL, not SQL: a SECURITY DEFINER SQL function cannot be inlined and is planned anew in
+-- every statement that calls it (~0.1 ms per point lookup); PL/pgSQL keeps its plan for the
+-- session. STABLE so that a view column nobody selects is dropped by the planner (a key-only
+-- scan through the foreign table scores nothing). No SET search_path: a SET clause costs a
+-- GUC save/restore per row, and nothing here needs one -- every name is schema-qualified,
+-- pg_catalog is searched first, and a caller's temporary schema is never searched for
+-- functions or operators.
 
 CREATE OR REPLACE FUNCTION pgml_expose.predict(project_name text, features float8[])
-RETURNS float8 LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pgml, pg_temp
-AS $$ SELECT pgml.predict(project_name, features) $$;
+RETURNS float8 LANGUAGE plpgsql STABLE SECURITY DEFINER
+AS $$ BEGIN RETURN pgml.predict(project_name, features); END $$;
 
 CREATE OR REPLACE FUNCTION pgml_expose.predict_proba(project_name text, features float8[])
-RETURNS float8[] LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pgml, pg_temp
-AS $$ SELECT pgml.predict_proba(project_name, features) $$;
+RETURNS float8[] LANGUAGE plpgsql STABLE SECURITY DEFINER
+AS $$ BEGIN RETURN pgml.predict_proba(project_name, features); END $$;
 
 REVOKE ALL ON FUNCTION pgml_expose.predict(text, float8[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgml_expose.predict_proba(text, float8[]) FROM PUBLIC;
@@ -148,10 +150,8 @@ BEGIN
     RETURN format($q$
         WITH src AS MATERIALIZED (
             SELECT row_number() OVER () AS n, %1$s, %2$s AS f FROM %3$s AS s
-        ), flat AS (
-            SELECT array_agg(u.x ORDER BY src.n, u.i) AS a
-              FROM src, unnest(src.f) WITH ORDINALITY AS u(x, i)
-            HAVING count(*) > 0
+        ), flat AS (   -- rows x features as one 2-D array: predict_batch reads it flat
+            SELECT array_agg(src.f ORDER BY src.n) AS a FROM src HAVING count(*) > 0
         ), pred AS MATERIALIZED (
             SELECT r.n, r.p FROM flat, pgml.predict_batch(%4$L, flat.a) WITH ORDINALITY AS r(p, n)
         ), checked AS (
@@ -253,6 +253,7 @@ AS $$ SELECT 'pgml_' || left(view_name, 40) || '_' || left(md5(view_name), 6) ||
 CREATE OR REPLACE FUNCTION pgml_expose.on_change()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off   -- compiling the scoring statement costs more than running it
 AS $$
 DECLARE
     e       pgml.exposures;
@@ -308,6 +309,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgml_expose.refresh(view_name text)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     e pgml.exposures;
@@ -420,6 +422,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgml_expose.on_deploy()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off   -- compiling the scoring statement costs more than running it
 AS $$
 DECLARE
     v text;

@@ -48,6 +48,8 @@ class TypeRegistry:
         self.names: dict[int, str] = {}
 
     def register(self, oid: int, name: str, text: Loader, binary: Loader) -> None:
+        """Load ``oid`` with these functions (bytes -> value). Register before decoding:
+        a Relation caches its loaders on its first ``TupleData.values()``."""
         self._loaders[oid] = (text, binary)
         self.names[oid] = name
 

@@ -226,3 +226,15 @@ def test_decoder_accepts_any_bytes_like_payload():
 def test_bad_protocol_version_is_refused():
     with pytest.raises(ValueError, match="1-4"):
         Decoder(5)
+
+
+def test_decoder_is_standalone():
+    """No I/O layer underneath: importing the decoder pulls in neither psycopg nor sockets."""
+    import subprocess
+    import sys
+
+    code = ("import sys, decoder; bad = {'psycopg', 'socket', 'select'} & set(sys.modules); "
+            "print(sorted(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == "[]"

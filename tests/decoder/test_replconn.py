@@ -9,11 +9,12 @@ import pytest
 from psycopg import sql
 
 import decoder
-from replica.errors import TransientError
+from replica.errors import ConfigError, TransientError
 from replica.replconn import (
     ReplicationCommandError,
     ReplicationConnection,
     ReplicationConnectionError,
+    ReplicationDsnError,
     ReplicationError,
     ReplicationStreamEnded,
 )
@@ -118,7 +119,7 @@ def test_read_times_out_with_none_and_commands_wait_for_the_stream(source_db):
             conn.read(0.1)
         conn.start(slot, lsn, {"proto_version": "1", "publication_names": "pub"})
         assert conn.fileno() > 0
-        got = [conn.read(0.2) for _ in range(30)]
+        got = [conn.read(0.1) for _ in range(20)]
         # An idle slot sends nothing but keepalives.
         assert None in got
         assert all(decoder.parse_copy_data(g).__class__ is decoder.PrimaryKeepalive
@@ -186,3 +187,6 @@ def test_password_never_appears_in_errors(source_db, pg_source):
             conn.start("missing", 0, {"proto_version": "1", "publication_names": "p"})
     assert "Sup3r-s3cret" not in str(cmd_err.value)
     assert "repl_pw@127.0.0.1" in str(cmd_err.value)
+    with pytest.raises(ReplicationDsnError) as dsn_err:  # libpq would quote the string
+        ReplicationConnection(good + " Sup3r-s3cret-tail")
+    assert isinstance(dsn_err.value, ConfigError) and "Sup3r" not in str(dsn_err.value)

@@ -115,8 +115,10 @@ class ProcessSidecar:
     """A real `python -m replica run` process (for SIGKILL and SIGTERM)."""
 
     def __init__(self, *args: str, env: dict | None = None, log: Path | None = None) -> None:
-        self.args = ["run", "--http-port", "0", *args]
         self.env = {**os.environ, **(env or {})}
+        quiet = [] if "--http-port" in args or "PGML_REPLICA_HTTP_PORT" in self.env \
+            else ["--http-port", "0"]
+        self.args = ["run", *quiet, *args]
         self.log = log
         self.proc: subprocess.Popen | None = None
 

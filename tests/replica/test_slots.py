@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from replica.errors import ResnapshotNeeded
-from tests.replica.conftest import same, wait_for
+from tests.replica.conftest import wait_for
 
 
 def _slot(db, column: str):

@@ -130,8 +130,9 @@ class Workload:
             conn.execute("INSERT INTO w_idx VALUES (%s, %s, %s) ON CONFLICT (code) DO NOTHING",
                          (code, rng.randint(0, 10**12), rng.choice([None, big(rng)])))
         elif op == "upd":
-            conn.execute("UPDATE w_idx SET v = v + 1, code = code || 'u' WHERE code = %s",
-                         (code,))
+            conn.execute("UPDATE w_idx SET v = v + 1, code = code || 'u' WHERE code = %s AND"
+                         " NOT EXISTS (SELECT FROM w_idx i WHERE i.code = %s || 'u')",
+                         (code, code))
         else:
             conn.execute("DELETE FROM w_idx WHERE code = %s", (code,))
         self.changes += 1

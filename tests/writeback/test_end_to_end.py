@@ -126,11 +126,15 @@ def test_insert_update_delete_redeploy_seen_on_the_source(source_db, ml_db, side
     for k in (1, 10, 20):
         assert abs(after[k] - _on_replica(ml_db, k)) < 1e-6
 
-    # rows that arrive after the redeploy are scored by the new model too
+    # rows that arrive after the redeploy are scored by the new model too, also after the
+    # source table gained a column (the sidecar alters the mirrored table under the view)
+    source_db.execute("ALTER TABLE public.patients ADD COLUMN note text")
     key = source_db.execute(
-        "INSERT INTO public.patients (age, sex, bmi, bp, s1, s2, s3, s4, s5, s6) VALUES"
-        " (-0.02, -0.04, 0.01, 0.03, 0.02, 0.01, -0.01, 0.03, -0.02, 0.0) RETURNING id")[0][0]
+        "INSERT INTO public.patients (age, sex, bmi, bp, s1, s2, s3, s4, s5, s6, note) VALUES"
+        " (-0.02, -0.04, 0.01, 0.03, 0.02, 0.01, -0.01, 0.03, -0.02, 0.0, 'new') RETURNING id"
+    )[0][0]
     _eventually_equal(source_db, ml_db, key, "a new row's prediction from the new model")
+    assert sidecar.poll() is None, "the sidecar stopped while predictions were being served"
 
     # the reader behind the foreign server cannot read the mirrored table on the replica
     source_db.execute("CREATE FOREIGN TABLE public.sneak (id bigint) SERVER pgml_replica"

@@ -108,6 +108,12 @@ def test_rds_like_owner_with_password_auth_and_materialize(pair, reader, rds_mas
     writeback(master_dsn, ml_db.dsn, PROJECT, replica_user=role)
     assert ml_db.execute("SELECT materialized FROM pgml.exposures")[0][0] is False
     assert ml_db.execute("SELECT to_regclass('pgml_expose.diabetes')")[0][0] is None
+    # removal by the same non-superuser: postgres_fdw was there before (a superuser made it,
+    # as rds_superuser does on RDS), so it stays; everything writeback made goes
+    writeback(master_dsn, ml_db.dsn, PROJECT, replica_user=role, drop=True)
+    assert _source_objects(source_db) == {"servers": [], "mappings": [], "foreign": [],
+                                          "views": [], "schemas": [],
+                                          "extensions": [("postgres_fdw",)]}
 
 
 def test_reader_without_password_auth_fails_clearly_and_leaves_nothing(pair, rds_master,
@@ -141,9 +147,10 @@ def test_idempotent_converges_and_drop_removes_everything(pair, reader, monkeypa
     try:
         source_db.execute(f"GRANT USAGE ON SCHEMA ml TO app_{source_db.name}")
         source_db.execute(f"GRANT SELECT ON ml.diabetes TO app_{source_db.name}")
-        # again, with a second exposure and a rotated password
+        # again, with a second exposure, a rotated password and a new column on the source
         ml_db.execute("SELECT pgml.expose(%s, 'public.patients', ARRAY['id'], 'second')",
                       (PROJECT,))
+        source_db.execute("ALTER TABLE public.patients ADD COLUMN note text DEFAULT 'n'")
         monkeypatch.setenv("PGML_REPLICA_READER_PASSWORD", password + "-rotated")
         result = writeback(source_db.dsn, ml_db.dsn, PROJECT, replica_user=role)
         assert result.foreign_tables == ["ml.diabetes", "ml.second"]
@@ -151,6 +158,8 @@ def test_idempotent_converges_and_drop_removes_everything(pair, reader, monkeypa
         assert source_db.execute("SELECT has_table_privilege(%s, 'ml.diabetes', 'SELECT')",
                                  (f"app_{source_db.name}",))[0][0]
         assert source_db.execute("SELECT count(*) FROM ml.second WHERE id < 11")[0][0] == 10
+        assert source_db.execute("SELECT note, prediction IS NOT NULL FROM ml.diabetes_joined"
+                                 " WHERE id = 3") == [("n", True)]
         # un-exposed on the replica -> gone from the source on the next run
         ml_db.execute("SELECT pgml.unexpose('second')")
         result = writeback(source_db.dsn, ml_db.dsn, PROJECT, replica_user=role)
@@ -203,7 +212,7 @@ def test_cli_never_shows_the_password(pair, reader, tmp_path, capsys, caplog, mo
     args = parser.parse_args(["writeback", "--target", ml_db.dsn, "--project", PROJECT,
                               "--replica-user", role, "--password-file", str(secret_file),
                               "--replica-port", "1"])
-    assert run_writeback(args) == 1
+    assert run_writeback(args) == WritebackError.exit_code
     failed = capsys.readouterr()
     assert "could not read pgml_out.diabetes" in failed.err
     logs = "\n".join(r.getMessage() for r in caplog.records)

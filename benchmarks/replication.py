@@ -1,0 +1,319 @@
+"""pgml-replica's sidecar against native logical replication (CREATE SUBSCRIPTION), in one run
+on the same two clusters, printing ours/native ratios.
+
+    .venv/bin/python -m benchmarks.replication [--quick] [--rows N] [--lag-seconds S]
+
+What is measured (each side alone, the other's slot idle):
+1. Initial copy: rows/s for a table of N rows (bigint pk, 2 float8, text, timestamptz).
+   Ours: slot + exported snapshot + parallel binary COPY + primary key built after the load.
+   Native: CREATE SUBSCRIPTION (copy_data) until the table is 'r'eady.
+2. Stream apply: N inserts, then N updates, then N deletes, each once in one transaction and
+   once in 100-row transactions, written while both subscribers are stopped; then each is
+   started alone and timed from the moment its slot is active until a marker row written
+   after the workload is visible on the target (commit order: everything before it is there).
+3. Lag: a steady mixed load (5,000 rows/s by default: inserts, updates, deletes in 50-row
+   transactions, each with a probe row); a poller reads the highest probe id on the target
+   every 2 ms; lag = when it was first seen minus when the source commit returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+from replica.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE_DDL = ("CREATE TABLE bench (id bigint PRIMARY KEY, a float8, b float8, t text,"
+             " ts timestamptz)")
+PROBE_DDL = "CREATE TABLE probe (id bigint PRIMARY KEY, at timestamptz)"
+
+
+def wait(cond, timeout: float, what: str, every: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Side:
+    """One subscriber: ours (a `pgml-replica run` process) or native (a subscription)."""
+
+    def __init__(self, name: str, src, tgt, db: str) -> None:
+        self.name, self.src, self.tgt, self.db = name, src, tgt, db
+        self.proc: subprocess.Popen | None = None
+        self.log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+
+    @property
+    def slot(self) -> str:
+        return "pgml_replica" if self.name == "ours" else "native_sub"
+
+    def target(self) -> psycopg.Connection:
+        return self.tgt.connect(self.db)
+
+    def start(self) -> None:
+        if self.name == "ours":
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "replica", "run", "--source", self.src.dsn("bench"),
+                 "--target", self.tgt.dsn(self.db), "--http-port", "0",
+                 "--log-level", "WARNING"], cwd=ROOT, stdout=open(self.log, "ab"),  # noqa: SIM115
+                stderr=subprocess.STDOUT)
+        else:
+            with self.target() as c:
+                c.execute("ALTER SUBSCRIPTION native_sub ENABLE")
+
+    def stop(self) -> None:
+        if self.name == "ours":
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                self.proc.wait(60)
+        else:
+            with self.target() as c:
+                c.execute("ALTER SUBSCRIPTION native_sub DISABLE")
+        with self.src.connect("bench") as c:
+            wait(lambda: not c.execute("SELECT active FROM pg_replication_slots WHERE"
+                                       " slot_name = %s", (self.slot,)).fetchone()[0],
+                 60, f"{self.slot} to go inactive")
+
+    def slot_active(self) -> bool:
+        with self.src.connect("bench") as c:
+            row = c.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                            (self.slot,)).fetchone()
+        return bool(row and row[0])
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the sidecar exited ({self.proc.returncode}):\n"
+                               f"{self.log.read_text()[-3000:]}")
+
+
+# -- 1. initial copy -------------------------------------------------------------------
+
+
+def fill(src, rows: int) -> None:
+    with src.connect("bench") as c:
+        c.execute("INSERT INTO bench SELECT g, random(), random(), md5(g::text), now()"
+                  " FROM generate_series(1, %s) g", (rows,))
+        c.execute("VACUUM ANALYZE bench")
+
+
+def snapshot_ours(src, tgt, rows: int) -> float:
+    from replica.bootstrap import Bootstrap
+    from replica.config import Settings
+    from replica.state import SidecarState
+
+    s = Settings(source=src.dsn("bench"), target=tgt.dsn("ours"), tables="public.bench,"
+                 "public.probe", http_port=0)
+    with psycopg.connect(s.source, autocommit=True) as c:
+        c.execute("CREATE PUBLICATION pgml_replica FOR TABLE bench, probe")
+    t0 = time.perf_counter()
+    with psycopg.connect(s.source, autocommit=True) as sc, \
+            psycopg.connect(s.target, autocommit=True) as tc:
+        Bootstrap(s, SidecarState(), threading.Event()).prepare(sc, tc)
+    return rows / (time.perf_counter() - t0)
+
+
+def snapshot_native(src, tgt, rows: int) -> float:
+    with tgt.connect("native") as c:
+        c.execute(TABLE_DDL)
+        c.execute(PROBE_DDL)
+    with src.connect("bench") as c:
+        c.execute("CREATE PUBLICATION native_pub FOR TABLE bench, probe")
+    t0 = time.perf_counter()
+    with tgt.connect("native") as c:
+        c.execute(f"CREATE SUBSCRIPTION native_sub CONNECTION '{src.dsn('bench')}'"  # noqa: S608 - our own local DSN
+                  " PUBLICATION native_pub")
+        wait(lambda: c.execute("SELECT bool_and(srsubstate = 'r') AND count(*) = 2 FROM"
+                               " pg_subscription_rel").fetchone()[0], 600, "native copy")
+    return rows / (time.perf_counter() - t0)
+
+
+# -- 2. stream apply -------------------------------------------------------------------
+
+MARK = [0]
+
+
+def marker(src) -> int:
+    MARK[0] += 1
+    with src.connect("bench") as c:
+        c.execute("INSERT INTO probe VALUES (%s, now())", (-MARK[0],))
+    return -MARK[0]
+
+
+def catch_up(side: Side, mark: int, rows: int) -> float:
+    side.start()
+    wait(lambda: side.check_alive() or side.slot_active(), 120, f"{side.name}'s slot")
+    t0 = time.perf_counter()
+    with side.target() as c:
+        def seen():
+            side.check_alive()
+            return c.execute("SELECT 1 FROM probe WHERE id = %s", (mark,)).fetchone()
+        wait(seen, 900, f"{side.name} to catch up", every=0.002)
+    elapsed = time.perf_counter() - t0
+    side.stop()
+    return rows / elapsed
+
+
+def workload(src, op: str, rows: int, per_txn: int | None, base: int) -> None:
+    stmt = {"insert": "INSERT INTO bench SELECT g, random(), random(), md5(g::text), now()"
+                      " FROM generate_series(%s, %s) g",
+            "update": "UPDATE bench SET a = a + 1, ts = now() WHERE id BETWEEN %s AND %s",
+            "delete": "DELETE FROM bench WHERE id BETWEEN %s AND %s"}[op]
+    with src.connect("bench") as c:
+        step = per_txn or rows
+        for lo in range(base, base + rows, step):
+            c.execute(stmt, (lo, lo + step - 1))
+
+
+def stream_apply(src, sides: list[Side], rows: int) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    base = 10_000_000
+    for per_txn, label in ((None, "1 txn"), (100, "100-row txns")):
+        for op in ("insert", "update", "delete"):
+            workload(src, op, rows, per_txn, base)
+            mark = marker(src)
+            results[f"{op}s, {label}"] = {s.name: catch_up(s, mark, rows) for s in sides}
+            print(f"  {op}s, {label}: " + ", ".join(
+                f"{k} {v:,.0f} rows/s" for k, v in results[f"{op}s, {label}"].items()),
+                flush=True)
+        base += 10_000_000
+    return results
+
+
+# -- 3. lag ----------------------------------------------------------------------------
+
+
+def lag(src, side: Side, rate: int, seconds: float, first_probe: int) -> tuple[float, float]:
+    side.start()
+    mark = marker(src)  # start caught up: nothing of the other side's run is pending
+    with side.target() as c:
+        wait(lambda: side.check_alive() or c.execute(
+            "SELECT 1 FROM probe WHERE id = %s", (mark,)).fetchone(), 300, "catch-up")
+    committed: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    done = threading.Event()
+    last_id = first_probe + int(rate * seconds / 50)
+
+    def poll() -> None:
+        with side.target() as c:
+            last = first_probe - 1
+            deadline = None
+            while last < last_id:
+                top = c.execute("SELECT coalesce(max(id), %s) FROM probe WHERE id BETWEEN"
+                                " %s AND %s", (first_probe - 1, first_probe, last_id)
+                                ).fetchone()[0]
+                now = time.perf_counter()
+                for i in range(last + 1, top + 1):
+                    seen[i] = now
+                last = max(last, top)
+                if done.is_set():
+                    deadline = deadline or now + 60
+                    if now > deadline:
+                        break
+                time.sleep(0.002)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    per_txn = 50
+    interval = per_txn / rate
+    base = 50_000_000 + first_probe * 100
+    with src.connect("bench") as c:
+        start = time.perf_counter()
+        for n, probe_id in enumerate(range(first_probe, last_id + 1)):
+            delay = start + n * interval - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            lo = base + n * 30
+            with c.transaction():  # 30 inserts, 15 updates, 4 deletes, 1 probe
+                c.execute("INSERT INTO bench SELECT g, random(), random(), 'x', now() FROM"
+                          " generate_series(%s, %s) g", (lo, lo + 29))
+                c.execute("UPDATE bench SET a = a + 1 WHERE id BETWEEN %s AND %s",
+                          (lo - 150, lo - 136))
+                c.execute("DELETE FROM bench WHERE id BETWEEN %s AND %s",
+                          (lo - 300, lo - 297))
+                c.execute("INSERT INTO probe VALUES (%s, now())", (probe_id,))
+            committed[probe_id] = time.perf_counter()
+    done.set()
+    poller.join(90)
+    side.stop()
+    lags = sorted((seen[i] - committed[i]) * 1000 for i in committed if i in seen)
+    if len(lags) < len(committed):
+        raise RuntimeError(f"{side.name}: {len(committed) - len(lags)} probes never arrived")
+    return statistics.median(lags), lags[max(0, int(len(lags) * 0.99) - 1)]
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="100k rows, 8 s of lag load")
+    p.add_argument("--rows", type=int, default=None)
+    p.add_argument("--lag-seconds", type=float, default=None)
+    p.add_argument("--rate", type=int, default=5000)
+    p.add_argument("--only", choices=["snapshot", "stream", "lag"], action="append")
+    a = p.parse_args(argv)
+    rows = a.rows or (100_000 if a.quick else 1_000_000)
+    lag_seconds = a.lag_seconds or (8 if a.quick else 30)
+    only = set(a.only or ["snapshot", "stream", "lag"])
+    print(f"pgml-replica vs native logical replication: {rows:,} rows, "
+          f"{os.cpu_count()} CPUs, PostgreSQL 15 (both clusters on this machine)", flush=True)
+    ratios: list[tuple[str, float, float]] = []
+    with running_cluster("bench-source", SOURCE_SETTINGS) as src, \
+            running_cluster("bench-target", REPLICA_SETTINGS) as tgt:
+        with src.connect() as c:
+            c.execute("CREATE DATABASE bench")
+        with tgt.connect() as c:
+            c.execute("CREATE DATABASE ours")
+            c.execute("CREATE DATABASE native")
+        with src.connect("bench") as c:
+            c.execute(TABLE_DDL)
+            c.execute(PROBE_DDL)
+        fill(src, rows)
+        ours, native = Side("ours", src, tgt, "ours"), Side("native", src, tgt, "native")
+        o = snapshot_ours(src, tgt, rows)
+        n = snapshot_native(src, tgt, rows)
+        with tgt.connect("native") as c:
+            c.execute("ALTER SUBSCRIPTION native_sub DISABLE")
+        if "snapshot" in only:
+            print(f"  initial copy: ours {o:,.0f} rows/s, native {n:,.0f} rows/s", flush=True)
+            ratios.append(("initial copy rows/s", o, n))
+        with src.connect("bench") as c:  # a clean slate for the stream phase
+            c.execute("TRUNCATE bench")
+        for side in (ours, native):
+            mark = marker(src)
+            side.start()
+            with side.target() as c:
+                wait(lambda c=c, mark=mark, side=side: side.check_alive() or c.execute(
+                    "SELECT 1 FROM probe WHERE id = %s", (mark,)).fetchone(), 120, "truncate")
+            side.stop()
+        if "stream" in only:
+            for name, r in stream_apply(src, [ours, native], rows).items():
+                ratios.append((f"{name} rows/s", r["ours"], r["native"]))
+        if "lag" in only:
+            lo = lag(src, ours, a.rate, lag_seconds, 1)
+            ln = lag(src, native, a.rate, lag_seconds, 1_000_000)
+            print(f"  lag at {a.rate} rows/s: ours p50 {lo[0]:.1f} ms p99 {lo[1]:.1f} ms; "
+                  f"native p50 {ln[0]:.1f} ms p99 {ln[1]:.1f} ms", flush=True)
+            ratios.append(("lag p50 ms (lower is better)", lo[0], ln[0]))
+            ratios.append(("lag p99 ms (lower is better)", lo[1], ln[1]))
+    print("\n| measure | ours | native | ours/native |\n|---|---:|---:|---:|")
+    for name, o, n in ratios:
+        print(f"| {name} | {o:,.1f} | {n:,.1f} | {o / n:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
