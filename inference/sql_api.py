@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import json
-import struct
 import sys
 
 import numpy as np
@@ -129,7 +128,8 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
         else values[snap.y_column_name[0]]
     train_rows, test_rows = data.split(n, snap.test_size, snap.test_sampling, snap.random_state)
     result = training.train(
-        task, algorithm, X[train_rows], Y[train_rows], X[test_rows], Y[test_rows],
+        task, algorithm, np.take(X, train_rows, axis=0), np.take(Y, train_rows, axis=0),
+        np.take(X, test_rows, axis=0), np.take(Y, test_rows, axis=0),
         feature_names=features, hyperparams=hyperparams, preprocess=preprocess, search=search,
         search_params=search_params, search_args=search_args, joint=joint,
         random_state=snap.random_state)
@@ -181,7 +181,12 @@ def _snapshot_for(project, project_name, relation_name, y_columns, test_size, te
             raise PgmlError(
                 f"y_column_name {y_columns} differs from the project's snapshot "
                 f"({previous.y_column_name}); pass relation_name to take a new snapshot")
-        oid, _ = data.resolve(previous.table)
+        try:
+            oid, _ = data.resolve(previous.table)
+        except data.UnknownRelation:
+            raise data.UnknownRelation(
+                f"the snapshot table {previous.table} of project {project_name!r} was dropped; "
+                "pass relation_name to take a new snapshot") from None
         n, values = data.load(previous.table, data.columns(oid))
         return previous, n, values
     if not y_columns:
@@ -275,8 +280,9 @@ def forget_deployments() -> None:
 
 
 def _deployed(project_name: str, statement_key: float) -> tuple:
-    model_id, joint = store.deployed_model(project_name)
-    entry = (statement_key, store.scorer(model_id), joint, model_id)
+    model_id = store.deployed_model(project_name)
+    scorer, joint = store.loaded(model_id)
+    entry = (statement_key, scorer, joint, model_id)
     _DEPLOYED[project_name] = entry
     return entry
 
@@ -320,7 +326,7 @@ def predict_batch(project_name, features: bytes, statement_key):
     if entry[2]:
         raise PgmlError(f"project {project_name!r} is a joint model; use pgml.predict_joint")
     scorer = entry[1]
-    values = _float8_array(features)
+    values = data.float8_array(features)
     if values.size % scorer.n_features:
         raise InvalidData(f"predict_batch got {values.size} values, which is not a whole number "
                           f"of rows of {scorer.n_features} features")
@@ -329,39 +335,12 @@ def predict_batch(project_name, features: bytes, statement_key):
     return scorer.predict(values.reshape(-1, scorer.n_features)).tolist()
 
 
-def _float8_array(buf: bytes) -> np.ndarray:
-    """A float8[] in array_send's binary form as float64 (NULL -> NaN), flattened.
-
-    Layout: ndim, has-nulls flag, element type, (length, lower bound) per dimension, then per
-    element an int32 byte length (-1 for NULL) and the big-endian value.
-    """
-    ndim, has_nulls, _ = struct.unpack_from(">iiI", buf, 0)
-    if ndim == 0:
-        return np.empty(0)
-    dims = struct.unpack_from(f">{2 * ndim}i", buf, 12)[0::2]
-    n = int(np.prod(dims))
-    start = 12 + 8 * ndim
-    if not has_nulls:  # fixed stride of 12 bytes: read the values in place
-        return np.ndarray((n,), dtype=">f8", buffer=buf, offset=start + 4,
-                          strides=(12,)).astype(np.float64)
-    out = np.empty(n)
-    pos = start
-    for i in range(n):
-        (length,) = struct.unpack_from(">i", buf, pos)
-        pos += 4
-        if length < 0:
-            out[i] = np.nan
-        else:
-            (out[i],) = struct.unpack_from(">d", buf, pos)
-            pos += length
-    return out
-
-
 @_entry
 def model_predict(model_id, features):
-    if store.model_joint(model_id):
+    scorer, joint = store.loaded(model_id)
+    if joint:
         raise PgmlError(f"model {model_id} is a joint model; pgml.model_predict returns one value")
-    return float(store.scorer(model_id).predict(np.array(features, dtype=np.float64))[0])
+    return float(scorer.predict(np.array(features, dtype=np.float64))[0])
 
 
 @_entry
@@ -380,7 +359,7 @@ def runtime_info(project_name=None) -> str:
                      for model_id, s in store.cached_scorers().items()],
     }
     if project_name is not None:
-        model_id, _ = store.deployed_model(project_name)
+        model_id = store.deployed_model(project_name)
         s = store.scorer(model_id)
         info["project"] = {"name": project_name, "model_id": model_id, "runtime": s.runtime,
                            "providers": list(s.providers)}

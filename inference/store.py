@@ -235,13 +235,12 @@ def rollback_model(project_id: int, current_model_id: int, algorithm: str | None
     return (rows[0]["id"], rows[0]["algorithm"]) if rows.nrows() else None
 
 
-def deployed_model(project_name: str) -> tuple[int, bool]:
-    """(model id, joint) deployed for the project now; one indexed lookup."""
+def deployed_model(project_name: str) -> int:
+    """The id of the model the project has deployed now; one indexed lookup."""
     rows = query(
-        "SELECT p.id AS project_id, d.model_id, m.joint FROM pgml.projects p"
+        "SELECT d.model_id FROM pgml.projects p"
         " LEFT JOIN LATERAL (SELECT model_id FROM pgml.deployments WHERE project_id = p.id"
-        "   ORDER BY created_at DESC, id DESC LIMIT 1) d ON true"
-        " LEFT JOIN pgml.models m ON m.id = d.model_id WHERE p.name = $1",
+        "   ORDER BY created_at DESC, id DESC LIMIT 1) d ON true WHERE p.name = $1",
         ("text",), (project_name,))
     if not rows.nrows():
         require_project(project_name)  # raises with the helpful message
@@ -250,24 +249,24 @@ def deployed_model(project_name: str) -> tuple[int, bool]:
             f"project {project_name!r} has no deployed model; deploy one with "
             f"pgml.deploy({project_name!r}) or train with automatic_deploy => true"
         )
-    return rows[0]["model_id"], rows[0]["joint"]
+    return rows[0]["model_id"]
 
 
 # -- loaded models -------------------------------------------------------------------------
 
-_SCORERS: OrderedDict[int, object] = OrderedDict()
+_LOADED: OrderedDict[int, tuple[object, bool]] = OrderedDict()
 
 
-def scorer(model_id: int):
-    """The loaded Scorer for a model, from this backend's cache when it is there."""
-    found = _SCORERS.get(model_id)
+def loaded(model_id: int) -> tuple[object, bool]:
+    """(Scorer, joint) for a model, from this backend's cache when it is there."""
+    found = _LOADED.get(model_id)
     if found is not None:
-        _SCORERS.move_to_end(model_id)
+        _LOADED.move_to_end(model_id)
         return found
     from inference.runtime import load_scorer
 
     rows = query(
-        "SELECT m.runtime, m.num_features, p.task,"
+        "SELECT m.runtime, m.num_features, m.joint, p.task,"
         " (SELECT string_agg(f.data, ''::bytea ORDER BY f.part) FROM pgml.files f"
         "   WHERE f.model_id = m.id AND f.path = CASE m.runtime WHEN 'onnx' THEN 'model.onnx'"
         "   ELSE 'model.pkl' END) AS data"
@@ -277,19 +276,17 @@ def scorer(model_id: int):
         raise UnknownModel(f"model {model_id} does not exist (see the table pgml.models)")
     row = rows[0]
     onnx, native = (row["data"], None) if row["runtime"] == "onnx" else (None, row["data"])
-    loaded = load_scorer(row["runtime"], onnx, native, row["task"], row["num_features"])
-    _SCORERS[model_id] = loaded
-    while len(_SCORERS) > MAX_CACHED_SCORERS:
-        _SCORERS.popitem(last=False)
-    return loaded
+    found = (load_scorer(row["runtime"], onnx, native, row["task"], row["num_features"]),
+             row["joint"])
+    _LOADED[model_id] = found
+    while len(_LOADED) > MAX_CACHED_SCORERS:
+        _LOADED.popitem(last=False)
+    return found
+
+
+def scorer(model_id: int):
+    return loaded(model_id)[0]
 
 
 def cached_scorers() -> dict[int, object]:
-    return dict(_SCORERS)
-
-
-def model_joint(model_id: int) -> bool:
-    rows = query("SELECT joint FROM pgml.models WHERE id = $1", ("int8",), (model_id,))
-    if not rows.nrows():
-        raise UnknownModel(f"model {model_id} does not exist (see the table pgml.models)")
-    return rows[0]["joint"]
+    return {model_id: entry[0] for model_id, entry in _LOADED.items()}

@@ -297,8 +297,8 @@ BEGIN
                        pgml_expose.key_match(e.key_columns, 't', 'd'));
         RAISE WARNING 'pgml_out.% could not score % rows of %: %', quote_ident(e.view_name),
             lower(TG_OP), e.relation_name, SQLERRM
-            USING HINT = 'their predictions are absent until fixed; then run '
-                         'SELECT pgml_expose.refresh(''' || e.view_name || ''')';
+            USING HINT = 'their predictions are absent until fixed; then run SELECT '
+                         || format('pgml_expose.refresh(%L)', e.view_name);
     END;
     RETURN NULL;
 END

@@ -267,7 +267,7 @@ def test_custom_enum_type_is_announced_by_a_type_message(source_db, binary):
     assert row[2] == "{sad,ok}" if not binary else isinstance(row[2], bytes)
 
 
-def test_origin_message_follows_begin(source_db, binary, pg_source):
+def test_origin_message_follows_begin(source_db, binary):
     db = source_db
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")
     db.execute("CREATE PUBLICATION pub FOR TABLE t")
