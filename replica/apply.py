@@ -41,10 +41,9 @@ class TableWriter:
         self.schema, self.name = schema, name
         self.layout = layout
         self.sync_lsn = sync_lsn  # apply changes of transactions committing at/after this
-        self.batch = TableBatch(layout)
+        self.batch = TableBatch(layout)  # the run of the non-streamed transactions
         self.ident = sql.Identifier(schema, name)
         self.stage = sql.Identifier("pg_temp", f"pgml_replica_stage_{relation_id}")
-        self.pending_ops = [0, 0, 0, 0]  # written but not committed (metrics at commit)
         self._stmts: dict = {}
 
     @property
@@ -119,24 +118,27 @@ class TargetWriter:
         self.conn = conn
         self.slot = slot
         self.busy_seconds = 0.0  # time spent writing in the open transaction
-        self.txns = 0  # source transactions in the open target transaction
         self._stages_ready: set[int] = set()  # relation ids with a committed stage table
         self._stages_new: set[int] = set()  # created in the open transaction
         self._dirty: set[int] = set()  # stages holding rows in the open transaction
-        self._touched: dict[int, TableWriter] = {}
+        # written, not yet committed: relation id -> (table, [insert, update, delete, truncate])
+        self._ops: dict[int, tuple[TableWriter, list[int]]] = {}
 
     def forget_stage(self, tw: TableWriter) -> None:
         """The table's columns changed: its stage must be built again."""
-        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tw.stage))
+        if tw.relation_id in self._stages_ready or tw.relation_id in self._stages_new:
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tw.stage))
         self._stages_ready.discard(tw.relation_id)
         self._stages_new.discard(tw.relation_id)
         self._dirty.discard(tw.relation_id)
         tw._stmts.clear()
 
-    def flush(self, tw: TableWriter) -> int:
-        """Write the table's absorbed run into the open transaction; return row images sent."""
-        b = tw.batch
+    def flush(self, tw: TableWriter, b: TableBatch | None = None) -> int:
+        """Write a run of the table (its own by default) into the open transaction; return
+        the row images sent."""
+        b = tw.batch if b is None else b
         if b.empty:
+            b.ops = [0, 0, 0, 0]
             return 0
         t0 = time.perf_counter()
         try:
@@ -146,13 +148,16 @@ class TargetWriter:
         except psycopg.Error as exc:
             raise ApplyError(f"the target rejected changes to {tw.qualname}: "
                              f"{exc.diag.message_primary or exc}") from exc
-        for i, n in enumerate(b.ops):
-            tw.pending_ops[i] += n
+        self._count(tw, b.ops)
         b.ops = [0, 0, 0, 0]
         b.clear()
-        self._touched[tw.relation_id] = tw
         self.busy_seconds += time.perf_counter() - t0
         return sent
+
+    def _count(self, tw: TableWriter, ops: list[int]) -> None:
+        mine = self._ops.setdefault(tw.relation_id, (tw, [0, 0, 0, 0]))[1]
+        for i, n in enumerate(ops):
+            mine[i] += n
 
     def _write(self, tw: TableWriter, b: TableBatch) -> int:
         conn = self.conn
@@ -190,9 +195,11 @@ class TargetWriter:
             cp.write(data)
         self._dirty.add(rid)
 
-    def move(self, tw: TableWriter, old_raw: tuple, new_raw: tuple, kinds: str) -> None:
-        """A key change whose new image keeps unchanged-TOAST values only the target has."""
-        self.flush(tw)
+    def move(self, tw: TableWriter, b: TableBatch, old_raw: tuple, new_raw: tuple,
+             kinds: str) -> None:
+        """A key change whose new image keeps unchanged-TOAST values only the target has:
+        write the run ``b`` so far, then move the row on the target."""
+        self.flush(tw, b)
         t0 = time.perf_counter()
         try:
             self._stage(tw, encode([(MOVE_FROM, 0, old_raw), (MOVE_TO, 0, new_raw)],
@@ -203,8 +210,6 @@ class TargetWriter:
         except psycopg.Error as exc:
             raise ApplyError(f"the target rejected a key change in {tw.qualname}: "
                              f"{exc.diag.message_primary or exc}") from exc
-        tw.pending_ops[1] += 1
-        self._touched[tw.relation_id] = tw
         self.busy_seconds += time.perf_counter() - t0
 
     def ping(self) -> None:
@@ -226,11 +231,10 @@ class TargetWriter:
             raise TransientError(f"target connection lost at commit: {exc}", "target") from exc
         self.busy_seconds += time.perf_counter() - t0
         metrics.APPLY_SECONDS.observe(self.busy_seconds)
-        for tw in self._touched.values():
-            for op, n in zip(_OPS, tw.pending_ops, strict=True):
+        for tw, ops in self._ops.values():
+            for op, n in zip(_OPS, ops, strict=True):
                 if n:
                     metrics.ROWS_APPLIED.labels(tw.qualname, op).inc(n)
-            tw.pending_ops = [0, 0, 0, 0]
         self._stages_ready |= self._stages_new
         self._reset()
 
@@ -239,13 +243,23 @@ class TargetWriter:
             self.conn.rollback()
         except psycopg.Error:
             pass  # the connection is gone; the transaction with it
-        for tw in self._touched.values():
-            tw.pending_ops = [0, 0, 0, 0]
         self._reset()
+
+    def savepoint(self, name: str) -> None:
+        self.conn.execute(sql.SQL("SAVEPOINT {}").format(sql.Identifier(name)))
+
+    def rollback_to(self, name: str) -> None:
+        """Undo a subtransaction's writes (stage tables may hold rows of it: truncate first)."""
+        self.conn.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(sql.Identifier(name)))
+        self._stages_new.clear()  # may be undone with it: _stage rebuilds (DROP IF EXISTS)
+        self._dirty = set(self._stages_ready)
+
+    def close(self) -> None:
+        self.rollback()
+        self.conn.close()
 
     def _reset(self) -> None:
         self._stages_new.clear()
         self._dirty.clear()
-        self._touched.clear()
+        self._ops.clear()
         self.busy_seconds = 0.0
-        self.txns = 0

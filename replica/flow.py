@@ -78,6 +78,12 @@ class FlowControl:
         self.pending_txns = self.pending_rows = 0
         self.batch_started = None
 
+    def streamed_committed(self, end_lsn: int, commit_time: datetime) -> None:
+        """A streamed transaction committed on the target (after the batch before it)."""
+        self.applied_lsn = max(self.applied_lsn, end_lsn)
+        self.pending_commit_time = commit_time
+        self.wal(end_lsn)
+
     def rolled_back(self) -> None:
         self.in_txn = False
         self.pending_txns = self.pending_rows = 0

@@ -1,0 +1,143 @@
+"""Protocol 2: large transactions applied while they still run on the source.
+
+Why: with ``streaming 'on'`` the walsender sends a transaction in chunks as soon as it
+outgrows ``logical_decoding_work_mem``, instead of spilling it to disk and sending it after
+its commit (PERF-NOTES; measured here: walsender CPU per change 5.7 -> 3.1 us). Each
+in-progress transaction gets its own target connection and an open target transaction that
+takes its chunks as they arrive; Stream Commit commits it with its end LSN in the progress
+row (invariant 1), Stream Abort rolls it back, so an aborted transaction never appears.
+
+Rules that keep this exact:
+- Before a chunk is applied, the batch of ordinary transactions is committed: they committed
+  on the source before anything of the streamed transaction that is still to come, and no
+  lock of theirs may stand in its way.
+- Subtransactions: at the first change of a subtransaction the chunk so far is written and a
+  savepoint named after its xid is set; Stream Abort of a subtransaction rolls back to it.
+- A table whose copy has not met the stream yet (its sync LSN lies past every commit
+  received so far, or it waits to be copied) cannot be decided before the commit LSN is
+  known: from then on the transaction's changes are kept in memory and applied at Stream
+  Commit by the ordinary rule (commit LSN at or after the table's sync LSN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from decoder import Message, StreamAbort
+from replica.apply import TableWriter, TargetWriter
+from replica.batch import TableBatch
+
+
+@dataclass
+class StreamedTxn:
+    xid: int
+    writer: TargetWriter
+    batches: dict[int, tuple[TableWriter, TableBatch]] = field(default_factory=dict)
+    subxid: int = -1  # xid of the changes in the in-memory batches
+    savepoints: list[int] = field(default_factory=list)  # subxids, in the order set
+    deferred: list[tuple[Message, TableWriter]] | None = None  # None: applying as they come
+    unwritten: int = 0
+    rows: int = 0
+
+    def write(self) -> None:
+        for tw, b in self.batches.values():
+            self.writer.flush(tw, b)
+        self.unwritten = 0
+
+    def batch(self, tw: TableWriter) -> TableBatch:
+        entry = self.batches.get(tw.relation_id)
+        if entry is None or entry[0] is not tw:  # first use, or the table was re-shaped
+            if entry is not None:
+                self.writer.flush(*entry)
+            entry = self.batches[tw.relation_id] = (tw, TableBatch(tw.layout))
+        return entry[1]
+
+
+class StreamedApply:
+    """The in-progress transactions of one session."""
+
+    def __init__(self, new_writer: Callable[[], TargetWriter], segment_rows: int) -> None:
+        self._new_writer = new_writer
+        self._pool: list[TargetWriter] = []
+        self.segment_rows = segment_rows
+        self.in_flight: dict[int, StreamedTxn] = {}
+        self.current: StreamedTxn | None = None  # inside a Stream Start .. Stop block
+
+    def start(self, xid: int) -> None:
+        txn = self.in_flight.get(xid)
+        if txn is None:
+            writer = self._pool.pop() if self._pool else self._new_writer()
+            txn = self.in_flight[xid] = StreamedTxn(xid, writer, subxid=xid)
+        self.current = txn
+
+    def stop(self) -> None:
+        self.current = None
+
+    def route(self, msg: Message, tw: TableWriter, decided_lsn: int
+              ) -> tuple[TableWriter, TableBatch, TargetWriter] | None:
+        """Where a change inside a streamed block goes, or None when it was kept for the
+        commit. ``decided_lsn``: every transaction committing from here on is past it."""
+        txn = self.current
+        if txn.deferred is None and tw.sync_lsn > decided_lsn:
+            txn.deferred = []
+        if txn.deferred is not None:
+            txn.deferred.append((msg, tw))
+            return None
+        xid = msg.xid
+        if xid != txn.subxid:
+            txn.write()
+            if xid != txn.xid and xid not in txn.savepoints:
+                txn.writer.savepoint(f"s{xid}")
+                txn.savepoints.append(xid)
+            txn.subxid = xid
+        txn.rows += 1
+        txn.unwritten += 1
+        if txn.unwritten >= self.segment_rows:
+            txn.write()
+        return tw, txn.batch(tw), txn.writer
+
+    def abort(self, msg: StreamAbort) -> None:
+        txn = self.in_flight.get(msg.xid)
+        if txn is None:
+            return
+        if msg.subxid == msg.xid:
+            del self.in_flight[msg.xid]
+            self._release(txn)
+            return
+        if txn.deferred:
+            txn.deferred = [(m, tw) for m, tw in txn.deferred if m.xid != msg.subxid]
+        if msg.subxid in txn.savepoints:
+            i = txn.savepoints.index(msg.subxid)
+            for _, b in txn.batches.values():  # in memory: the latest subtransaction's
+                b.clear()
+                b.ops = [0, 0, 0, 0]
+            txn.writer.rollback_to(f"s{msg.subxid}")
+            del txn.savepoints[i + 1:]
+            txn.subxid = -1
+
+    def finish(self, xid: int) -> StreamedTxn | None:
+        """Take a transaction out for its commit (the caller commits, then ``release``)."""
+        return self.in_flight.pop(xid, None)
+
+    def release(self, txn: StreamedTxn) -> None:
+        self._pool.append(txn.writer)
+
+    def rollback_txn(self, txn: StreamedTxn) -> None:
+        self._release(txn)
+
+    def _release(self, txn: StreamedTxn) -> None:
+        txn.writer.rollback()
+        self._pool.append(txn.writer)
+
+    def rollback_all(self) -> None:
+        for txn in self.in_flight.values():
+            self._release(txn)
+        self.in_flight.clear()
+        self.current = None
+
+    def close(self) -> None:
+        self.rollback_all()
+        for w in self._pool:
+            w.close()
+        self._pool.clear()
