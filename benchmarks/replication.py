@@ -7,10 +7,12 @@ What is measured (each side alone, the other's slot idle):
 1. Initial copy: rows/s for a table of N rows (bigint pk, 2 float8, text, timestamptz).
    Ours: slot + exported snapshot + parallel binary COPY + primary key built after the load.
    Native: CREATE SUBSCRIPTION (copy_data) until the table is 'r'eady.
-2. Stream apply: N inserts, then N updates, then N deletes, each once in one transaction and
-   once in 100-row transactions, written while both subscribers are stopped; then each is
-   started alone and timed from the moment its slot is active until a marker row written
-   after the workload is visible on the target (commit order: everything before it is there).
+2. Stream apply, catch-up: N inserts, then N updates, then N deletes, each once in one
+   transaction and once in 100-row transactions, written while both subscribers are stopped;
+   then each is started alone and timed from the moment its slot is active until a marker row
+   written after the workload is visible on the target (commit order: everything before it
+   is there). Live: each subscriber alone, running while the source executes the
+   one-transaction workloads; timed from the statement's start to the marker.
 3. Lag: a steady mixed load (5,000 rows/s by default: inserts, updates, deletes in 50-row
    transactions, each with a probe row); a poller reads the highest probe id on the target
    every 2 ms; lag = when it was first seen minus when the source commit returned.
@@ -192,6 +194,27 @@ def stream_apply(src, sides: list[Side], rows: int) -> dict[str, dict[str, float
     return results
 
 
+def live(src, side: Side, rows: int, base: int) -> dict[str, float]:
+    """The subscriber runs while the source executes each one-transaction workload: rows/s
+    from the statement's start until the marker after its commit is on the target."""
+    side.start()
+    mark = marker(src)
+    results = {}
+    with side.target() as c:
+        wait(lambda: side.check_alive() or c.execute(
+            "SELECT 1 FROM probe WHERE id = %s", (mark,)).fetchone(), 900, "catch-up")
+        for op in ("insert", "update", "delete"):
+            t0 = time.perf_counter()
+            workload(src, op, rows, None, base)
+            mark = marker(src)
+            wait(lambda mark=mark: side.check_alive() or c.execute(
+                "SELECT 1 FROM probe WHERE id = %s", (mark,)).fetchone(), 900, f"live {op}",
+                every=0.002)
+            results[op] = rows / (time.perf_counter() - t0)
+    side.stop()
+    return results
+
+
 # -- 3. lag ----------------------------------------------------------------------------
 
 
@@ -263,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=None)
     p.add_argument("--lag-seconds", type=float, default=None)
     p.add_argument("--rate", type=int, default=5000)
-    p.add_argument("--only", choices=["snapshot", "stream", "lag"], action="append")
+    p.add_argument("--only", choices=["snapshot", "stream", "live", "lag"], action="append")
     a = p.parse_args(argv)
     rows = a.rows or (100_000 if a.quick else 1_000_000)
     lag_seconds = a.lag_seconds or (8 if a.quick else 30)
-    only = set(a.only or ["snapshot", "stream", "lag"])
+    only = set(a.only or ["snapshot", "stream", "live", "lag"])
     print(f"pgml-replica vs native logical replication: {rows:,} rows, "
           f"{os.cpu_count()} CPUs, PostgreSQL 15 (both clusters on this machine)", flush=True)
     ratios: list[tuple[str, float, float]] = []
@@ -302,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         if "stream" in only:
             for name, r in stream_apply(src, [ours, native], rows).items():
                 ratios.append((f"{name} rows/s", r["ours"], r["native"]))
+        if "live" in only:
+            lo, ln = live(src, ours, rows, 30_000_000), live(src, native, rows, 40_000_000)
+            for op in lo:
+                print(f"  {op}s, 1 txn, live: ours {lo[op]:,.0f} rows/s, native "
+                      f"{ln[op]:,.0f} rows/s", flush=True)
+                ratios.append((f"{op}s, 1 txn, live (from the statement's start) rows/s",
+                               lo[op], ln[op]))
         if "lag" in only:
             lo = lag(src, ours, a.rate, lag_seconds, 1)
             ln = lag(src, native, a.rate, lag_seconds, 1_000_000)

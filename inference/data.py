@@ -123,7 +123,14 @@ def materialize(snapshot: store.Snapshot, source: str, cols: list[Column]) -> No
 
 
 def load(table: str, cols: list[Column]) -> tuple[int, dict[str, np.ndarray]]:
-    """(row count, column name -> float64 array with NaN for NULL), one scan of ``table``."""
+    """(row count, column name -> float64 values with NaN for NULL), one scan of ``table``.
+
+    The arrays are read-only big-endian views over the bytes the query returned, not copies:
+    numpy converts as it reads, and ``gather`` copies only the rows a split needs, once, into
+    native matrices. Converting every column first and then gathering the split from a full
+    feature matrix copied 1M x 11 values three times (0.3-0.8 s on the dev box, where touching
+    fresh memory is slow); gathering from the views copies them once (~0.2 s).
+    """
     parts = ["count(*)::int8 AS n"]
     for i, c in enumerate(cols):
         value = plpy.quote_ident(c.name)
@@ -138,8 +145,15 @@ def load(table: str, cols: list[Column]) -> tuple[int, dict[str, np.ndarray]]:
     n = row["n"]
     if n == 0:
         return 0, {c.name: np.empty(0) for c in cols}
-    return n, {c.name: np.frombuffer(row[f"c{i}"], dtype=">f8").astype(np.float64)
-               for i, c in enumerate(cols)}
+    return n, {c.name: np.frombuffer(row[f"c{i}"], dtype=">f8") for i, c in enumerate(cols)}
+
+
+def gather(values: dict[str, np.ndarray], names: list[str], rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of the columns ``names`` as one C-ordered float64 matrix."""
+    out = np.empty((len(rows), len(names)))
+    for j, name in enumerate(names):
+        out[:, j] = values[name][rows]
+    return out
 
 
 def _set_syncscan(value: str) -> None:
@@ -150,6 +164,7 @@ def analyze(values: dict[str, np.ndarray]) -> dict[str, dict]:
     """Per-column statistics over all rows (NULL counted as missing), stored with the snapshot."""
     out = {}
     for name, col in values.items():
+        col = np.asarray(col, dtype=np.float64)  # native order: the same sums as numpy's own
         present = col[~np.isnan(col)]
         stats = {"count": int(present.size), "missing": int(col.size - present.size)}
         if present.size:

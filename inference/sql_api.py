@@ -123,13 +123,14 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
             raise InvalidData(f"y column {y!r} has {missing} NULL value(s); train on a view "
                               f"that filters them out (WHERE {y} IS NOT NULL) or fills them")
     features = snap.features
-    X = np.column_stack([values[f] for f in features]) if n else np.empty((0, len(features)))
-    Y = np.column_stack([values[y] for y in snap.y_column_name]) if joint \
-        else values[snap.y_column_name[0]]
     train_rows, test_rows = data.split(n, snap.test_size, snap.test_sampling, snap.random_state)
+    X_train, X_test = (data.gather(values, features, rows) for rows in (train_rows, test_rows))
+    Y_train, Y_test = (data.gather(values, snap.y_column_name, rows)
+                       for rows in (train_rows, test_rows))
+    if not joint:
+        Y_train, Y_test = Y_train.reshape(-1), Y_test.reshape(-1)
     result = training.train(
-        task, algorithm, np.take(X, train_rows, axis=0), np.take(Y, train_rows, axis=0),
-        np.take(X, test_rows, axis=0), np.take(Y, test_rows, axis=0),
+        task, algorithm, X_train, Y_train, X_test, Y_test,
         feature_names=features, hyperparams=hyperparams, preprocess=preprocess, search=search,
         search_params=search_params, search_args=search_args, joint=joint,
         random_state=snap.random_state)
@@ -288,14 +289,14 @@ def _deployed(project_name: str, statement_key: float) -> tuple:
 
 
 def predict(project_name, features, statement_key):
-    """The per-row hot path: a dict lookup, a numpy row, one onnxruntime run."""
+    """The per-row hot path: a dict lookup and Scorer.predict_one on PL/Python's list."""
     try:
         entry = _DEPLOYED.get(project_name)
         if entry is None or entry[0] != statement_key:
             entry = _deployed(project_name, statement_key)
         if entry[2]:
             raise PgmlError(f"project {project_name!r} is a joint model; use pgml.predict_joint")
-        return float(entry[1].predict(np.array(features, dtype=np.float64))[0])
+        return entry[1].predict_one(features)
     except PgmlError as exc:
         _raise(exc)
 
@@ -332,7 +333,20 @@ def predict_batch(project_name, features: bytes, statement_key):
                           f"of rows of {scorer.n_features} features")
     if not values.size:
         return []
-    return scorer.predict(values.reshape(-1, scorer.n_features)).tolist()
+    rows = values.reshape(-1, scorer.n_features)
+    return scorer.predict(rows, threads=_batch_threads(len(rows))).tolist()
+
+
+def _batch_threads(n_rows: int) -> int:
+    """Threads a large predict_batch may use: Postgres' own parallelism setting for one query
+    (max_parallel_workers_per_gather workers plus the leader), capped by the cores at hand in
+    runtime; set it to 0 to keep batches on one thread. Small batches do not ask."""
+    from inference.runtime import PARALLEL_MIN_ROWS
+
+    if n_rows < PARALLEL_MIN_ROWS:
+        return 1
+    found = store.query("SELECT current_setting('max_parallel_workers_per_gather')::int AS n")
+    return found[0]["n"] + 1
 
 
 @_entry
@@ -340,7 +354,7 @@ def model_predict(model_id, features):
     scorer, joint = store.loaded(model_id)
     if joint:
         raise PgmlError(f"model {model_id} is a joint model; pgml.model_predict returns one value")
-    return float(scorer.predict(np.array(features, dtype=np.float64))[0])
+    return scorer.predict_one(features)
 
 
 @_entry

@@ -120,7 +120,7 @@ def train(
         metrics.update(fit_time=fit_time, score_time=score_time)
         onnx, runtime, check = _export_and_check(
             export_pipeline, pipeline, task, spec, classes, has_proba, feature_names,
-            X_test, y_pred, proba, y_train,
+            X_test, y_pred, proba, y_train, random_state,
         )
     return TrainResult(
         estimator=pipeline,
@@ -247,9 +247,15 @@ def _pipelines(spec, fitted, classes):
 
 
 def _export_and_check(export_pipeline, pipeline, task, spec, classes, has_proba, feature_names,
-                      X_test, y_pred, proba, y_train):
+                      X_test, y_pred, proba, y_train, random_state):
     from inference.onnx_export import export
     from inference.runtime import OnnxScorer
+
+    n_test = len(X_test)
+    rows = parity.sample_rows(n_test, random_state)
+    if rows is not None:  # a large test split: parity on a fixed random sample (see parity.py)
+        X_test, y_pred = X_test[rows], y_pred[rows]
+        proba = None if proba is None else proba[rows]
 
     error_columns = [j for j, c in enumerate(spec["columns"]) if c["impute"] == "error"]
     n_features = len(feature_names)
@@ -273,6 +279,7 @@ def _export_and_check(export_pipeline, pipeline, task, spec, classes, has_proba,
         scores = proba if proba is not None else _decision(pipeline, X_test)
         onnx_proba = scorer.predict_proba(X_test) if has_proba else None
         check = parity.classification_parity(y_pred, onnx_pred, scores, proba, onnx_proba)
+    check.update(rows_checked=len(X_test), test_rows=n_test)
     return onnx, ("onnx" if check["ok"] else "python"), check
 
 

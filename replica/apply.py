@@ -16,6 +16,8 @@ Stage tables (``pg_temp.pgml_replica_stage_<relation id>``) live as long as the 
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from datetime import datetime
 
@@ -23,12 +25,15 @@ import psycopg
 from psycopg import sql
 
 from replica import metrics, progress
-from replica.batch import DELETE, UPDATE, Layout, TableBatch, encode
-from replica.errors import ApplyError, TransientError
+from replica.batch import DELETE, FRESH, UPDATE, Layout, TableBatch, encode
+from replica.errors import ApplyError, NullRejected, TransientError
 
 OP = "pgml_replica_op"
 N = "pgml_replica_n"
 MOVE_FROM, MOVE_TO = 5, 6
+# Up to this many row images, new rows also go through the stage (one COPY and one round
+# trip in all); bigger runs COPY new rows straight into the table (no double write).
+SMALL_RUN = 1000
 _OPS = ("insert", "update", "delete", "truncate")
 
 
@@ -56,10 +61,12 @@ class TableWriter:
             sql.SQL("{} = {}").format(sql.Identifier(a, cols[i]), sql.Identifier(b, cols[i]))
             for i in self.layout.key_pos)
 
-    def stmt(self, what, kinds: str | None = None) -> sql.Composable | None:
+    def stmt(self, what, kinds: str | None = None, code: int = UPDATE
+             ) -> sql.Composable | None:
         """The statement for ``what`` (cached): create_stage, copy_table, copy_stage,
-        delete, update, patch (with the pattern's kinds), multiset_delete, move (kinds)."""
-        cache_key = (what, kinds)
+        insert_staged, delete, update, patch (kinds, code), multiset_delete, move (kinds).
+        Parameters are literals, so several can go to the server in one message."""
+        cache_key = (what, kinds, code)
         if cache_key in self._stmts:
             return self._stmts[cache_key]
         cols = self.layout.columns
@@ -87,8 +94,13 @@ class TableWriter:
             positions = [i for i in range(len(cols)) if i not in key
                          and (kinds is None or kinds[i] != "u")]
             s = None if not positions else sql.SQL(
-                "UPDATE {} t SET {} FROM {} s WHERE s.{} = %s AND {}").format(
-                self.ident, set_list(positions), self.stage, sql.Identifier(OP), self._on())
+                "UPDATE {} t SET {} FROM {} s WHERE s.{} = {} AND {}").format(
+                self.ident, set_list(positions), self.stage, sql.Identifier(OP),
+                sql.Literal(code), self._on())
+        elif what == "insert_staged":
+            s = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} s WHERE s.{} = {}").format(
+                self.ident, cols_sql, sql.SQL(", ").join(sql.Identifier("s", c) for c in cols),
+                self.stage, sql.Identifier(OP), sql.Literal(FRESH))
         elif what == "multiset_delete":
             row_t = sql.SQL(", ").join(sql.Identifier("t2", c) for c in cols)
             row_s = sql.SQL(", ").join(sql.Identifier("s", c) for c in cols)
@@ -112,11 +124,21 @@ class TableWriter:
 
 
 class TargetWriter:
-    """One target connection holding one open transaction of applied changes."""
+    """One target connection holding one open transaction of applied changes.
+
+    ``submit`` hands a run to a background thread that writes it while the stream decodes
+    the next one: the target executes while we decode, instead of each waiting for the
+    other (the thread mostly waits on the socket, so the GIL is free meanwhile). Every
+    other method first waits for that thread (``sync``), so the connection is only ever
+    used by one thread at a time, and errors surface in the stream's thread.
+    """
 
     def __init__(self, conn: psycopg.Connection, slot: str) -> None:
         self.conn = conn
         self.slot = slot
+        self._queue: queue.Queue = queue.Queue(maxsize=2)  # back-pressure on the decoder
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
         self.busy_seconds = 0.0  # time spent writing in the open transaction
         self._stages_ready: set[int] = set()  # relation ids with a committed stage table
         self._stages_new: set[int] = set()  # created in the open transaction
@@ -124,8 +146,42 @@ class TargetWriter:
         # written, not yet committed: relation id -> (table, [insert, update, delete, truncate])
         self._ops: dict[int, tuple[TableWriter, list[int]]] = {}
 
+    # -- background writing -------------------------------------------------------------
+
+    def submit(self, tw: TableWriter, b: TableBatch) -> None:
+        """Write ``b`` in the background; the caller must not touch ``b`` again."""
+        if self._error is not None:
+            self.sync()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="target-writer",
+                                             daemon=True)
+            self._thread.start()
+        self._queue.put((tw, b))
+
+    def sync(self) -> None:
+        """Wait until everything submitted is written; raise what went wrong."""
+        if self._thread is not None:
+            self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._flush(*item)
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
     def forget_stage(self, tw: TableWriter) -> None:
         """The table's columns changed: its stage must be built again."""
+        self.sync()
         if tw.relation_id in self._stages_ready or tw.relation_id in self._stages_new:
             self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tw.stage))
         self._stages_ready.discard(tw.relation_id)
@@ -134,10 +190,14 @@ class TargetWriter:
         tw._stmts.clear()
 
     def flush(self, tw: TableWriter, b: TableBatch | None = None) -> int:
-        """Write a run of the table (its own by default) into the open transaction; return
-        the row images sent."""
-        b = tw.batch if b is None else b
+        """Write a run of the table (its own by default) into the open transaction, in this
+        thread, after what was submitted; return the row images sent."""
+        self.sync()
+        return self._flush(tw, tw.batch if b is None else b)
+
+    def _flush(self, tw: TableWriter, b: TableBatch) -> int:
         if b.empty:
+            self._count(tw, b.ops)
             b.ops = [0, 0, 0, 0]
             return 0
         t0 = time.perf_counter()
@@ -145,6 +205,11 @@ class TargetWriter:
             sent = self._write(tw, b)
         except psycopg.OperationalError as exc:
             raise TransientError(f"target connection lost: {exc}", "target") from exc
+        except psycopg.errors.NotNullViolation as exc:
+            d = exc.diag
+            raise NullRejected(d.schema_name or tw.schema, d.table_name or tw.name,
+                               d.column_name or "", f"the target rejected a NULL in "
+                               f"{tw.qualname}: {d.message_primary}") from exc
         except psycopg.Error as exc:
             raise ApplyError(f"the target rejected changes to {tw.qualname}: "
                              f"{exc.diag.message_primary or exc}") from exc
@@ -160,23 +225,26 @@ class TargetWriter:
             mine[i] += n
 
     def _write(self, tw: TableWriter, b: TableBatch) -> int:
+        """COPY into the stage (and, for a big run, new rows straight into the table), then
+        every set operation in one round trip (a multi-statement without parameters)."""
         conn = self.conn
-        if b.truncated:
-            conn.execute(sql.SQL("TRUNCATE {}").format(tw.ident))
         staged, patterns = b.staged()
-        if staged:
-            self._stage(tw, encode(staged, extra=True))
-            if tw.layout.keyed:
-                conn.execute(tw.stmt("delete"))
-                upd = tw.stmt("update")
-                if upd is not None:
-                    conn.execute(upd, (UPDATE,))
-                for kinds, code in patterns.items():
-                    patch = tw.stmt("patch", kinds)
-                    if patch is not None:
-                        conn.execute(patch, (code,))
         fresh = b.fresh_rows()
-        if fresh:
+        via_stage = bool(fresh) and len(fresh) + len(staged) <= SMALL_RUN
+        rows = staged + [(FRESH, 0, r) for r in fresh] if via_stage else staged
+        if rows:
+            self._stage(tw, encode(rows, extra=True))
+        stmts = [sql.SQL("TRUNCATE {}").format(tw.ident)] if b.truncated else []
+        if staged and tw.layout.keyed:
+            stmts.append(tw.stmt("delete"))
+            stmts.append(tw.stmt("update"))
+            stmts += [tw.stmt("patch", kinds, code) for kinds, code in patterns.items()]
+        if via_stage:
+            stmts.append(tw.stmt("insert_staged"))
+        stmts = [st for st in stmts if st is not None]
+        if stmts:
+            conn.execute(sql.SQL("; ").join(stmts))
+        if fresh and not via_stage:
             with conn.cursor().copy(tw.stmt("copy_table")) as cp:
                 cp.write(encode(fresh))
         if staged and not tw.layout.keyed:  # after the inserts: a delete may match one
@@ -214,6 +282,7 @@ class TargetWriter:
 
     def ping(self) -> None:
         """Between transactions: is the target still there?"""
+        self.sync()
         try:
             self.conn.execute("SELECT 1")
             self.conn.rollback()
@@ -222,10 +291,11 @@ class TargetWriter:
 
     def commit(self, end_lsn: int, commit_time: datetime | None) -> None:
         """Commit everything written, with the source position it reaches."""
+        self.sync()
         t0 = time.perf_counter()
-        try:
-            progress.advance(self.conn, self.slot, end_lsn, commit_time)
-            self.conn.commit()
+        try:  # one round trip: the progress row and the COMMIT
+            self.conn.execute(progress.advance_sql(self.slot, end_lsn, commit_time)
+                              + sql.SQL("; COMMIT"))
         except psycopg.OperationalError as exc:
             self._reset()
             raise TransientError(f"target connection lost at commit: {exc}", "target") from exc
@@ -240,22 +310,32 @@ class TargetWriter:
 
     def rollback(self) -> None:
         try:
+            self.sync()
+        except BaseException:
+            pass  # whatever failed, the transaction is being thrown away
+        try:
             self.conn.rollback()
         except psycopg.Error:
             pass  # the connection is gone; the transaction with it
         self._reset()
 
     def savepoint(self, name: str) -> None:
+        self.sync()
         self.conn.execute(sql.SQL("SAVEPOINT {}").format(sql.Identifier(name)))
 
     def rollback_to(self, name: str) -> None:
         """Undo a subtransaction's writes (stage tables may hold rows of it: truncate first)."""
+        self.sync()
         self.conn.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(sql.Identifier(name)))
         self._stages_new.clear()  # may be undone with it: _stage rebuilds (DROP IF EXISTS)
         self._dirty = set(self._stages_ready)
 
     def close(self) -> None:
         self.rollback()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(10)
+            self._thread = None
         self.conn.close()
 
     def _reset(self) -> None:

@@ -45,7 +45,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: list[str]) -> No
         info = Settings.model_fields[name]
         flag = "--" + _FLAG.get(name, name).replace("_", "-")
         env = ENV_PREFIX + _FLAG.get(name, name).upper()
-        default = "" if info.default in (None, "") else f", default {info.default}"
+        default = "" if info.default in (None, "") or info.default_factory else \
+            f", default {info.default}"
         help_ = f"{info.description} [{env}{default}]"
         if name in _BOOL_FIELDS:
             parser.add_argument(flag, dest=name, action="store_true",

@@ -8,6 +8,8 @@ DSNs are excluded from ``repr`` so a settings object can be logged.
 
 from __future__ import annotations
 
+import os
+
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,14 +40,16 @@ class Settings(BaseSettings):
     batch_max_seconds: float = Field(0.5, gt=0, description="age of a batch before commit")
     segment_rows: int = Field(50_000, ge=1, description="changes buffered before they are "
                               "written into the open target transaction")
-    snapshot_workers: int = Field(2, ge=1, le=64, description="parallel COPY streams")
-    snapshot_chunk_pages: int = Field(16_384, ge=1, description="ctid range per COPY of a "
+    snapshot_workers: int = Field(
+        default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) // 2)), ge=1, le=64,
+        description="parallel COPY streams (default: half the CPUs, at most 4)")
+    snapshot_chunk_pages: int = Field(8192, ge=1, description="ctid range per COPY of a "
                                       "big table (8 kB pages)")
     status_interval: float = Field(10.0, gt=0, le=60, description="seconds between "
                                    "feedback messages at most")
     publication_poll_seconds: float = Field(10.0, gt=0, description="how often to look for "
                                             "tables added to the publication")
-    protocol: int = Field(1, ge=1, le=2, description="pgoutput protocol version; 2 streams "
+    protocol: int = Field(2, ge=1, le=2, description="pgoutput protocol version; 2 streams "
                           "large transactions as they happen")
     decoding_work_mem: str | None = Field(
         "16MB", description="logical_decoding_work_mem for the walsender; with protocol 2 "

@@ -88,6 +88,15 @@ class ApplyError(ReplicaError):
     exit_code = 5
 
 
+class NullRejected(ApplyError):
+    """The target refused a NULL the source accepted: the source dropped a NOT NULL and the
+    catalog did not say so in time. The runner relaxes the target and replays."""
+
+    def __init__(self, schema: str, table: str, column: str, message: str) -> None:
+        self.schema, self.table, self.column = schema, table, column
+        super().__init__(message)
+
+
 class ProtocolError(ReplicaError):
     """The stream held bytes the decoder rejects (corrupt, or a protocol it does not know).
     The open batch was rolled back; restarting replays from the last commit."""

@@ -84,6 +84,14 @@ def advance(conn: psycopg.Connection, slot: str, end_lsn: int,
     conn.execute(_UPDATE, (format_lsn(end_lsn), commit_time, slot))
 
 
+def advance_sql(slot: str, end_lsn: int, commit_time: datetime | None) -> sql.Composed:
+    """``advance`` as a statement with literals, to send together with the COMMIT."""
+    return sql.SQL("UPDATE {}.progress SET end_lsn = {}::pg_lsn, commit_time = {}, "
+                   "updated_at = now() WHERE slot = {}").format(
+        sql.Identifier(SCHEMA), sql.Literal(format_lsn(end_lsn)), sql.Literal(commit_time),
+        sql.Literal(slot))
+
+
 def forget(conn: psycopg.Connection, slot: str) -> None:
     """Drop everything known about a slot (a resnapshot starts from nothing)."""
     for table in ("progress", "tables"):

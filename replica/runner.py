@@ -27,7 +27,7 @@ from replica.bootstrap import Bootstrap, ensure_publication
 from replica.checks import candidate_tables, preflight
 from replica.config import Settings
 from replica.dsn import scrub, secrets_of, with_options
-from replica.errors import ApplyError, ReplicaError, TransientError
+from replica.errors import ApplyError, NullRejected, ReplicaError, TransientError
 from replica.replconn import ReplicationCommandError, ReplicationConnection
 from replica.snapshot import SnapshotInterrupted
 from replica.state import SidecarState
@@ -74,6 +74,13 @@ class Runner:
                 break
             except SnapshotInterrupted:
                 break
+            except NullRejected as exc:
+                if not self._relax(exc):
+                    metrics.ERRORS.labels(exc.kind).inc()
+                    state.error = self._say(exc)
+                    self._disconnected("failed")
+                    raise
+                attempt = 0  # replay at once: the batch was rolled back
             except (TransientError, ReplicationCommandError) as exc:
                 if isinstance(exc, ReplicationCommandError) and exc.sqlstate != SLOT_IN_USE:
                     raise
@@ -92,6 +99,19 @@ class Runner:
                 self._disconnected("failed")
                 raise
         self._disconnected("stopped")
+
+    def _relax(self, exc: NullRejected) -> bool:
+        """Drop the target's NOT NULL the source no longer has (never on the key)."""
+        from replica import schema
+
+        with psycopg.connect(self.settings.target, autocommit=True, connect_timeout=15) as c:
+            target = schema.read_target(c, exc.schema, exc.table)
+            if target is None or exc.column not in target.not_null or exc.column in target.key:
+                return False
+            schema.relax_not_null(c, exc.schema, exc.table, [exc.column])
+        log.warning("%s.%s.%s: the source accepts NULL there now; dropped NOT NULL on the "
+                    "target and replaying", exc.schema, exc.table, exc.column)
+        return True
 
     def _disconnected(self, phase: str) -> None:
         self.state.phase = phase

@@ -12,7 +12,9 @@ routes each message, and keeps the per-table rules:
   skipped until the next commit boundary, where it is copied beside a temporary slot and
   joined in.
 - A Relation message re-shapes the target table before the next row of it is applied
-  (invariant 4), inside the open target transaction.
+  (invariant 4), inside the open target transaction (relations.py).
+- Protocol 2: a transaction streamed before its commit goes to its own target transaction
+  (streamed.py) and commits at Stream Commit, after the batch of what committed before it.
 - Anything the apply path cannot handle raises before the transaction holding it commits;
   the open target transaction is rolled back and nothing about it is acknowledged
   (invariant 6).
@@ -20,6 +22,7 @@ routes each message, and keeps the per-table rules:
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -44,13 +47,13 @@ from decoder import (
     parse_copy_data,
     standby_status_update,
 )
-from replica import metrics, schema
+from replica import metrics
 from replica.apply import TableWriter, TargetWriter
-from replica.batch import Layout, TableBatch
-from replica.catalog import ColumnDef, TypeResolver
+from replica.batch import TableBatch
 from replica.config import Settings
 from replica.errors import ProtocolError, TransientError, UnsupportedError
 from replica.flow import FlowControl
+from replica.relations import Relations, TableKey
 from replica.replconn import ReplicationConnection
 from replica.state import SidecarState
 from replica.streamed import StreamedApply
@@ -58,10 +61,11 @@ from replica.streamed import StreamedApply
 # Reading the moment a message arrives costs the walsender a send() and us a wakeup per
 # message; pausing this long whenever the buffer runs dry lets a burst collect instead.
 # Measured with 100-row transactions: walsender CPU 6.0 -> 2.7 us per message, a bare
-# reader 156k -> 340k messages/s (docs/sidecar.md, "Pacing the reader").
-PACE_SECONDS = float(__import__("os").environ.get("PACE", "0.0002"))
-NEVER = 1 << 64  # sync LSN of a table waiting to be copied: skip all of its changes
-TableKey = tuple[str, str]
+# reader 156k -> 340k messages/s (docs/sidecar.md, "Reading").
+PACE_SECONDS = 0.0002
+# XLogData is b'w' + three Int64 (decoder/framing.py); the hot path takes the payload by
+# slicing instead of building the frame object (tests/replica/test_flow.py pins this).
+XLOGDATA_HEADER = 25
 
 
 class Stream:
@@ -74,7 +78,6 @@ class Stream:
                  poll: Callable[[], set[TableKey]]) -> None:
         self.repl, self.source, self.settings, self.state = repl, source, settings, state
         self.start_lsn = start_lsn
-        self.synced = dict(synced)
         self.stop = stop
         self.sync_tables, self.poll = sync_tables, poll
         self.writer = TargetWriter(target, settings.slot)
@@ -84,12 +87,11 @@ class Stream:
         self.decoder = Decoder(protocol_version=settings.protocol)
         self.streamed = StreamedApply(self._new_writer, settings.segment_rows)
         self.last_commit_lsn = start_lsn  # transactions committing from now on are past it
-        self.resolver = TypeResolver(source)
-        self.tables: dict[int, TableWriter] = {}
-        self.relations: dict[int, Relation] = {}
+        self.relations = Relations(source, synced)
+        self.tables = self.relations.tables  # relation id -> TableWriter
         self.dirty: dict[int, TableWriter] = {}  # tables with absorbed, unwritten changes
-        self.pending_sync: set[TableKey] = set()
         self.final_lsn = 0
+        self.xid = 0
         self.skip_txn = False
         self.txn_rows = 0
         self.unwritten = 0
@@ -123,6 +125,7 @@ class Stream:
         metrics.CONNECTED.labels("source").set(1)
         metrics.CONNECTED.labels("target").set(1)
         read, handlers, flow = self.repl.read, self._handlers, self.flow
+        decode, fds = self.decoder.decode, (self.repl.fileno(),)
         hot = False
         stop_deadline = None
         try:
@@ -135,19 +138,21 @@ class Stream:
                         break
                 data = read(0)
                 if data is None:
-                    if hot:  # let the walsender fill the socket, then take it all at once
-                        time.sleep(PACE_SECONDS)
-                        data = read(0.002)
-                    if data is None:  # nothing for a while: commit, reply, look around
-                        hot = False
-                        self._idle()
-                        data = read(flow.wait_seconds(time.monotonic()))
-                        if data is None:
-                            continue
+                    wait = 0.01  # the socket has data: read() returns at once
+                    if not select.select(fds, (), (), 0)[0]:  # the socket is dry too
+                        if hot:  # let the walsender fill it, then take a burst at once
+                            time.sleep(PACE_SECONDS)
+                        if not hot or not select.select(fds, (), (), 0)[0]:
+                            hot = False  # nothing for a while: commit, reply, look around
+                            self._idle()
+                            wait = max(flow.wait_seconds(time.monotonic()), 0.001)
+                    data = read(wait)
+                    if data is None:
+                        continue
                     hot = True
                 if data[0] == 0x77:  # 'w' XLogData
                     try:
-                        msg = self.decoder.decode(parse_copy_data(data).payload)
+                        msg = decode(data[XLOGDATA_HEADER:])
                     except DecodeError as exc:
                         raise ProtocolError(f"undecodable replication message: {exc}") \
                             from exc
@@ -158,6 +163,7 @@ class Stream:
                     ka = parse_copy_data(data)
                     flow.keepalive(ka.wal_end, ka.reply_requested)
                     self.state.received_lsn = flow.received_lsn
+                    self.state.last_message_at = time.monotonic()
                     if ka.reply_requested:
                         self._feedback(time.monotonic())
         except BaseException:
@@ -187,9 +193,9 @@ class Stream:
             return
         if now >= self.next_poll:
             self.next_poll = now + self.settings.publication_poll_seconds
-            self.pending_sync |= {k for k in self.poll() if k not in self.synced}
+            self.relations.published(self.poll())
             self.writer.ping()  # an idle target that restarted is noticed here
-        if self.pending_sync:
+        if self.relations.pending_sync:
             self._sync_pending()
 
     def _feedback(self, now: float, force: bool = False) -> None:
@@ -198,12 +204,16 @@ class Stream:
         written, flushed, applied = self.flow.feedback(now)
         self.repl.send(standby_status_update(written, flushed, applied))
         self.state.flushed_lsn = flushed
+        # WAL up to the flush position holds nothing more for the target: for lag, that
+        # is applied (an idle slot is caught up, not lagging behind its keepalives)
+        self.state.applied_lsn = max(self.state.applied_lsn, flushed)
         metrics.FLUSHED_LSN.set(flushed)
 
     # -- transactions --------------------------------------------------------------------
 
     def _begin(self, msg: Begin) -> None:
         self.final_lsn = msg.final_lsn
+        self.xid = msg.xid
         self.skip_txn = msg.final_lsn < self.start_lsn
         self.txn_rows = 0
         self.flow.begin(time.monotonic())
@@ -217,7 +227,7 @@ class Stream:
             metrics.TRANSACTIONS_SKIPPED.inc()
             return
         flow.commit(msg.end_lsn, msg.commit_time, self.txn_rows)
-        now = time.monotonic()
+        now = self.state.last_message_at = time.monotonic()
         if flow.batch_due(now):
             self._commit_batch()
             self._boundary(now)
@@ -250,9 +260,15 @@ class Stream:
         self.dirty.clear()
         self.unwritten = 0
 
-    def _write_all(self) -> None:
+    def _write_all(self, background: bool = False) -> None:
+        """Write the absorbed runs: in the writer's thread while decoding goes on (a full
+        segment), or here (at a commit, which waits for them anyway)."""
         for tw in self.dirty.values():
-            self.writer.flush(tw)
+            if background:
+                b, tw.batch = tw.batch, TableBatch(tw.layout)
+                self.writer.submit(tw, b)
+            else:
+                self.writer.flush(tw)
         self.dirty.clear()
         self.unwritten = 0
 
@@ -274,7 +290,7 @@ class Stream:
         self.unwritten += 1
         self.dirty[relation_id] = tw
         if self.unwritten >= self.settings.segment_rows:
-            self._write_all()
+            self._write_all(background=True)
         return tw, tw.batch, self.writer
 
     def _insert(self, msg: Insert) -> None:
@@ -326,10 +342,17 @@ class Stream:
             self.streamed.rollback_txn(txn)
             metrics.TRANSACTIONS_SKIPPED.inc()
             return
-        for m, tw in txn.deferred or ():
-            if msg.commit_lsn >= tw.sync_lsn:
-                self._replay(txn, m, tw)
-        txn.write()
+        if txn.deferred:
+            self.relations.wait_visible(msg.xid)
+        for m in txn.deferred or ():
+            if isinstance(m, Relation):
+                txn.write()
+                txn.writer.sync()
+                self.relations.on_relation(m, txn.writer, msg.commit_lsn,
+                                           [txn.writer, *self._writers()])
+            elif msg.commit_lsn >= self.tables[m.relation_id].sync_lsn:
+                txn.replay(m, self.tables[m.relation_id])
+        txn.write(background=False)
         self.flow.wal(msg.end_lsn)
         txn.writer.commit(msg.end_lsn, msg.commit_time)
         self.streamed.release(txn)
@@ -340,93 +363,33 @@ class Stream:
         if self.flow.feedback_due(now):
             self._feedback(now)
 
-    def _replay(self, txn, m: Message, tw: TableWriter) -> None:
-        """A change kept until its transaction's commit LSN was known."""
-        b = txn.batch(tw)
-        txn.rows += 1
-        if isinstance(m, Insert):
-            b.insert(m.new_tuple)
-        elif isinstance(m, Update):
-            old = m.old_tuple or m.key_tuple
-            if not b.update(m.new_tuple, old, m.old_tuple is not None):
-                txn.writer.move(tw, b, old.raw, m.new_tuple.raw, m.new_tuple.kinds)
-        elif isinstance(m, Delete):
-            b.delete(m.old_tuple or m.key_tuple)
-        else:
-            b.truncate()
-
-    # -- schema --------------------------------------------------------------------------
+    # -- schema (relations.py) -------------------------------------------------------
 
     def _relation(self, rel: Relation) -> None:
-        self.relations[rel.relation_id] = rel
         old = self.tables.get(rel.relation_id)
         if old is not None and not old.batch.empty:  # rows of the old shape go first
             self.writer.flush(old)
             self.dirty.pop(rel.relation_id, None)
         txn = self.streamed.current
-        writer = txn.writer if txn is not None else self.writer  # DDL of that transaction
-        if txn is not None:
-            txn.write()
-        key = (rel.namespace or "pg_catalog", rel.name)
-        qual = f"{key[0]}.{key[1]}"
-        names = tuple(c.name for c in rel.columns)
-        sync_lsn = self.synced.get(key)
-        target = None if sync_lsn is None else schema.read_target(writer.conn, *key)
-        if target is None or key in self.pending_sync:
-            self.pending_sync.add(key)
-            self.tables[rel.relation_id] = TableWriter(
-                rel.relation_id, *key, Layout(qual, names, ("",) * len(names), ()), NEVER)
-            return
-        wanted = [ColumnDef(c.name, self.resolver.target_type(qual, c.name, c.type_oid,
-                                                              c.type_modifier))
-                  for c in rel.columns]
-        newer = (self.last_commit_lsn if txn is not None else self.final_lsn) >= sync_lsn
-        if newer:  # this message is newer than the table's copy
-            target = self._reshape(key, target, wanted, writer)
-            if target is None:
-                return self._relation(rel)  # now waiting for a re-copy
-        types = tuple(target.columns.get(n, c.type_sql) for n, c in zip(names, wanted,
-                                                                      strict=True))
-        key_pos = tuple(names.index(k) for k in target.key) \
-            if target.key and all(k in names for k in target.key) else ()
-        tw = TableWriter(rel.relation_id, *key, Layout(qual, names, types, key_pos), sync_lsn)
-        if old is None or old.layout != tw.layout:
-            self.writer.forget_stage(tw)
-            for other in self.streamed.in_flight.values():
-                other.writer.forget_stage(tw)
-        self.tables[rel.relation_id] = tw
+        if txn is None:
+            self.writer.sync()
+            self.relations.wait_visible(self.xid)
+            self.relations.on_relation(rel, self.writer, self.final_lsn, self._writers())
+        elif not self.streamed.defer(rel) and self.relations.on_relation(
+                rel, txn.writer, self.last_commit_lsn, self._writers(), may_alter=False) is None:
+            # the streamed transaction changed the table: finish it at its commit, when the
+            # source's catalog shows what it did
+            self.streamed.defer(rel, start=True)
 
-    def _reshape(self, key: TableKey, target: schema.TargetTable, wanted: list[ColumnDef],
-                 writer: TargetWriter) -> schema.TargetTable | None:
-        """ALTER the target to the Relation's columns; None when the table must be re-copied."""
-        conn = writer.conn
-        d = schema.diff(target, wanted)
-        if d.ambiguous:
-            self.pending_sync.add(key)
-            return None
-        if d:
-            missing = schema.source_missing_values(self.source, *key,
-                                                   [c.name for c in d.added]) if d.added else {}
-            schema.apply_diff(conn, *key, d, missing)
-            metrics.SCHEMA_CHANGES.labels(f"{key[0]}.{key[1]}").inc(
-                len(d.added) + len(d.dropped) + len(d.retyped))
-        relax = (target.not_null & schema.source_nullable(self.source, *key)) - set(target.key)
-        relax -= set(d.dropped)
-        if relax:
-            schema.relax_not_null(conn, *key, sorted(relax))
-        return schema.read_target(conn, *key) if d or relax else target
+    def _writers(self) -> list[TargetWriter]:
+        return [self.writer, *(t.writer for t in self.streamed.in_flight.values())]
 
     def _sync_pending(self) -> None:
-        """Copy the waiting tables beside a temporary slot and join them in (module doc)."""
-        keys = set(self.pending_sync)
+        """Copy the waiting tables beside a temporary slot and join them in (relations.py)."""
+        keys = set(self.relations.pending_sync)
         try:
             synced = self.sync_tables(keys, lambda: self._feedback(time.monotonic()))
         except psycopg.OperationalError as exc:
             raise TransientError(f"lost a connection while copying {sorted(keys)}: {exc}") \
                 from exc
-        self.synced.update(synced)
-        self.pending_sync -= set(synced)
-        for rid, rel in list(self.relations.items()):
-            if (rel.namespace or "pg_catalog", rel.name) in synced:
-                self.tables.pop(rid, None)
-                self._relation(rel)
+        self.relations.joined(synced, self.writer)

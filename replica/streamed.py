@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from decoder import Message, StreamAbort
+from decoder import Delete, Insert, Message, StreamAbort, Update
 from replica.apply import TableWriter, TargetWriter
 from replica.batch import TableBatch
 
@@ -36,14 +36,35 @@ class StreamedTxn:
     batches: dict[int, tuple[TableWriter, TableBatch]] = field(default_factory=dict)
     subxid: int = -1  # xid of the changes in the in-memory batches
     savepoints: list[int] = field(default_factory=list)  # subxids, in the order set
-    deferred: list[tuple[Message, TableWriter]] | None = None  # None: applying as they come
+    deferred: list[Message] | None = None  # None: applying as they come; else kept
     unwritten: int = 0
     rows: int = 0
 
-    def write(self) -> None:
-        for tw, b in self.batches.values():
-            self.writer.flush(tw, b)
+    def write(self, background: bool = True) -> None:
+        """Write the runs, by default in the writer's thread (later changes go into fresh
+        runs meanwhile)."""
+        for rid, (tw, b) in list(self.batches.items()):
+            if not background:
+                self.writer.flush(tw, b)
+            elif not b.empty or any(b.ops):
+                self.batches[rid] = (tw, TableBatch(tw.layout))
+                self.writer.submit(tw, b)
         self.unwritten = 0
+
+    def replay(self, m: Message, tw: TableWriter) -> None:
+        """A change kept until the commit LSN was known."""
+        b = self.batch(tw)
+        self.rows += 1
+        if isinstance(m, Insert):
+            b.insert(m.new_tuple)
+        elif isinstance(m, Update):
+            old = m.old_tuple or m.key_tuple
+            if not b.update(m.new_tuple, old, m.old_tuple is not None):
+                self.writer.move(tw, b, old.raw, m.new_tuple.raw, m.new_tuple.kinds)
+        elif isinstance(m, Delete):
+            b.delete(m.old_tuple or m.key_tuple)
+        else:
+            b.truncate()
 
     def batch(self, tw: TableWriter) -> TableBatch:
         entry = self.batches.get(tw.relation_id)
@@ -82,7 +103,7 @@ class StreamedApply:
         if txn.deferred is None and tw.sync_lsn > decided_lsn:
             txn.deferred = []
         if txn.deferred is not None:
-            txn.deferred.append((msg, tw))
+            txn.deferred.append(msg)
             return None
         xid = msg.xid
         if xid != txn.subxid:
@@ -97,6 +118,18 @@ class StreamedApply:
             txn.write()
         return tw, txn.batch(tw), txn.writer
 
+    def defer(self, msg: Message, start: bool = False) -> bool:
+        """Keep ``msg`` for the commit if the current transaction already keeps its changes
+        (or ``start`` makes it); False when it is being applied as it comes."""
+        txn = self.current
+        if start and txn.deferred is None:
+            txn.write()
+            txn.deferred = []
+        if txn.deferred is None:
+            return False
+        txn.deferred.append(msg)
+        return True
+
     def abort(self, msg: StreamAbort) -> None:
         txn = self.in_flight.get(msg.xid)
         if txn is None:
@@ -106,7 +139,7 @@ class StreamedApply:
             self._release(txn)
             return
         if txn.deferred:
-            txn.deferred = [(m, tw) for m, tw in txn.deferred if m.xid != msg.subxid]
+            txn.deferred = [m for m in txn.deferred if m.xid != msg.subxid]
         if msg.subxid in txn.savepoints:
             i = txn.savepoints.index(msg.subxid)
             for _, b in txn.batches.values():  # in memory: the latest subtransaction's

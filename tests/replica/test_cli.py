@@ -139,3 +139,21 @@ def test_invalid_setting_exits_2(capsys):
                  "--publication", "p", "--target", "host=127.0.0.1 port=1"]) == 1
     assert "Zz9-secret" not in capsys.readouterr().err
     assert main(["run", "--source", "a", "--target", "b", "--http-port", "x"]) == 2
+
+
+def test_sigterm_during_the_initial_copy_exits_0_and_the_next_run_finishes(
+        source_db, replica_db, sidecars, tmp_path):
+    source_db.execute("CREATE TABLE big (id int PRIMARY KEY, v text);"
+                      "INSERT INTO big SELECT g, repeat('v', 300) FROM"
+                      " generate_series(1, 1500000) g")
+    log = tmp_path / "sidecar.log"
+    sc = sidecars("process", "--source", source_db.dsn, "--target", replica_db.dsn,
+                  "--snapshot-workers", "1", "--snapshot-chunk-pages", "500", log=log)
+    wait_for(lambda: replica_db.execute("SELECT to_regclass('public.big')")[0][0], 60,
+             "the copy to start", every=0.01)
+    assert sc.terminate() == 0, log.read_text()[-2000:]
+    assert replica_db.execute("SELECT count(*) FROM pgml_replica.tables") == [(0,)]
+    again = sidecars("process", "--source", source_db.dsn, "--target", replica_db.dsn,
+                     log=log)
+    wait_for(lambda: same(source_db, replica_db, ["public.big"]), 120, "the copy")
+    assert again.terminate() == 0

@@ -24,7 +24,7 @@ def _equivalence(source_db, replica_db, sidecars, tmp_path, *, kills: int, steps
     wl.next_id = 10_000
     log = tmp_path / "sidecar.log"
     sc = sidecars("process", "--source", source_db.dsn, "--target", replica_db.dsn,
-                  "--batch-max-seconds", "0.2", log=log)
+                  "--batch-max-seconds", "0.2", "--decoding-work-mem", "64kB", log=log)
     done = threading.Event()
     failure: list[BaseException] = []
 

@@ -111,3 +111,34 @@ def test_unsupported_types_fail_the_preflight(source_db, replica_db, ddl, column
     with source_db.connect() as conn, pytest.raises(PreflightError) as err:
         preflight(conn, publication="p", slot="s", tables=[("public", "t")])
     assert f"table public.t, column {column}: type {type_name} is not supported" in str(err.value)
+
+
+def test_a_null_the_target_refuses_relaxes_its_not_null_and_replays(source_db, replica_db,
+                                                                    sidecars):
+    """The target mirrors NOT NULL; if it ever holds one the source no longer has (the
+    catalog read can race the commit), the sidecar drops it there and replays the batch."""
+    source_db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn).wait_streaming()
+    source_db.execute("INSERT INTO t VALUES (1, 'a')")
+    sc.wait_same(source_db, replica_db, ["public.t"])
+    replica_db.execute("ALTER TABLE t ALTER COLUMN v SET NOT NULL")  # a stale mirror
+    source_db.execute("INSERT INTO t VALUES (2, NULL), (3, 'c')")
+    sc.wait_same(source_db, replica_db, ["public.t"], 60, "the replay")
+    assert replica_db.execute("SELECT is_nullable FROM information_schema.columns WHERE"
+                              " table_name = 't' AND column_name = 'v'") == [("YES",)]
+
+
+def test_schema_change_inside_a_streamed_transaction(source_db, replica_db, sidecars):
+    source_db.execute("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)")
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn, protocol=2,
+                  decoding_work_mem="64kB", segment_rows=500).wait_streaming()
+    with source_db.connect() as conn, conn.transaction():
+        conn.execute("INSERT INTO t SELECT g, repeat('a', 100) FROM generate_series(1, 3000) g")
+        conn.execute("CREATE TYPE color AS ENUM ('red', 'blue')")
+        conn.execute("ALTER TABLE t ADD COLUMN c color DEFAULT 'red',"
+                     " ALTER COLUMN v DROP NOT NULL")
+        conn.execute("INSERT INTO t SELECT g, NULL, 'blue' FROM generate_series(3001, 6000) g")
+        conn.execute("UPDATE t SET v = 'b' WHERE id % 10 = 0")
+    sc.wait_same(source_db, replica_db, ["public.t"], 60, "the streamed DDL")
+    assert replica_db.execute("SELECT c, count(*) FROM t GROUP BY c ORDER BY c") == \
+        [("blue", 3000), ("red", 3000)]

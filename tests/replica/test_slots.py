@@ -18,8 +18,8 @@ def _slot(db, column: str):
 def test_idle_slot_keeps_advancing(source_db, replica_db, sidecars):
     source_db.execute("CREATE TABLE published (id int PRIMARY KEY);"
                       "CREATE TABLE elsewhere (id serial, v text)")
-    sidecars(source=source_db.dsn, target=replica_db.dsn,
-             tables="public.published").wait_streaming()
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn,
+                  tables="public.published").wait_streaming()
     source_db.execute("INSERT INTO published VALUES (1)")
     wait_for(lambda: replica_db.execute("SELECT count(*) FROM published") == [(1,)], 30)
     applied = replica_db.execute("SELECT end_lsn FROM pgml_replica.progress")[0][0]
@@ -32,6 +32,8 @@ def test_idle_slot_keeps_advancing(source_db, replica_db, sidecars):
     ) == [(True,)], 30, "the idle slot to confirm the WAL end")
     # nothing was applied for it: the target's progress did not move
     assert replica_db.execute("SELECT end_lsn FROM pgml_replica.progress")[0][0] == applied
+    # and the sidecar reports itself caught up, not lagging behind its keepalives
+    wait_for(lambda: sc.state.lag_bytes() == 0 and sc.state.is_ready(30), 30, "caught up")
 
 
 def test_existing_slot_handed_over_meets_the_copy_exactly(source_db, replica_db, sidecars):

@@ -9,7 +9,7 @@ import threading
 import psycopg
 
 from replica import metrics
-from tests.replica.conftest import same, wait_for
+from tests.replica.conftest import wait_for
 
 
 def _streamed_sidecar(sidecars, source_db, replica_db, **kw):

@@ -59,8 +59,8 @@ class Workload:
             for _ in range(rng.randint(1, 6)):
                 choice = "insert" if inserts_only else rng.choices(
                     ["insert", "update", "update_key", "update_toast", "delete", "full",
-                     "comp", "idx", "savepoint", "truncate"],
-                    [30, 20, 5, 8, 10, 12, 8, 6, 2, 0.3])[0]
+                     "comp", "idx", "savepoint", "truncate", "bulk"],
+                    [30, 20, 5, 8, 10, 12, 8, 6, 2, 0.3, 0.5])[0]
                 getattr(self, "_" + choice)(rng, conn)
             if not inserts_only and rng.random() < 0.05:
                 raise psycopg.Rollback()  # an aborted transaction never reaches the target
@@ -145,6 +145,26 @@ class Workload:
                 raise psycopg.Rollback()
         finally:
             self.next_id += 1
+
+    def _bulk(self, rng, conn) -> None:
+        """Big enough to be streamed (protocol 2) with a small logical_decoding_work_mem,
+        with a subtransaction that rolls back in the middle of it."""
+        first = self.next_id
+        self.next_id += 400
+        conn.execute("INSERT INTO w_pk (id, i, t, m) SELECT g, g, repeat('b', 200), 'ok' FROM"
+                     " generate_series(%s::bigint, %s::bigint) g", (first, first + 299))
+        try:
+            with conn.transaction():
+                conn.execute("INSERT INTO w_pk (id, i) SELECT g, -g FROM"
+                             " generate_series(%s::bigint, %s::bigint) g", (first + 300, first + 399))
+                conn.execute("UPDATE w_pk SET i = 0 WHERE id BETWEEN %s AND %s",
+                             (first, first + 50))
+                raise psycopg.Rollback()
+        finally:
+            pass
+        cur = conn.execute("UPDATE w_pk SET f = 1.5 WHERE id BETWEEN %s AND %s",
+                           (first + 100, first + 199))
+        self.changes += 300 + cur.rowcount
 
     def _truncate(self, rng, conn) -> None:
         conn.execute(rng.choice(["TRUNCATE w_comp", "TRUNCATE w_full",

@@ -1,0 +1,126 @@
+"""Relation messages -> the tables the stream writes, and the target's shape with them.
+
+Why here: a Relation message is where three rules meet (docs/sidecar.md):
+- Schema changes (DESIGN.md invariant 4): a message newer than the table's copy re-shapes the
+  target table before the next row of it is applied - ADD, DROP, retype by name (schema.py),
+  NOT NULL relaxed where the source dropped it. Names that both vanished and appeared cannot
+  be told from a rename, so that table is copied again instead.
+- Tables not copied yet (added to the publication later): their changes are dropped until
+  the stream's next boundary, where the table is copied beside a temporary slot and
+  ``joined`` at that slot's LSN.
+- The run layout (column order, key positions, target types) every change is absorbed with.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from decoder import Relation
+from replica import metrics, schema
+from replica.apply import TableWriter, TargetWriter
+from replica.batch import Layout
+from replica.catalog import ColumnDef, TypeResolver
+from replica.errors import ConfigError
+
+NEVER = 1 << 64  # sync LSN of a table waiting to be copied: none of its changes apply
+TableKey = tuple[str, str]
+
+
+class Relations:
+    def __init__(self, source: psycopg.Connection, synced: dict[TableKey, int]) -> None:
+        self.source = source  # the source's catalog (types, defaults, NOT NULL)
+        self.resolver = TypeResolver(source)
+        self.synced = dict(synced)  # table -> sync LSN
+        self.pending_sync: set[TableKey] = set()
+        self.tables: dict[int, TableWriter] = {}
+        self.relations: dict[int, Relation] = {}
+
+    def wait_visible(self, xid: int, timeout: float = 10.0) -> None:
+        """Wait until transaction ``xid`` is visible on the source. The walsender may send a
+        commit a moment before the committing backend leaves the proc array, and the
+        catalog read that follows its Relation message must see what it changed."""
+        deadline = time.monotonic() + timeout
+        while self.source.execute(
+                "SELECT %s::int8 = ANY (SELECT x::text::int8 %% 4294967296 FROM"
+                " pg_snapshot_xip(pg_current_snapshot()) x)", (xid,)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                return  # still running?: read what there is, the safety nets remain
+            time.sleep(0.001)
+
+    def published(self, keys: set[TableKey]) -> None:
+        """The publication's tables now: any not copied yet waits for the next boundary."""
+        self.pending_sync |= {k for k in keys if k not in self.synced}
+
+    def on_relation(self, rel: Relation, writer: TargetWriter, position: int,
+                    writers: list[TargetWriter], may_alter: bool = True) -> TableWriter | None:
+        """Install the table for ``rel``; ``writer`` holds the transaction the message came
+        in, ``position`` is an LSN every change that follows commits at or after. With
+        ``may_alter`` False (a streamed transaction, whose DDL the source's catalog does not
+        show yet) return None instead of altering the target."""
+        self.relations[rel.relation_id] = rel
+        old = self.tables.get(rel.relation_id)
+        key = (rel.namespace or "pg_catalog", rel.name)
+        qual = f"{key[0]}.{key[1]}"
+        names = tuple(c.name for c in rel.columns)
+        sync_lsn = self.synced.get(key)
+        target = None if sync_lsn is None else schema.read_target(writer.conn, *key)
+        if target is None or key in self.pending_sync:
+            self.pending_sync.add(key)
+            tw = self.tables[rel.relation_id] = TableWriter(
+                rel.relation_id, *key, Layout(qual, names, ("",) * len(names), ()), NEVER)
+            return tw
+        try:
+            wanted = [ColumnDef(c.name, self.resolver.target_type(qual, c.name, c.type_oid,
+                                                                  c.type_modifier))
+                      for c in rel.columns]
+        except ConfigError:
+            if may_alter:
+                raise
+            return None  # a type created by the streamed transaction itself
+        if not may_alter and position >= sync_lsn and schema.diff(target, wanted):
+            return None
+        if position >= sync_lsn:  # this message is newer than the table's copy
+            target = self._reshape(key, target, wanted, writer)
+            if target is None:  # now waiting for a re-copy
+                return self.on_relation(rel, writer, position, writers)
+        types = tuple(target.columns.get(n, c.type_sql) for n, c in zip(names, wanted,
+                                                                      strict=True))
+        key_pos = tuple(names.index(k) for k in target.key) \
+            if target.key and all(k in names for k in target.key) else ()
+        tw = TableWriter(rel.relation_id, *key, Layout(qual, names, types, key_pos), sync_lsn)
+        if old is None or old.layout != tw.layout:
+            for w in writers:
+                w.forget_stage(tw)
+        self.tables[rel.relation_id] = tw
+        return tw
+
+    def _reshape(self, key: TableKey, target: schema.TargetTable, wanted: list[ColumnDef],
+                 writer: TargetWriter) -> schema.TargetTable | None:
+        """ALTER the target to the Relation's columns; None when the table must be re-copied."""
+        conn = writer.conn
+        d = schema.diff(target, wanted)
+        if d.ambiguous:
+            self.pending_sync.add(key)
+            return None
+        if d:
+            missing = schema.source_missing_values(self.source, *key,
+                                                   [c.name for c in d.added]) if d.added else {}
+            schema.apply_diff(conn, *key, d, missing)
+            metrics.SCHEMA_CHANGES.labels(f"{key[0]}.{key[1]}").inc(
+                len(d.added) + len(d.dropped) + len(d.retyped))
+        relax = (target.not_null & schema.source_nullable(self.source, *key)) - set(target.key)
+        relax -= set(d.dropped)
+        if relax:
+            schema.relax_not_null(conn, *key, sorted(relax))
+        return schema.read_target(conn, *key) if d or relax else target
+
+    def joined(self, synced: dict[TableKey, int], writer: TargetWriter) -> None:
+        """Tables copied at these LSNs: rebuild their writers from the last Relation."""
+        self.synced.update(synced)
+        self.pending_sync -= set(synced)
+        for rid, rel in list(self.relations.items()):
+            if (rel.namespace or "pg_catalog", rel.name) in synced:
+                self.tables.pop(rid, None)
+                self.on_relation(rel, writer, 0, [writer])
