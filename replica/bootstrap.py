@@ -19,6 +19,7 @@ Why these decisions (docs/sidecar.md, "How the copy meets the stream"):
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from decoder import parse_lsn
+from decoder import format_lsn, parse_lsn
 from replica import catalog, progress
 from replica.catalog import TableDef
 from replica.config import Settings
@@ -37,6 +38,7 @@ from replica.snapshot import Snapshot
 from replica.state import SidecarState
 
 TableKey = tuple[str, str]
+log = logging.getLogger("pgml_replica")
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class Bootstrap:
 
     def _copy(self, tables: list[TableDef], snapshot_name: str, lsn: int) -> None:
         s = self.settings
+        log.info("copying %d table(s) as of %s: %s", len(tables), format_lsn(lsn),
+                 ", ".join(t.qualname for t in tables))
         prev = self.state.phase
         self.state.phase = "snapshot"
         try:

@@ -72,7 +72,36 @@ def add_run_parser(sub) -> None:
     add_settings_flags(p, list(Settings.model_fields))
     p.add_argument("--log-level", default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
                    help=f"logging level [{ENV_PREFIX}LOG_LEVEL, default INFO]")
+    p.add_argument("--no-pgml-install", action="store_true",
+                   default=bool(os.environ.get(ENV_PREFIX + "NO_PGML_INSTALL")),
+                   help="do not install/upgrade the pgml schema on the target before streaming "
+                   f"[{ENV_PREFIX}NO_PGML_INSTALL]")
     p.set_defaults(func=cmd_run)
+
+
+def _install_pgml(target: str) -> None:
+    """`run` installs pgml like `install` does (issue 4), but replication does not depend
+    on it: a target without PL/Python still gets its mirror, with a warning saying why."""
+    from replica.errors import ReplicaError
+    from replica.pgml_install import install
+
+    log = logging.getLogger("replica.cli")
+    try:
+        # Keep the python path an earlier install chose (the ML replica's image knows where
+        # its environment is; this process's site-packages may not exist on that host).
+        paths = None
+        with psycopg.connect(target, autocommit=True, connect_timeout=15) as conn:
+            if conn.execute("SELECT to_regclass('pgml.settings')").fetchone()[0]:
+                row = conn.execute("SELECT value FROM pgml.settings"
+                                   " WHERE name = 'python_path'").fetchone()
+                paths = row[0] if row else None
+        log.info("pgml %s installed on the target", install(target, python_path=paths))
+    except psycopg.Error as exc:
+        log.warning("pgml was not installed: cannot read the target's pgml settings (%s)",
+                    type(exc).__name__)
+    except ReplicaError as exc:  # InstallError: secret-free by construction
+        log.warning("pgml was not installed (%s); replication continues. Fix that and run "
+                    "`pgml-replica install --target ...`, or pass --no-pgml-install", exc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -96,6 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if not args.no_pgml_install:
+        _install_pgml(settings.target)
     server = None
     if settings.http_port:
         from replica.http import HttpServer, create_app

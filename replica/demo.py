@@ -55,7 +55,8 @@ def _cli(*args: str, env: dict | None = None) -> str:
 
 def _sql(conn, query: str, params=None, show: bool = True):
     if show:
-        console.print(f"  [dim]{conn.info.host}:{conn.info.port}=# {query.strip()}[/]")
+        text = query if isinstance(query, str) else query.as_string(conn)
+        console.print(f"  [dim]{conn.info.host}:{conn.info.port}=# {text.strip()}[/]")
     cur = conn.execute(query, params)
     return cur.fetchall() if cur.description else []
 
@@ -98,6 +99,7 @@ def _load_demo_table(source) -> int:
 
 def run_demo(once: bool) -> None:
     import psycopg
+    from psycopg import sql
 
     base = Path(tempfile.mkdtemp(prefix="pgml-replica-demo-"))
     os.chmod(base, 0o755)
@@ -153,19 +155,25 @@ def run_demo(once: bool) -> None:
         console.print(f"  dashboard: {status_url}/dashboard   metrics: {status_url}/metrics")
 
         _step("Train on the mirrored table, on the ML replica (PostgresML's SQL)")
+        # pgml.train learns from every column but the label, as PostgresML does: a view on
+        # the replica leaves the key out (it lives only on the ML side; the source never sees it).
+        _sql(replica, sql.SQL("CREATE VIEW public.patients_training AS SELECT {}, progression"
+                              " FROM public.patients").format(
+            sql.SQL(", ").join(map(sql.Identifier, FEATURES))))
         for algorithm in ("linear", "xgboost"):
             rows = _sql(replica, "SELECT * FROM pgml.train(%s, 'regression', "
-                                 "'public.patients', 'progression', %s)", (PROJECT, algorithm))
+                                 "'public.patients_training', 'progression', %s)",
+                        (PROJECT, algorithm))
             console.print(f"  {rows[0]}")
         for row in _sql(replica, "SELECT algorithm, metrics->>'r2', runtime FROM pgml.models "
                                  "ORDER BY id", show=False):
             console.print(f"  model {row[0]:<8} r2={float(row[1]):.3f} runtime={row[2]}")
 
         _step("Predict on the replica")
-        feats = ", ".join(FEATURES)
-        for row in _sql(replica, f"SELECT id, progression, round(pgml.predict(%s, ARRAY[{feats}])"
-                                 f"::numeric, 1) FROM public.patients ORDER BY id LIMIT 3",
-                        (PROJECT,)):
+        query = sql.SQL("SELECT id, progression, round(pgml.predict(%s, ARRAY[{}])::numeric, 1)"
+                        " FROM public.patients ORDER BY id LIMIT 3").format(
+            sql.SQL(", ").join(map(sql.Identifier, FEATURES)))
+        for row in _sql(replica, query, (PROJECT,)):
             console.print(f"  id={row[0]} actual={row[1]} predicted={row[2]}")
 
         _step("Predictions back on the source through postgres_fdw")
@@ -184,17 +192,20 @@ def run_demo(once: bool) -> None:
         view = views[0][0]
 
         def predicted():
-            rows = _sql(source, f'SELECT prediction FROM ml."{view}" WHERE id = %s',
-                        (new_id,), show=False)
+            query = sql.SQL("SELECT prediction FROM ml.{} WHERE id = %s").format(
+                sql.Identifier(view))
+            rows = _sql(source, query, (new_id,), show=False)
             return rows[0][0] if rows else None
 
         value = _wait("the new row's prediction on the source", predicted)
-        console.print(f'  source=# SELECT prediction FROM ml."{view}" WHERE id = {new_id};')
+        console.print(f'  source=# SELECT prediction FROM ml."{view}" WHERE id = {new_id};')  # noqa: S608 - printed, not run
         console.print(f"  [bold green]{value:.1f}[/]  (scored on the ML replica, read on the source)")
 
         _step("Try it yourself")
-        console.print(f"  psql \"{src.dsn()}\"      # the source: INSERT rows, SELECT * FROM ml.\"{view}\"")
-        console.print(f"  psql \"{ml.dsn()}\"      # the ML replica: SELECT * FROM pgml.overview")
+        console.print(f"  psql \"{src.dsn()}\"      # the source: INSERT rows, "  # noqa: S608
+                      f"SELECT * FROM ml.\"{view}\"")
+        console.print(f"  psql \"{ml.dsn()}\"      # the ML replica: "  # noqa: S608
+                      "SELECT * FROM pgml.overview")
         console.print(f"  {status_url}/dashboard      # lag, rows applied, slot health")
         if once or not sys.stdin.isatty():
             return

@@ -80,9 +80,21 @@ def _server_user() -> tuple[int, int] | None:
     return pw.pw_uid, pw.pw_gid
 
 
+def _server_env() -> dict[str, str]:
+    """A clean environment for the server processes.
+
+    Why: PL/Python's embedded interpreter finds its prefix by looking for ``python3`` on
+    PATH, so a server started from inside an activated virtual environment would silently
+    import that environment, whatever pgml's python_path says. Servers get a system PATH and
+    nothing else from the caller (no PYTHONPATH, no VIRTUAL_ENV).
+    """
+    return {"PATH": f"{PG_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
 def _run(cmd: list[str], *, owner: tuple[int, int] | None, check: bool = True,
          timeout: float = 120) -> subprocess.CompletedProcess:
-    kwargs: dict = {}
+    kwargs: dict = {"env": _server_env()}
     if owner is not None:
         kwargs.update(user=owner[0], group=owner[1], extra_groups=[])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -112,10 +112,9 @@ class Snapshot:
         self._lock = threading.Lock()
         self._failed: BaseException | None = None
 
-    def run(self, tables: list[TableDef], snapshot_name: str, sync_lsn: int,
-            tick: Callable[[], None] | None = None) -> dict[str, int]:
-        """Copy ``tables`` as of ``snapshot_name``; mark each synced at ``sync_lsn``.
-        ``tick`` runs about once a second in the calling thread (stream feedback)."""
+    def run(self, tables: list[TableDef], snapshot_name: str, sync_lsn: int
+            ) -> dict[str, int]:
+        """Copy ``tables`` as of ``snapshot_name``; mark each synced at ``sync_lsn``."""
         if not tables:
             return {}
         with psycopg.connect(self.target_dsn, autocommit=True) as conn:
@@ -188,10 +187,8 @@ class Snapshot:
         try:
             for th in threads:
                 th.start()
-            while alive := [th for th in threads if th.is_alive()]:
-                alive[0].join(1.0)
-                if tick is not None:
-                    tick()
+            for th in threads:
+                th.join()
         finally:
             if ui is not None:
                 ui[0].stop()

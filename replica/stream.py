@@ -22,6 +22,7 @@ routes each message, and keeps the per-table rules:
 
 from __future__ import annotations
 
+import logging
 import select
 import threading
 import time
@@ -44,6 +45,7 @@ from decoder import (
     StreamStop,
     Truncate,
     Update,
+    format_lsn,
     parse_copy_data,
     standby_status_update,
 )
@@ -66,6 +68,7 @@ PACE_SECONDS = 0.0002
 # XLogData is b'w' + three Int64 (decoder/framing.py); the hot path takes the payload by
 # slicing instead of building the frame object (tests/replica/test_flow.py pins this).
 XLOGDATA_HEADER = 25
+log = logging.getLogger("pgml_replica")
 
 
 class Stream:
@@ -120,6 +123,8 @@ class Stream:
         if s.protocol >= 2:
             options["streaming"] = "on"
         self.repl.start(s.slot, self.start_lsn, options)
+        log.info("streaming slot %s from %s (protocol %s)", s.slot, format_lsn(self.start_lsn),
+                 s.protocol)
         self.state.phase = "streaming"
         self.state.source_connected = self.state.target_connected = True
         metrics.CONNECTED.labels("source").set(1)
