@@ -70,7 +70,7 @@ class Side:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "replica", "run", "--source", self.src.dsn("bench"),
                  "--target", self.tgt.dsn(self.db), "--http-port", "0",
-                 "--log-level", "WARNING"], cwd=ROOT, stdout=open(self.log, "ab"),  # noqa: SIM115
+                 "--log-level", "WARNING", "--no-pgml-install"], cwd=ROOT, stdout=open(self.log, "ab"),  # noqa: SIM115
                 stderr=subprocess.STDOUT)
         else:
             with self.target() as c:

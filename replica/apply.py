@@ -330,12 +330,16 @@ class TargetWriter:
         self._stages_new.clear()  # may be undone with it: _stage rebuilds (DROP IF EXISTS)
         self._dirty = set(self._stages_ready)
 
-    def close(self) -> None:
-        self.rollback()
+    def shutdown(self) -> None:
+        """End the background thread (the connection stays the caller's)."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(10)
             self._thread = None
+
+    def close(self) -> None:
+        self.rollback()
+        self.shutdown()
         self.conn.close()
 
     def _reset(self) -> None:

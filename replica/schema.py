@@ -110,7 +110,12 @@ def apply_diff(conn: psycopg.Connection, schema: str, name: str, d: SchemaDiff,
     source's existing rows have (a non-volatile DEFAULT given with ADD COLUMN) as array text."""
     ident = sql.Identifier(schema, name)
     for col in d.dropped:
-        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(ident, sql.Identifier(col)))
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(
+                    ident, sql.Identifier(col)))
+        except psycopg.errors.DependentObjectsStillExist as exc:
+            raise _blocked(schema, name, col, "dropped", exc) from None
     for col in d.added:
         missing = (missing_values or {}).get(col.name)
         if missing is None:
@@ -128,12 +133,23 @@ def apply_diff(conn: psycopg.Connection, schema: str, name: str, d: SchemaDiff,
                 conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}").format(
                     ident, sql.Identifier(col.name), sql.SQL(col.type_sql),
                     sql.Identifier(col.name), sql.SQL(col.type_sql)))
+        except (psycopg.errors.FeatureNotSupported,
+                psycopg.errors.DependentObjectsStillExist) as exc:  # a view uses it
+            raise _blocked(schema, name, col.name, "changed the type of", exc) from None
         except (psycopg.errors.DataException, psycopg.errors.CannotCoerce,
                 psycopg.errors.DatatypeMismatch) as exc:
             raise UnsupportedError(
                 f"{schema}.{name}: the source changed column {col.name} to {col.type_sql}, "
                 f"but its values on the target do not cast ({exc.diag.message_primary}); "
                 "re-copy the table (pgml-replica run --resnapshot)") from None
+
+
+def _blocked(schema: str, name: str, column: str, what: str,
+             exc: psycopg.Error) -> UnsupportedError:
+    return UnsupportedError(
+        f"the source {what} column {column} of {schema}.{name}, but something on the target "
+        f"depends on it ({exc.diag.message_primary}; {exc.diag.message_detail or ''}): drop "
+        "or adapt that view, then start the sidecar again")
 
 
 def relax_not_null(conn: psycopg.Connection, schema: str, name: str,

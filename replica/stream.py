@@ -174,12 +174,16 @@ class Stream:
         except BaseException:
             self._rollback()
             self.streamed.close()
+            self.writer.shutdown()
             raise
-        if flow.in_txn:
-            self._rollback()
-        elif flow.pending_txns:
-            self._commit_batch()
-        self.streamed.close()  # in-progress transactions come again after a restart
+        try:
+            if flow.in_txn:
+                self._rollback()
+            elif flow.pending_txns:
+                self._commit_batch()
+        finally:
+            self.streamed.close()  # in-progress transactions come again after a restart
+            self.writer.shutdown()
         self._feedback(time.monotonic(), force=True)
 
     def _idle(self) -> None:

@@ -115,7 +115,8 @@ class ProcessSidecar:
     """A real `python -m replica run` process (for SIGKILL and SIGTERM)."""
 
     def __init__(self, *args: str, env: dict | None = None, log: Path | None = None) -> None:
-        self.env = {**os.environ, **(env or {})}
+        # replication only: `run` also installs pgml on the target unless told not to
+        self.env = {**os.environ, "PGML_REPLICA_NO_PGML_INSTALL": "1", **(env or {})}
         quiet = [] if "--http-port" in args or "PGML_REPLICA_HTTP_PORT" in self.env \
             else ["--http-port", "0"]
         self.args = ["run", *quiet, *args]

@@ -23,7 +23,8 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
     return subprocess.run([sys.executable, "-m", "replica", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, "PGML_REPLICA_NO_PGML_INSTALL": "1",
+                               **(env or {})})
 
 
 @pytest.fixture

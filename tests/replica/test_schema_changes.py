@@ -142,3 +142,17 @@ def test_schema_change_inside_a_streamed_transaction(source_db, replica_db, side
     sc.wait_same(source_db, replica_db, ["public.t"], 60, "the streamed DDL")
     assert replica_db.execute("SELECT c, count(*) FROM t GROUP BY c ORDER BY c") == \
         [("blue", 3000), ("red", 3000)]
+
+
+def test_a_view_on_the_target_blocks_a_dropped_column_with_a_clear_error(
+        source_db, replica_db, sidecars):
+    """ML users build views on mirrored tables; the sidecar never drops them silently."""
+    source_db.execute("CREATE TABLE t (id int PRIMARY KEY, a int, b int)")
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn).wait_streaming()
+    source_db.execute("INSERT INTO t VALUES (1, 1, 1)")
+    sc.wait_same(source_db, replica_db, ["public.t"])
+    replica_db.execute("CREATE VIEW features AS SELECT id, b FROM t")
+    source_db.execute("ALTER TABLE t DROP COLUMN b; INSERT INTO t VALUES (2, 2)")
+    wait_for(lambda: sc.error is not None, 30, "the sidecar to stop")
+    assert "column b of public.t" in str(sc.error) and "features" in str(sc.error)
+    assert replica_db.execute("SELECT count(*) FROM t") == [(1,)]
