@@ -118,7 +118,7 @@ def plpython_path() -> list[str]:
     if sys.version_info[:2] != (3, 11):
         pytest.fail(f"the suite must run on Python 3.11 (PL/Python embeds 3.11), not "
                     f"{sys.version.split()[0]}: run it through `make test`")
-    site = Path(sysconfig.get_paths()["purelib"])
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()  # .venv may be a symlink
     if not _readable_by_postgres(site):
         pytest.fail(f"{site} is not readable by the postgres OS user, so PL/Python cannot "
                     "import the environment; `make test` builds one it can read")
