@@ -105,6 +105,19 @@ class PrimaryKeepalive:
 _new_xlogdata = fast_constructor(XLogData)
 
 
+XLOGDATA_HEADER_SIZE = 25  # b'w' + wal_start, wal_end, send_time (three Int64)
+
+
+def xlogdata_payload(buf: bytes) -> bytes:
+    """The pgoutput message inside an XLogData frame, without building the frame object.
+
+    For the apply loop's hot path, which needs only the payload; the byte layout stays here.
+    """
+    if len(buf) < XLOGDATA_HEADER_SIZE or buf[0] != 0x77:
+        return parse_copy_data(buf).payload  # raises the DecodeError that says what is wrong
+    return buf[XLOGDATA_HEADER_SIZE:]
+
+
 def parse_copy_data(buf: bytes) -> XLogData | PrimaryKeepalive:
     """Split one CopyData payload of the replication stream into its frame."""
     if type(buf) is not bytes:
@@ -114,14 +127,15 @@ def parse_copy_data(buf: bytes) -> XLogData | PrimaryKeepalive:
         raise DecodeError("CopyData", 0, "empty CopyData payload")
     tag = buf[0]
     if tag == 0x77:  # 'w'
-        if n < 25:
-            raise DecodeError("XLogData", n, f"truncated: header needs 25 bytes, got {n}")
+        if n < XLOGDATA_HEADER_SIZE:
+            raise DecodeError("XLogData", n, f"truncated: header needs {XLOGDATA_HEADER_SIZE}"
+                              f" bytes, got {n}")
         start, end, sent = _XLOGDATA.unpack_from(buf, 1)
         try:  # pg_time() inlined: this runs once per message
             when = PG_EPOCH + timedelta(0, 0, sent)
         except OverflowError:
             when = pg_time(sent, "XLogData", 17)  # raises the DecodeError
-        return _new_xlogdata(start, end, when, buf[25:])
+        return _new_xlogdata(start, end, when, buf[XLOGDATA_HEADER_SIZE:])
     if tag == 0x6B:  # 'k'
         if n != 18:
             raise DecodeError("PrimaryKeepalive", min(n, 18),

@@ -48,6 +48,7 @@ from decoder import (
     format_lsn,
     parse_copy_data,
     standby_status_update,
+    xlogdata_payload,
 )
 from replica import metrics
 from replica.apply import TableWriter, TargetWriter
@@ -65,9 +66,6 @@ from replica.streamed import StreamedApply
 # Measured with 100-row transactions: walsender CPU 6.0 -> 2.7 us per message, a bare
 # reader 156k -> 340k messages/s (docs/sidecar.md, "Reading").
 PACE_SECONDS = 0.0002
-# XLogData is b'w' + three Int64 (decoder/framing.py); the hot path takes the payload by
-# slicing instead of building the frame object (tests/replica/test_flow.py pins this).
-XLOGDATA_HEADER = 25
 log = logging.getLogger("pgml_replica")
 
 
@@ -157,7 +155,7 @@ class Stream:
                     hot = True
                 if data[0] == 0x77:  # 'w' XLogData
                     try:
-                        msg = decode(data[XLOGDATA_HEADER:])
+                        msg = decode(xlogdata_payload(data))
                     except DecodeError as exc:
                         raise ProtocolError(f"undecodable replication message: {exc}") \
                             from exc

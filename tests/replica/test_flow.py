@@ -84,8 +84,11 @@ def test_wait_is_bounded_by_what_falls_due():
 
 
 def test_the_loop_slices_xlogdata_exactly_as_the_decoder_frames_it():
-    from decoder import parse_copy_data
-    from replica.stream import XLOGDATA_HEADER
+    import pytest
+
+    from decoder import DecodeError, parse_copy_data, xlogdata_payload
 
     buf = b"w" + (7).to_bytes(8, "big") + (9).to_bytes(8, "big") + bytes(8) + b"Bpayload"
-    assert parse_copy_data(buf).payload == buf[XLOGDATA_HEADER:]
+    assert xlogdata_payload(buf) == parse_copy_data(buf).payload == b"Bpayload"
+    with pytest.raises(DecodeError):
+        xlogdata_payload(buf[:20])
