@@ -11,7 +11,7 @@ setup:
 	@bash deploy/setup-host.sh
 
 demo: setup
-	@$(PY) -m replica.demo
+	@$(PY) -m devtools.demo
 
 # The representative suite: everything except the long chaos and soak runs (marked slow).
 test: setup

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from replica.localcluster import PG_BIN, REPLICA_SETTINGS, free_port, running_cluster
+from devtools.localcluster import PG_BIN, REPLICA_SETTINGS, free_port, running_cluster
 from replica.pgml_install import install
 
 MODEL = {"n_estimators": 100, "max_depth": 6}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psycopg
 
-from replica.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
+from devtools.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_DDL = ("CREATE TABLE bench (id bigint PRIMARY KEY, a float8, b float8, t text,"

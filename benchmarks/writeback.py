@@ -34,7 +34,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from replica.localcluster import PG_BIN, REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
+from devtools.localcluster import PG_BIN, REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
 
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 PROJECT = "bench_writeback"

@@ -32,7 +32,6 @@ SUBCOMMANDS = (
     "replica.cli:add_drop_parser",
     "replica.cli:add_install_parser",
     "replica.writeback:add_writeback_parser",
-    "replica.cli:add_demo_parser",
 )
 
 _FLAG = {"schema_name": "schema"}  # field -> flag where the field name had to differ
@@ -254,13 +253,6 @@ def cmd_install(args: argparse.Namespace) -> int:
         if args.python_path else None
     print(f"pgml {install(s.target, python_path=paths)} installed")
     return 0
-
-
-def add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="two local clusters, the sidecar and pgml, end to end")
-    p.add_argument("--once", action="store_true", help="tear down at the end")
-    p.set_defaults(func=lambda a: importlib.import_module("replica.demo").main(
-        ["--once"] if a.once else []))
 
 
 # -- entry point -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from replica.localcluster import (
+from devtools.localcluster import (
     REPLICA_SETTINGS,
     SOURCE_SETTINGS,
     LocalCluster,

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_runs_the_whole_loop():
-    proc = subprocess.run([sys.executable, "-m", "replica.demo", "--once"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "devtools.demo", "--once"], cwd=ROOT,
                           capture_output=True, text=True, timeout=480, stdin=subprocess.DEVNULL)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

@@ -415,7 +415,7 @@ def test_compose_source_init_makes_a_role_that_can_replicate(tmp_path):
     """deploy/source-init runs as the postgres image runs it (POSTGRES_USER/DB set, psql on
     the fresh server), here on a throw-away cluster; the role it makes then does what the
     sidecar needs: log in with its password, create the publication, create a slot."""
-    from replica.localcluster import SOURCE_SETTINGS, running_cluster
+    from devtools.localcluster import SOURCE_SETTINGS, running_cluster
 
     password = tmp_path / "replicator_password"
     password.write_text("demo-Pa55\n")

@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from replica.localcluster import PG_BIN, LocalCluster, free_port
+from devtools.localcluster import PG_BIN, LocalCluster, free_port
 from tests.sql.helpers import connect, one
 
 ROW = [0.038, 0.05, 0.062, 0.022, -0.044, -0.035, -0.043, -0.003, 0.02, -0.018]

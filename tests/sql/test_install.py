@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from replica.localcluster import PG_BIN
+from devtools.localcluster import PG_BIN
 from replica.pgml_install import CORE_FILES, InstallError, install, package_version, sql_files
 from tests.sql.helpers import connect, one
 

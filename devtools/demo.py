@@ -28,7 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from replica.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, free_port, make_cluster
+from devtools.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, free_port, make_cluster
 
 console = Console(highlight=False)
 PROJECT = "diabetes_progression"
@@ -225,7 +225,7 @@ def run_demo(once: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pgml-replica demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--once", action="store_true",
                         help="tear everything down at the end instead of waiting for Ctrl-C")
     args = parser.parse_args(argv)

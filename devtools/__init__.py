@@ -1,0 +1,1 @@
+"""Development tools, not shipped: throw-away local clusters and `make demo`."""
