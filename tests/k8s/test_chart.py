@@ -1,69 +1,30 @@
 """The Helm chart, rendered and linted offline with Helm's own Go SDK (helm-python-sdk), every
-manifest validated against the Kubernetes 1.37 schemas (kubernetes-validate, strict)."""
+manifest validated against the Kubernetes 1.37 schemas (kubernetes-validate, strict): the
+sidecar's Deployment, its Secret, Service and monitoring objects, and the chart as a
+self-contained directory."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import shutil
 
 import helm_python as helm
-import kubernetes_validate
 import pytest
 import yaml
 
+from tests.k8s.chart import CHART, EXISTING, ROOT, env_of, notes, only, render, render_files
 from tests.ops.helpers import sidecar_env_names
 from tests.ops.metric_names import exposed
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "k8s" / "pgml-replica"
-K8S_VERSION = "1.37"
 SECRET = "Sup3r$ecret-Pa55w0rd"
-EXISTING = {"connection": {"existingSecret": "pgml-dsn"}}
+# The chart ships copies of these deploy/ files (a chart copied alone must render).
+SHIPPED_COPIES = {"files/rules.yml": "deploy/prometheus/rules.yml",
+                  "files/grafana-dashboard.json": "deploy/grafana/dashboards/pgml-replica.json"}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet_helm():
     helm.disable_logging()
-
-
-def render(values: dict | None = None, namespace: str = "data") -> dict[tuple[str, str], dict]:
-    """{(kind, name): manifest} of a fresh install, each validated against Kubernetes."""
-    with helm.Chart.load(CHART) as chart:
-        files = chart.render(values, name="pgml", namespace=namespace, is_install=True)
-    out = {}
-    for path, text in files.items():
-        if path.endswith("NOTES.txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if not doc:
-                continue
-            validate(doc)
-            out[(doc["kind"], doc["metadata"]["name"])] = doc
-    return out
-
-
-def validate(doc: dict) -> None:
-    try:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    except kubernetes_validate.SchemaNotFoundError:
-        # CRDs (Prometheus Operator) have no schema there; their tests check them by hand
-        assert doc["apiVersion"] == "monitoring.coreos.com/v1", doc["kind"]
-
-
-def notes(values: dict) -> str:
-    with helm.Chart.load(CHART) as chart:
-        files = chart.render(values, name="pgml", namespace="data", is_install=True)
-    return next(text for path, text in files.items() if path.endswith("NOTES.txt"))
-
-
-def only(manifests, kind):
-    [doc] = [d for (k, _), d in manifests.items() if k == kind]
-    return doc
-
-
-def env_of(deployment) -> dict[str, dict]:
-    [container] = deployment["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e for e in container["env"]}
 
 
 @pytest.mark.parametrize("values", [
@@ -251,3 +212,32 @@ def test_chart_metadata():
                              (ROOT / "pyproject.toml").read_text().splitlines()
                              if line.startswith("version"))
     assert meta["appVersion"] == pyproject_version
+
+
+def test_no_symbolic_link_in_the_chart():
+    links = [p.relative_to(CHART) for p in CHART.rglob("*") if p.is_symlink()]
+    assert links == [], "a chart copied or packaged alone loses what these point at"
+
+
+@pytest.mark.parametrize("copy", sorted(SHIPPED_COPIES))
+def test_shipped_copies_equal_their_deploy_sources(copy):
+    source = SHIPPED_COPIES[copy]
+    assert (CHART / copy).read_bytes() == (ROOT / source).read_bytes(), \
+        f"{copy} drifted from {source}: cp {source} k8s/pgml-replica/{copy}"
+
+
+def test_a_copy_of_the_chart_directory_alone_renders(tmp_path):
+    alone = tmp_path / "pgml-replica"
+    shutil.copytree(CHART, alone, symlinks=True)  # a link out of the chart would dangle here
+    values = {**EXISTING, "prometheusRule": {"enabled": True},
+              "grafanaDashboard": {"enabled": True},
+              "mlReplica": {"enabled": True, "existingSecret": "ml-pw"}}  # no random password
+    copied = render(values, chart=alone)
+    assert copied == render(values)
+    rule = only(copied, "PrometheusRule")
+    assert rule["spec"]["groups"], "files/rules.yml was empty in the copy"
+    with helm.Chart.load(alone) as chart:
+        packaged = chart.save(tmp_path)
+    with helm.Chart.load_archive(open(packaged, "rb").read()) as chart:
+        files = chart.render(values, name="pgml", namespace="data", is_install=True)
+    assert set(files) == set(render_files(values))
