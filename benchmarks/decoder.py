@@ -31,7 +31,7 @@ from psycopg.adapt import Transformer
 
 from decoder import Decoder, Insert, Update, XLogData, parse_copy_data
 from devtools.localcluster import SOURCE_SETTINGS, running_cluster
-from replica.replconn import ReplicationConnection
+from replica.source.replconn import ReplicationConnection
 
 TABLE = ("CREATE TABLE bench (id bigint PRIMARY KEY, a float8, b float8, t text, "
          "ts timestamptz)")

@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from devtools.localcluster import PG_BIN, REPLICA_SETTINGS, free_port, running_cluster
-from replica.pgml_install import install
+from replica.target.pgml_install import install
 
 MODEL = {"n_estimators": 100, "max_depth": 6}
 PROJECT = "bench"

@@ -112,7 +112,7 @@ def fill(src, rows: int) -> None:
 
 
 def snapshot_ours(src, tgt, rows: int) -> float:
-    from replica.bootstrap import Bootstrap
+    from replica.clone.bootstrap import Bootstrap
     from replica.config import Settings
     from replica.state import SidecarState
 

@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     write_rows = 5_000 if args.quick else 50_000
     client_counts = [1] if args.quick else [1, 2]
 
-    from replica import pgml_install
-    from replica.writeback import writeback
+    from replica.target import pgml_install
+    from replica.writeback.setup import writeback
 
     workdir = Path(tempfile.mkdtemp(prefix="pgml-replica-bench-wb-"))
     workdir.chmod(0o755)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         with source.connect("app") as conn:
             _load(conn, rows)
-        pgml_install.install(replica.dsn("app"))
+        pgml_install.install(replica.secrets("app"))
         with replica.connect("app") as conn:
             _load(conn, rows)
             conn.execute(sql.SQL("CREATE VIEW public.patients_train AS SELECT {} FROM"
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         lookup = f"\\set id random(1, {rows})\n"
         for mode in ("live", "materialized"):
             t0 = time.perf_counter()
-            writeback(source.dsn("app"), replica.dsn("app"), PROJECT,
+            writeback(source.dsn("app"), replica.secrets("app"), PROJECT,
                       materialize=(mode == "materialized"))
             print(f"writeback ({mode}) set up in {time.perf_counter() - t0:.1f} s", flush=True)
             cases = [("source (fdw)", source, "SELECT prediction FROM ml.patients WHERE id = :id;"),

@@ -2,6 +2,6 @@
 
 import sys
 
-from replica.cli import main
+from replica.operate.cli import main
 
 sys.exit(main())

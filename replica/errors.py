@@ -5,7 +5,7 @@ Why classes and not flags: the run loop decides by ``except`` clause alone wheth
 ``UnsupportedError``, ``ApplyError``), or stop and ask for a new snapshot
 (``ResnapshotNeeded``). Nothing above this module matches message text.
 
-Messages never contain a password: DSNs are shown through ``replica.dsn.describe``.
+Messages never contain a password: DSNs are shown through ``replica.secrets.describe``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Why one module: operators write alert rules and dashboards against these names
 (deploy/prometheus/, deploy/grafana/, the Helm chart's PrometheusRule), so the names are an
-interface. The streaming and snapshot code update them; replica.http serves them.
+interface. The streaming and snapshot code update them; replica.operate.api serves them.
 
 A process-wide registry is fine: one sidecar process follows one slot. Tests that need a
 clean slate read deltas, never absolute values.

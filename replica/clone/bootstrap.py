@@ -29,13 +29,14 @@ import psycopg
 from psycopg import sql
 
 from decoder import format_lsn, parse_lsn
-from replica import catalog, progress
-from replica.catalog import TableDef
+from replica.clone.snapshot import Snapshot
 from replica.config import Settings
 from replica.errors import ConfigError, ResnapshotNeeded
-from replica.replconn import ReplicationConnection
-from replica.snapshot import Snapshot
+from replica.source import catalog
+from replica.source.catalog import TableDef
+from replica.source.replconn import ReplicationConnection
 from replica.state import SidecarState
+from replica.target import progress
 
 TableKey = tuple[str, str]
 log = logging.getLogger("pgml_replica")
@@ -81,7 +82,7 @@ def ensure_publication(conn: psycopg.Connection, settings: Settings) -> list[Tab
                     conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLES IN SCHEMA {}").format(
                         pub, sql.Identifier(schema)))
             except psycopg.errors.InsufficientPrivilege:
-                from replica.checks import schema_tables
+                from replica.source.preflight import schema_tables
 
                 conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
                     pub, sql.SQL(", ").join(sql.Identifier(s, t)

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import pq, sql
 
-from replica import metrics, progress, schema
-from replica.catalog import TableDef
+from replica import metrics
 from replica.errors import ApplyError, ReplicaError, TransientError
+from replica.source.catalog import TableDef
 from replica.state import SidecarState
+from replica.target import progress, schema
 
 
 class SnapshotInterrupted(ReplicaError):

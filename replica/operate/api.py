@@ -13,7 +13,7 @@ Probe policy (docs/operations.md says the same):
 - /readyz is readiness: 200 only while streaming, connected to both ends and at most
   ``max_lag_seconds`` behind; 503 with the reason otherwise.
 
-Secrets: the provider and the loop are expected to hand over secret-free text (replica.dsn
+Secrets: the provider and the loop are expected to hand over secret-free text (replica.secrets
 masks the DSNs they know), but a DSN with a password is one f-string away, so every /status,
 /healthz and /readyz body also goes through ``redact``, which finds DSN- and URI-shaped
 passwords in any text, before it leaves the process.
@@ -35,8 +35,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from replica import metrics
-from replica.dsn import MASK as REDACTED
 from replica.errors import ConfigError
+from replica.secrets import MASK as REDACTED
 from replica.state import SidecarState
 
 DASHBOARD_DIR = Path(__file__).with_name("dashboard")

@@ -23,15 +23,15 @@ import psycopg
 from pydantic import ValidationError
 
 from replica.config import ENV_PREFIX, Settings
-from replica.dsn import scrub, secrets_of
 from replica.errors import ReplicaError
+from replica.secrets import scrub, secrets_of
 
 SUBCOMMANDS = (
-    "replica.cli:add_run_parser",
-    "replica.cli:add_status_parser",
-    "replica.cli:add_drop_parser",
-    "replica.cli:add_install_parser",
-    "replica.writeback:add_writeback_parser",
+    "replica.operate.cli:add_run_parser",
+    "replica.operate.cli:add_status_parser",
+    "replica.operate.cli:add_drop_parser",
+    "replica.operate.cli:add_install_parser",
+    "replica.writeback.setup:add_writeback_parser",
 )
 
 _FLAG = {"schema_name": "schema"}  # field -> flag where the field name had to differ
@@ -82,9 +82,9 @@ def _install_pgml(target: str) -> None:
     """`run` installs pgml like `install` does (issue 4), but replication does not depend
     on it: a target without PL/Python still gets its mirror, with a warning saying why."""
     from replica.errors import ReplicaError
-    from replica.pgml_install import install
+    from replica.target.pgml_install import install
 
-    log = logging.getLogger("replica.cli")
+    log = logging.getLogger("replica.operate.cli")
     try:
         # Keep the python path an earlier install chose (the ML replica's image knows where
         # its environment is; this process's site-packages may not exist on that host).
@@ -104,8 +104,8 @@ def _install_pgml(target: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from replica import status
-    from replica.runner import Runner
+    from replica.operate import report
+    from replica.operate.runner import Runner
     from replica.state import SidecarState
 
     settings = settings_from(args)
@@ -113,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = SidecarState(slot=settings.slot, publication=settings.publication)
-    state.status_provider = lambda: status.collect(
+    state.status_provider = lambda: report.collect(
         settings.source, settings.target, slot=settings.slot, publication=settings.publication)
     stop = threading.Event()
 
@@ -128,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _install_pgml(settings.target)
     server = None
     if settings.http_port:
-        from replica.http import HttpServer, create_app
+        from replica.operate.api import HttpServer, create_app
 
         server = HttpServer(create_app(state, max_lag_seconds=settings.max_lag_seconds),
                             settings.http_host, settings.http_port).start()
@@ -156,18 +156,18 @@ def add_status_parser(sub) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from replica import status
+    from replica.operate import report
 
     s = settings_from(args)
     if not (s.source or s.target):
         s.require("source")
-    report = status.collect(s.source, s.target, slot=s.slot, publication=s.publication,
+    found = report.collect(s.source, s.target, slot=s.slot, publication=s.publication,
                             exact=args.exact)
     if args.json:
-        print(json.dumps(report, indent=2, default=str))
+        print(json.dumps(found, indent=2, default=str))
     else:
-        _print_status(report)
-    return 1 if "source_error" in report or "target_error" in report else 0
+        _print_status(found)
+    return 1 if "source_error" in found or "target_error" in found else 0
 
 
 def _print_status(report: dict) -> None:
@@ -209,8 +209,8 @@ def cmd_drop(args: argparse.Namespace) -> int:
     import psycopg
     from psycopg import sql
 
-    from replica import progress
-    from replica.bootstrap import drop_slot
+    from replica.clone.bootstrap import drop_slot
+    from replica.target import progress
 
     s = settings_from(args)
     s.require("source")
@@ -245,7 +245,7 @@ def add_install_parser(sub) -> None:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from replica.pgml_install import install
+    from replica.target.pgml_install import install
 
     s = settings_from(args)
     s.require("target")

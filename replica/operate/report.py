@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 
 from decoder import format_lsn, parse_lsn
-from replica import progress
-from replica.dsn import describe, scrub, secrets_of
+from replica.secrets import describe, scrub, secrets_of
+from replica.target import progress
 
 
 def _lsn(text: str | None) -> int | None:

@@ -22,16 +22,18 @@ import time
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from replica import catalog, metrics, progress
-from replica.bootstrap import Bootstrap, ensure_publication
-from replica.checks import candidate_tables, preflight
+from replica import metrics
+from replica.clone.bootstrap import Bootstrap, ensure_publication
+from replica.clone.snapshot import SnapshotInterrupted
 from replica.config import Settings
-from replica.dsn import scrub, secrets_of, with_options
 from replica.errors import ApplyError, NullRejected, ReplicaError, TransientError
-from replica.replconn import ReplicationCommandError, ReplicationConnection
-from replica.snapshot import SnapshotInterrupted
+from replica.secrets import scrub, secrets_of, with_options
+from replica.source import catalog
+from replica.source.preflight import candidate_tables, preflight
+from replica.source.replconn import ReplicationCommandError, ReplicationConnection
 from replica.state import SidecarState
-from replica.stream import Stream
+from replica.stream.loop import Stream
+from replica.target import progress
 
 log = logging.getLogger("pgml_replica")
 
@@ -102,7 +104,7 @@ class Runner:
 
     def _relax(self, exc: NullRejected) -> bool:
         """Drop the target's NOT NULL the source no longer has (never on the key)."""
-        from replica import schema
+        from replica.target import schema
 
         with psycopg.connect(self.settings.target, autocommit=True, connect_timeout=15) as c:
             target = schema.read_target(c, exc.schema, exc.table)

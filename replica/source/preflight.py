@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import psycopg
 
-from replica.catalog import TypeResolver, publication_exists, publication_tables, read_table
 from replica.errors import PreflightError, UnsupportedError
+from replica.source.catalog import TypeResolver, publication_exists, publication_tables, read_table
 
 
 def candidate_tables(conn: psycopg.Connection, publication: str,

@@ -29,8 +29,8 @@ from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from decoder import format_lsn, parse_lsn
-from replica.dsn import describe, scrub, secrets_of
 from replica.errors import ConfigError, ReplicaError, TransientError
+from replica.secrets import describe, scrub, secrets_of
 
 SESSION_OPTIONS = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"
 _OPTION_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")

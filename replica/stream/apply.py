@@ -24,9 +24,10 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from replica import metrics, progress
-from replica.batch import DELETE, FRESH, UPDATE, Layout, TableBatch, encode
+from replica import metrics
 from replica.errors import ApplyError, NullRejected, TransientError
+from replica.stream.batch import DELETE, FRESH, UPDATE, Layout, TableBatch, encode
+from replica.target import progress
 
 OP = "pgml_replica_op"
 N = "pgml_replica_n"

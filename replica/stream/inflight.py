@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from decoder import Delete, Insert, Message, StreamAbort, Update
-from replica.apply import TableWriter, TargetWriter
-from replica.batch import TableBatch
+from replica.stream.apply import TableWriter, TargetWriter
+from replica.stream.batch import TableBatch
 
 
 @dataclass

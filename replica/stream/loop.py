@@ -51,15 +51,15 @@ from decoder import (
     xlogdata_payload,
 )
 from replica import metrics
-from replica.apply import TableWriter, TargetWriter
-from replica.batch import TableBatch
 from replica.config import Settings
 from replica.errors import ProtocolError, TransientError, UnsupportedError
-from replica.flow import FlowControl
-from replica.relations import Relations, TableKey
-from replica.replconn import ReplicationConnection
+from replica.source.replconn import ReplicationConnection
 from replica.state import SidecarState
-from replica.streamed import StreamedApply
+from replica.stream.apply import TableWriter, TargetWriter
+from replica.stream.batch import TableBatch
+from replica.stream.flow import FlowControl
+from replica.stream.inflight import StreamedApply
+from replica.stream.relations import Relations, TableKey
 
 # Reading the moment a message arrives costs the walsender a send() and us a wakeup per
 # message; pausing this long whenever the buffer runs dry lets a burst collect instead.

@@ -29,8 +29,8 @@ from pathlib import Path
 import psycopg
 from psycopg.types.json import Jsonb
 
-from replica.dsn import describe, scrub, secrets_of
 from replica.errors import ConfigError
+from replica.secrets import describe, scrub, secrets_of
 
 CORE_FILES = ("10_pgml_schema.sql", "20_pgml_api.sql")
 PACKAGE = "pgml-replica"

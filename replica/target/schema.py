@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from replica.catalog import ColumnDef, TableDef
 from replica.errors import UnsupportedError
+from replica.source.catalog import ColumnDef, TableDef
 
 
 @dataclass(frozen=True, slots=True)

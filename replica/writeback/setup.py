@@ -31,8 +31,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from replica.dsn import describe, scrub, secrets_of
 from replica.errors import ConfigError
+from replica.secrets import describe, scrub, secrets_of
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import decoder
 from decoder import Decoder, LogicalMessage, Message, PrimaryKeepalive
-from replica.replconn import ReplicationConnection
+from replica.source.replconn import ReplicationConnection
 
 END_PREFIX = "golden-end"
 _slots = itertools.count()

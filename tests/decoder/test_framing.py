@@ -19,7 +19,7 @@ from decoder import (
     parse_lsn,
     standby_status_update,
 )
-from replica.replconn import ReplicationConnection
+from replica.source.replconn import ReplicationConnection
 from tests.decoder.stream import create_slot
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

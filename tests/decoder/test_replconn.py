@@ -10,7 +10,7 @@ from psycopg import sql
 
 import decoder
 from replica.errors import ConfigError, TransientError
-from replica.replconn import (
+from replica.source.replconn import (
     ReplicationCommandError,
     ReplicationConnection,
     ReplicationConnectionError,

@@ -9,7 +9,7 @@ import pytest
 from psycopg import sql
 
 from replica import metrics
-from replica.http import HttpServer, create_app
+from replica.operate.api import HttpServer, create_app
 from replica.state import SidecarState
 from tests.ops.helpers import SECRET
 

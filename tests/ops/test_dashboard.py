@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from decoder import parse_lsn
-from replica import metrics, status
-from replica.http import DASHBOARD_DIR
+from replica import metrics
+from replica.operate import report
+from replica.operate.api import DASHBOARD_DIR
 from tests.ops.helpers import (
     CHROMIUM,
     SECRET,
@@ -41,13 +42,13 @@ def lively_state(**kw):
 
 def test_dashboard_shows_state_and_slot(serve, slot_on_source, source_db, replica_db,
                                         tmp_path):
-    """The sidecar's own status provider (replica.status) over a real slot on the source
+    """The sidecar's own status provider (replica.operate.report) over a real slot on the source
     and a target that has 30 of the 37 rows."""
     dsn, slot = slot_on_source
     replica_db.execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
     replica_db.execute("INSERT INTO public.items SELECT g, 'n' || g FROM generate_series(1, 30) g")
     state = lively_state(slot=slot, publication="ops_pub", tables=["public.items"],
-                         status_provider=lambda: status.collect(
+                         status_provider=lambda: report.collect(
                              dsn, replica_db.dsn, slot=slot, publication="ops_pub",
                              exact=True))
     metrics.ROWS_APPLIED.labels("public.ops_dash", "insert").inc(12_345)

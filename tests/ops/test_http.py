@@ -12,8 +12,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from replica import metrics, status
-from replica.http import HttpServer, HttpServerError, create_app
+from replica import metrics
+from replica.operate import report
+from replica.operate.api import HttpServer, HttpServerError, create_app
 from replica.state import SidecarState
 from tests.ops.helpers import SECRET, database_provider, streaming_state
 
@@ -144,12 +145,12 @@ def test_status_merges_state_and_the_database_view_without_secrets(serve, slot_o
 
 def test_status_with_the_sidecars_provider_and_an_unreachable_target(serve, slot_on_source,
                                                                       source_db):
-    """replica.status.collect as the CLI installs it: the source side answers, the target
+    """replica.operate.report.collect as the CLI installs it: the source side answers, the target
     does not; the state's live values stay where the databases have no answer."""
     dsn, slot = slot_on_source
     target = source_db.cluster.dsn("no_such_database_ops", password=SECRET)
     state = streaming_state(slot=slot, publication="ops_pub",
-                            status_provider=lambda: status.collect(
+                            status_provider=lambda: report.collect(
                                 dsn, target, slot=slot, publication="ops_pub", exact=True))
     resp = httpx.get(serve(state).url + "/status", timeout=30)
     body = resp.json()

@@ -17,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from replica.config import Settings
-from replica.runner import Runner
+from replica.operate.runner import Runner
 from replica.state import SidecarState
 
 ROOT = Path(__file__).resolve().parents[2]

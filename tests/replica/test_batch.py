@@ -1,4 +1,4 @@
-"""The net-effect rules of replica.batch against a model: any valid sequence of changes,
+"""The net-effect rules of replica.stream.batch against a model: any valid sequence of changes,
 absorbed into one run and written the way apply.py writes it, leaves the same table as
 applying the changes one by one (DESIGN.md invariants 2 and 3)."""
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decoder import TupleData
-from replica.batch import DELETE, FRESH, UPDATE, Layout, TableBatch, encode
+from replica.stream.batch import DELETE, FRESH, UPDATE, Layout, TableBatch, encode
 
 NCOLS = 3  # key, a short value, a TOASTable value
 

@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from devtools.localcluster import free_port
-from replica.cli import build_parser, main, settings_from
+from replica.operate.cli import build_parser, main, settings_from
 from tests.replica.conftest import ROOT, same, wait_for
 
 SRC_PW, TGT_PW = "S3cr3t-src-pw", "S3cr3t-tgt-pw"

@@ -1,9 +1,9 @@
-"""The stream's decisions without a server (replica.flow): what is acknowledged and when
+"""The stream's decisions without a server (replica.stream.flow): what is acknowledged and when
 (DESIGN.md invariants 1 and 5)."""
 
 from datetime import UTC, datetime
 
-from replica.flow import FlowControl
+from replica.stream.flow import FlowControl
 
 T = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ import threading
 import psycopg
 
 from replica import metrics
-from replica.runner import backoff
+from replica.operate.runner import backoff
 
 
 def _reconnects(peer: str) -> float:

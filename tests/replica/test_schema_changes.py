@@ -104,8 +104,8 @@ def test_unsupported_type_stops_before_acknowledging(source_db, replica_db, side
     ("CREATE TYPE e AS ENUM ('a'); CREATE TABLE t (id int PRIMARY KEY, c e[])", "c", "e[]"),
 ])
 def test_unsupported_types_fail_the_preflight(source_db, replica_db, ddl, column, type_name):
-    from replica.checks import preflight
     from replica.errors import PreflightError
+    from replica.source.preflight import preflight
 
     source_db.execute(ddl)
     with source_db.connect() as conn, pytest.raises(PreflightError) as err:

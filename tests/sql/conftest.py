@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from replica.pgml_install import install
+from replica.target.pgml_install import install
 from tests.fix_pg import Database
 
 _counter = itertools.count()

@@ -14,7 +14,13 @@ import psycopg
 import pytest
 
 from devtools.localcluster import PG_BIN
-from replica.pgml_install import CORE_FILES, InstallError, install, package_version, sql_files
+from replica.target.pgml_install import (
+    CORE_FILES,
+    InstallError,
+    install,
+    package_version,
+    sql_files,
+)
 from tests.sql.helpers import connect, one
 
 DIABETES_ROW = [0.038, 0.05, 0.062, 0.022, -0.044, -0.035, -0.043, -0.003, 0.02, -0.018]

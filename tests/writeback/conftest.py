@@ -18,13 +18,13 @@ import pytest
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPOSE_SQL = ROOT / "sql" / "expose.sql"
+EXPOSE_SQL = ROOT / "sql" / "30_expose.sql"
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 
 
 def install_pgml(db, python_path: list[str]) -> None:
-    """The project's installer, then sql/expose.sql when the installer does not load it yet."""
-    from replica import pgml_install
+    """The project's installer, then sql/30_expose.sql when the installer does not load it yet."""
+    from replica.target import pgml_install
 
     pgml_install.install(db.dsn, python_path=python_path)
     with db.connect() as conn:

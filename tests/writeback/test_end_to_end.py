@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from replica.writeback import writeback
+from replica.writeback.setup import writeback
 from tests.writeback.conftest import FEATURES, ROOT, create_patients, train, wait_for
 
 PROJECT = "progression"

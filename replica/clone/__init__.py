@@ -1,0 +1,1 @@
+"""Phase one: publication and slot, then the parallel snapshot copy."""

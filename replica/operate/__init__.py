@@ -1,0 +1,1 @@
+"""What people touch: CLI verbs, the runner, the HTTP API and dashboard, reports."""

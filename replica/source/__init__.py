@@ -1,0 +1,1 @@
+"""The source database: the replication connection, catalog reads, preflight."""

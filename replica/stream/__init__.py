@@ -1,0 +1,1 @@
+"""Phase two: follow the slot - the loop, its decisions, batching and apply."""

@@ -1,0 +1,1 @@
+"""The ML replica as a database: mirrored schema, progress rows, the pgml install."""

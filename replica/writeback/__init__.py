@@ -1,0 +1,1 @@
+"""Predictions readable on the source through postgres_fdw."""
