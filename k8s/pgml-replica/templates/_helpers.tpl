@@ -65,3 +65,63 @@ app.kubernetes.io/name: {{ include "pgml-replica.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: ml-replica
 {{- end }}
+
+{{/* The ML replica's image: the GPU variant is the same repository with gpu.tagSuffix. */}}
+{{- define "pgml-replica.mlImage" -}}
+{{- $ml := .Values.mlReplica }}
+{{- $tag := $ml.image.tag | default .Chart.AppVersion }}
+{{- if $ml.gpu.enabled }}
+{{- $tag = printf "%s%s" $tag $ml.gpu.tagSuffix }}
+{{- end }}
+{{- printf "%s:%s" $ml.image.repository $tag }}
+{{- end }}
+
+{{/* The ML replica's resources, with gpu.count GPUs as a limit (extended resources are
+     requested by their limit) when gpu.enabled. */}}
+{{- define "pgml-replica.mlResources" -}}
+{{- $ml := .Values.mlReplica }}
+{{- $resources := deepCopy ($ml.resources | default dict) }}
+{{- if $ml.gpu.enabled }}
+{{- $limits := deepCopy ($resources.limits | default dict) }}
+{{- $_ := set $limits $ml.gpu.resourceName (int $ml.gpu.count) }}
+{{- $_ := set $resources "limits" $limits }}
+{{- end }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{/* Scheduling of the ML replica's pods: its own, plus what GPU nodes need. Pod-spec keys
+     at the template's indentation; `affinity` as is (GPU nodes are chosen by nodeSelector). */}}
+{{- define "pgml-replica.mlScheduling" -}}
+{{- $ml := .Values.mlReplica }}
+{{- $nodeSelector := deepCopy ($ml.nodeSelector | default dict) }}
+{{- $tolerations := $ml.tolerations | default list }}
+{{- $runtimeClass := $ml.runtimeClassName }}
+{{- if $ml.gpu.enabled }}
+{{- $nodeSelector = merge $nodeSelector ($ml.gpu.nodeSelector | default dict) }}
+{{- $tolerations = concat $tolerations ($ml.gpu.tolerations | default list) }}
+{{- $runtimeClass = $ml.gpu.runtimeClassName | default $runtimeClass }}
+{{- end }}
+{{- with $runtimeClass }}
+runtimeClassName: {{ . | quote }}
+{{- end }}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $ml.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Pods allowed to the ML replica's Postgres and the sidecar's HTTP port under the
+     NetworkPolicies: the sidecar, this release's `helm test` pod. */}}
+{{- define "pgml-replica.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "pgml-replica.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end }}
