@@ -16,7 +16,7 @@ import re
 
 import plpy
 
-from inference.errors import PgmlError
+from inference.errors import UnknownDataset
 
 # name -> (scikit-learn loader, SQL type of the target columns)
 DATASETS = {
@@ -27,10 +27,6 @@ DATASETS = {
     "wine": ("load_wine", "integer"),
     "linnerud": ("load_linnerud", "float8"),
 }
-
-
-class UnknownDataset(PgmlError):
-    sqlstate = "22023"
 
 
 def column_name(feature: str) -> str:

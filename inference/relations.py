@@ -1,5 +1,4 @@
-"""Relations into numpy inside PL/Python: names, column checks, snapshots, loading, splitting
-(and predict_batch's array argument, read from its binary form).
+"""Relations into numpy inside PL/Python: names, column checks, snapshots, loading, splitting.
 
 Loading. One query scans the relation once and returns every column as a single bytea of
 big-endian float8 values (``string_agg(float8send(col::float8))``, NULL as NaN); numpy reads
@@ -20,14 +19,13 @@ split.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 import plpy
 
 from inference import store
-from inference.errors import InvalidData, PgmlError
+from inference.errors import InvalidData, NotNumeric, PgmlError, UnknownColumn, UnknownRelation
 
 # Base types a feature or label may have (a domain over one of them counts as that type).
 NUMERIC_TYPES = {21: "smallint", 23: "integer", 20: "bigint", 700: "real",
@@ -35,18 +33,6 @@ NUMERIC_TYPES = {21: "smallint", 23: "integer", 20: "bigint", 700: "real",
 _BOOL = 16
 _NAN = r"'\x7ff8000000000000'::bytea"
 SAMPLINGS = ("random", "first", "last")
-
-
-class UnknownRelation(PgmlError):
-    sqlstate = "42P01"  # undefined_table
-
-
-class UnknownColumn(PgmlError):
-    sqlstate = "42703"  # undefined_column
-
-
-class NotNumeric(InvalidData):
-    sqlstate = "42804"  # datatype_mismatch
 
 
 @dataclass(frozen=True)
@@ -218,31 +204,3 @@ def split(n: int, test_size: float, sampling: str, random_state: int) -> tuple[n
     train, test = train_test_split(rows, test_size=fraction, random_state=random_state,
                                    shuffle=True)
     return train, test
-
-
-def float8_array(buf: bytes) -> np.ndarray:
-    """A float8[] in array_send's binary form as float64 (NULL -> NaN), flattened.
-
-    Layout: ndim, has-nulls flag, element type, (length, lower bound) per dimension, then per
-    element an int32 byte length (-1 for NULL) and the big-endian value.
-    """
-    ndim, has_nulls, _ = struct.unpack_from(">iiI", buf, 0)
-    if ndim == 0:
-        return np.empty(0)
-    dims = struct.unpack_from(f">{2 * ndim}i", buf, 12)[0::2]
-    n = int(np.prod(dims))
-    start = 12 + 8 * ndim
-    if not has_nulls:  # fixed stride of 12 bytes: read the values in place
-        return np.ndarray((n,), dtype=">f8", buffer=buf, offset=start + 4,
-                          strides=(12,)).astype(np.float64)
-    out = np.empty(n)
-    pos = start
-    for i in range(n):
-        (length,) = struct.unpack_from(">i", buf, pos)
-        pos += 4
-        if length < 0:
-            out[i] = np.nan
-        else:
-            (out[i],) = struct.unpack_from(">d", buf, pos)
-            pos += length
-    return out

@@ -61,6 +61,26 @@ def providers() -> list[str]:
     return [CPU]
 
 
+def probe_providers(wanted: list[str]) -> list[str]:
+    """The providers a plain (ai.onnx-only) session gets when it asks for ``wanted``.
+
+    What pgml.runtime_info reports next to ``providers()``: asking is not getting (a broken
+    CUDA set-up falls back to the CPU quietly), so a one-node graph is opened to find out.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=wanted)
+    return session.get_providers()
+
+
 def _nvidia_gpu_present() -> bool:
     devices = [p for p in glob.glob("/dev/nvidia*") if os.path.basename(p)[6:].isdigit()]
     return bool(devices) and os.path.exists("/proc/driver/nvidia/version")

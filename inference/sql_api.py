@@ -1,43 +1,33 @@
 """What the pgml SQL functions call: one entry point per function of sql/20_pgml_api.sql.
 
-Runs only inside PL/Python (``import plpy``). Library errors (inference.errors) become
-PostgreSQL errors with a SQLSTATE that says what kind of mistake it was; because everything a
-function writes happens in the calling statement, an error leaves nothing behind -- a failed
-train rolls back its snapshot table, project, model and deployment rows together.
+Runs only inside PL/Python (``import plpy``). An adapter and nothing more: it turns SQL
+arguments into Python values (jsonb text into objects, predict_batch's array into numpy),
+calls the module that does the work -- projects.py (train, snapshot, deploy), deployed.py
+(the model to score with), datasets.py -- and turns what comes back into SQL results.
 
-Scoring cache, and the consistency it gives. ``pgml.predict`` passes the calling statement's
-start time (``statement_key``). The first call of a statement looks the deployment up (one
-indexed query) and keeps ``(statement_key, scorer)`` per project; later calls of the same
-statement reuse it, so a 100k-row SELECT does one lookup, not 100k. A new statement sees a new
-key and looks again, so a deployment committed by any session -- or replayed on a physical
-standby -- is used from the next statement on; within one statement every row is scored by one
-model. Changes to pgml.deployments made in this backend clear the cache at once (trigger). The
-loaded models themselves are cached by model id in store.py (model rows never change).
+Errors: every library error (inference.errors) becomes a PostgreSQL error with the SQLSTATE
+its class carries and its message as written; nothing here decides a code. Because
+everything a function writes happens in the calling statement, an error leaves nothing
+behind.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import struct
 import sys
 
 import numpy as np
 import plpy
 
-from inference import data, store
-from inference.errors import InvalidData, InvalidHyperparams, PgmlError, UnknownAlgorithm
-
-STRATEGIES = ("best_score", "most_recent", "rollback")
-SEARCHES = ("grid", "random")
-
-_SQLSTATES = ((InvalidData, "22000"), (UnknownAlgorithm, "22023"), (InvalidHyperparams, "22023"))
+from inference import deployed, projects, store
+from inference.errors import InvalidData, PgmlError
 
 
 def _raise(exc: PgmlError):
-    """Re-raise a library error as a PostgreSQL error (message as written, a fitting SQLSTATE)."""
-    sqlstate = getattr(exc, "sqlstate", None) or next(
-        (code for cls, code in _SQLSTATES if isinstance(exc, cls)), "22023")
-    plpy.error(str(exc), sqlstate=sqlstate)
+    """Re-raise a library error as a PostgreSQL error: its message, its class's SQLSTATE."""
+    plpy.error(str(exc), sqlstate=exc.sqlstate)
 
 
 def _entry(fn):
@@ -50,11 +40,9 @@ def _entry(fn):
     return wrapper
 
 
-def _object(value: str | None, what: str) -> dict:
-    parsed = json.loads(value) if value else {}
-    if not isinstance(parsed, dict):
-        raise PgmlError(f"{what} must be a JSON object like '{{\"key\": 1}}', got {value}")
-    return parsed
+def _json(value: str | None):
+    """A jsonb argument (PL/Python passes its text) as a Python value; NULL as {}."""
+    return json.loads(value) if value else {}
 
 
 # -- installation --------------------------------------------------------------------------
@@ -87,181 +75,30 @@ def environment() -> str:
                        "python": sys.version.split()[0], "versions": versions})
 
 
-# -- training ------------------------------------------------------------------------------
+# -- training and deployment ---------------------------------------------------------------
 
 
 @_entry
 def train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search,
           search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess,
           joint=False):
-    from inference import algorithms, training
-
-    if not project_name:
-        raise PgmlError("project_name must not be empty")
-    project = store.project(project_name)
-    task = _task(task, project, project_name)
-    algorithm = algorithms.canonical_name(algorithm or "linear")
-    algorithms.spec(algorithm, task)  # an unknown name fails before any data work
-    if joint and task != "regression":
-        raise PgmlError("pgml.train_joint trains regression only; use task => 'regression'")
-    search = search.strip().lower() if search else None
-    if search is not None and search not in SEARCHES:
-        raise PgmlError(f"search {search!r} is not one of {', '.join(SEARCHES)}")
-    hyperparams = _object(hyperparams, "hyperparams")
-    search_params = _object(search_params, "search_params")
-    search_args = _object(search_args, "search_args")
-    preprocess = _object(preprocess, "preprocess")
-
-    y_columns = _y_columns(y_column_name, joint)
-    snap, n, values = _snapshot_for(project, project_name, relation_name, y_columns,
-                                    test_size, test_sampling)
-    if len(snap.y_column_name) > 1 and not joint:
-        raise PgmlError(f"project {project_name!r} has several y columns; use pgml.train_joint")
-    for y in snap.y_column_name:
-        missing = int(np.isnan(values[y]).sum())
-        if missing:
-            raise InvalidData(f"y column {y!r} has {missing} NULL value(s); train on a view "
-                              f"that filters them out (WHERE {y} IS NOT NULL) or fills them")
-    features = snap.features
-    train_rows, test_rows = data.split(n, snap.test_size, snap.test_sampling, snap.random_state)
-    X_train, X_test = (data.gather(values, features, rows) for rows in (train_rows, test_rows))
-    Y_train, Y_test = (data.gather(values, snap.y_column_name, rows)
-                       for rows in (train_rows, test_rows))
-    if not joint:
-        Y_train, Y_test = Y_train.reshape(-1), Y_test.reshape(-1)
-    result = training.train(
-        task, algorithm, X_train, Y_train, X_test, Y_test,
-        feature_names=features, hyperparams=hyperparams, preprocess=preprocess, search=search,
-        search_params=search_params, search_args=search_args, joint=joint,
-        random_state=snap.random_state)
-
-    if project is None:
-        project = store.create_project(project_name, task)
-    model_id = store.insert_model(project.id, snap.id, algorithm, len(features), result, search,
-                                  search_params, search_args, joint)
-    deployed = bool(automatic_deploy) and _beats_deployed(project.id, task, result.metrics)
-    if deployed:
-        store.deploy(project.id, model_id, "new_score")
-    return [(project.name, task, algorithm, "deployed" if deployed else "not deployed")]
-
-
-def _task(task: str | None, project: store.Project | None, name: str) -> str:
-    from inference.algorithms import normalize_task
-
-    if task is None:
-        if project is None:
-            raise store.UnknownProject(
-                f"project {name!r} does not exist yet; its first pgml.train needs task, "
-                "relation_name and y_column_name")
-        return project.task
-    task = normalize_task(task)
-    if project is not None and task != project.task:
-        raise PgmlError(f"project {name!r} is a {project.task} project, not {task}; "
-                        "train under a new project name")
-    return task
-
-
-def _y_columns(y_column_name, joint: bool) -> list[str] | None:
-    if y_column_name is None:
-        return None
-    y = list(y_column_name) if joint else [y_column_name]
-    if not y or any(not c for c in y):
-        raise PgmlError("y_column_name must name at least one column")
-    return y
-
-
-def _snapshot_for(project, project_name, relation_name, y_columns, test_size, test_sampling):
-    """A new snapshot when relation_name is given, else the project's latest, reloaded."""
-    previous = store.project_snapshot(project.id) if project else None
-    if relation_name is None:
-        if previous is None:
-            raise store.UnknownProject(
-                f"project {project_name!r} has no snapshot yet; its first pgml.train needs "
-                "relation_name and y_column_name")
-        if y_columns and y_columns != previous.y_column_name:
-            raise PgmlError(
-                f"y_column_name {y_columns} differs from the project's snapshot "
-                f"({previous.y_column_name}); pass relation_name to take a new snapshot")
-        try:
-            oid, _ = data.resolve(previous.table)
-        except data.UnknownRelation:
-            raise data.UnknownRelation(
-                f"the snapshot table {previous.table} of project {project_name!r} was dropped; "
-                "pass relation_name to take a new snapshot") from None
-        n, values = data.load(previous.table, data.columns(oid))
-        return previous, n, values
-    if not y_columns:
-        if previous is None:
-            raise PgmlError("y_column_name is required for the first pgml.train of a project")
-        y_columns = previous.y_column_name
-    return _take_snapshot(relation_name, y_columns, test_size, test_sampling)
-
-
-def _take_snapshot(relation_name, y_columns, test_size, test_sampling):
-    oid, source = data.resolve(relation_name)
-    cols = data.columns(oid)
-    data.check_columns(source, cols, y_columns)
-    fraction = data.test_fraction(test_size)
-    sampling = data.check_sampling(test_sampling)
-    meta = [{"name": c.name, "pg_type": c.pg_type, "position": c.position,
-             "nullable": c.nullable, "label": c.name in y_columns} for c in cols]
-    snap = store.new_snapshot(source, y_columns, fraction, sampling, meta)
-    data.materialize(snap, source, cols)
-    n, values = data.load(snap.table, cols)
-    store.finish_snapshot(snap.id, n, data.analyze(values))
-    return snap, n, values
-
-
-def _beats_deployed(project_id: int, task: str, metrics: dict) -> bool:
-    """Automatic deployment: no model deployed yet, or a strictly better key metric."""
-    from inference.training import key_metric
-
-    current = store.current_deployment(project_id)
-    if current is None:
-        return True
-    metric, higher_is_better = key_metric(task)
-    new, old = metrics.get(metric), current.metrics.get(metric)
-    if new is None:
-        return False
-    if old is None:
-        return True
-    return new > old if higher_is_better else new < old
+    return [projects.train(project_name, task, relation_name, y_column_name, algorithm,
+                           _json(hyperparams), search, _json(search_params), _json(search_args),
+                           test_size, test_sampling, automatic_deploy, _json(preprocess),
+                           joint=joint)]
 
 
 @_entry
 def snapshot(relation_name, y_column_name, test_size, test_sampling):
     if not y_column_name:
         raise PgmlError("y_column_name must name a column")
-    snap, n, _ = _take_snapshot(relation_name, [y_column_name], test_size, test_sampling)
+    snap, _, _ = projects.take_snapshot(relation_name, [y_column_name], test_size, test_sampling)
     return [(snap.relation_name, y_column_name, snap.id, snap.table)]
 
 
 @_entry
 def deploy(project_name, strategy, algorithm_name):
-    from inference.algorithms import canonical_name
-    from inference.training import key_metric
-
-    project = store.require_project(project_name)
-    strategy = (strategy or "").strip().lower()
-    if strategy not in STRATEGIES:
-        raise PgmlError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
-    algorithm = canonical_name(algorithm_name) if algorithm_name else None
-    if strategy == "best_score":
-        chosen = store.best_model(project.id, algorithm, *key_metric(project.task))
-    elif strategy == "most_recent":
-        chosen = store.most_recent_model(project.id, algorithm)
-    else:
-        current = store.current_deployment(project.id)
-        if current is None:
-            raise store.NotDeployed(f"project {project_name!r} has no deployment to roll back")
-        chosen = store.rollback_model(project.id, current.model_id, algorithm)
-    if chosen is None:
-        which = f" with algorithm {algorithm!r}" if algorithm else ""
-        raise store.NotDeployed(
-            f"project {project_name!r} has no model{which} to deploy with strategy {strategy!r}"
-            + (" (no earlier deployment of another model)" if strategy == "rollback" else ""))
-    store.deploy(project.id, chosen[0], strategy)
-    return [(project.name, project.task, chosen[1])]
+    return [projects.deploy(project_name, strategy, algorithm_name)]
 
 
 @_entry
@@ -273,61 +110,39 @@ def load_dataset(source):
 
 # -- scoring -------------------------------------------------------------------------------
 
-_DEPLOYED: dict[str, tuple] = {}
-
-
-def forget_deployments() -> None:
-    _DEPLOYED.clear()
-
-
-def _deployed(project_name: str, statement_key: float) -> tuple:
-    model_id = store.deployed_model(project_name)
-    scorer, joint = store.loaded(model_id)
-    entry = (statement_key, scorer, joint, model_id)
-    _DEPLOYED[project_name] = entry
-    return entry
-
 
 def predict(project_name, features, statement_key):
     """The per-row hot path: a dict lookup and Scorer.predict_one on PL/Python's list."""
     try:
-        entry = _DEPLOYED.get(project_name)
-        if entry is None or entry[0] != statement_key:
-            entry = _deployed(project_name, statement_key)
-        if entry[2]:
+        model = deployed.for_statement(project_name, statement_key)
+        if model.joint:
             raise PgmlError(f"project {project_name!r} is a joint model; use pgml.predict_joint")
-        return entry[1].predict_one(features)
+        return model.scorer.predict_one(features)
     except PgmlError as exc:
         _raise(exc)
 
 
 @_entry
 def predict_proba(project_name, features, statement_key):
-    entry = _DEPLOYED.get(project_name)
-    if entry is None or entry[0] != statement_key:
-        entry = _deployed(project_name, statement_key)
-    return entry[1].predict_proba(np.array(features, dtype=np.float64))[0].tolist()
+    model = deployed.for_statement(project_name, statement_key)
+    return model.scorer.predict_proba(np.array(features, dtype=np.float64))[0].tolist()
 
 
 @_entry
 def predict_joint(project_name, features, statement_key):
-    entry = _DEPLOYED.get(project_name)
-    if entry is None or entry[0] != statement_key:
-        entry = _deployed(project_name, statement_key)
-    if not entry[2]:
+    model = deployed.for_statement(project_name, statement_key)
+    if not model.joint:
         raise PgmlError(f"project {project_name!r} is not a joint model; use pgml.predict")
-    return np.asarray(entry[1].predict(np.array(features, dtype=np.float64))).reshape(-1).tolist()
+    return np.asarray(model.scorer.predict(np.array(features, dtype=np.float64))).reshape(-1).tolist()
 
 
 @_entry
 def predict_batch(project_name, features: bytes, statement_key):
-    entry = _DEPLOYED.get(project_name)
-    if entry is None or entry[0] != statement_key:
-        entry = _deployed(project_name, statement_key)
-    if entry[2]:
+    model = deployed.for_statement(project_name, statement_key)
+    if model.joint:
         raise PgmlError(f"project {project_name!r} is a joint model; use pgml.predict_joint")
-    scorer = entry[1]
-    values = data.float8_array(features)
+    scorer = model.scorer
+    values = float8_array(features)
     if values.size % scorer.n_features:
         raise InvalidData(f"predict_batch got {values.size} values, which is not a whole number "
                           f"of rows of {scorer.n_features} features")
@@ -351,10 +166,10 @@ def _batch_threads(n_rows: int) -> int:
 
 @_entry
 def model_predict(model_id, features):
-    scorer, joint = store.loaded(model_id)
-    if joint:
+    model = deployed.loaded(model_id)
+    if model.joint:
         raise PgmlError(f"model {model_id} is a joint model; pgml.model_predict returns one value")
-    return scorer.predict_one(features)
+    return model.scorer.predict_one(features)
 
 
 @_entry
@@ -368,29 +183,49 @@ def runtime_info(project_name=None) -> str:
         "onnxruntime": ort.__version__,
         "available_providers": ort.get_available_providers(),
         "requested_providers": runtime.providers(),
-        "probe_session_providers": _probe_providers(runtime.providers()),
+        "probe_session_providers": runtime.probe_providers(runtime.providers()),
         "sessions": [{"model_id": model_id, "runtime": s.runtime, "providers": list(s.providers)}
-                     for model_id, s in store.cached_scorers().items()],
+                     for model_id, s in deployed.cached_scorers().items()],
     }
     if project_name is not None:
         model_id = store.deployed_model(project_name)
-        s = store.scorer(model_id)
+        s = deployed.loaded(model_id).scorer
         info["project"] = {"name": project_name, "model_id": model_id, "runtime": s.runtime,
                            "providers": list(s.providers)}
     return json.dumps(info)
 
 
-def _probe_providers(wanted: list[str]) -> list[str]:
-    """The providers a plain (ai.onnx-only) session gets when it asks for ``wanted``."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+def forget_deployments() -> None:
+    """The pgml_forget_deployments trigger: pgml.deployments changed in this backend."""
+    deployed.forget_deployments()
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])
-    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "probe", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = min(model.ir_version, 9)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=wanted)
-    return session.get_providers()
+
+# -- arguments -----------------------------------------------------------------------------
+
+
+def float8_array(buf: bytes) -> np.ndarray:
+    """A float8[] in array_send's binary form as float64 (NULL -> NaN), flattened.
+
+    Layout: ndim, has-nulls flag, element type, (length, lower bound) per dimension, then per
+    element an int32 byte length (-1 for NULL) and the big-endian value.
+    """
+    ndim, has_nulls, _ = struct.unpack_from(">iiI", buf, 0)
+    if ndim == 0:
+        return np.empty(0)
+    dims = struct.unpack_from(f">{2 * ndim}i", buf, 12)[0::2]
+    n = int(np.prod(dims))
+    start = 12 + 8 * ndim
+    if not has_nulls:  # fixed stride of 12 bytes: read the values in place
+        return np.ndarray((n,), dtype=">f8", buffer=buf, offset=start + 4,
+                          strides=(12,)).astype(np.float64)
+    out = np.empty(n)
+    pos = start
+    for i in range(n):
+        (length,) = struct.unpack_from(">i", buf, pos)
+        pos += 4
+        if length < 0:
+            out[i] = np.nan
+        else:
+            (out[i],) = struct.unpack_from(">d", buf, pos)
+            pos += length
+    return out

@@ -1,40 +1,23 @@
-"""The pgml tables, read and written from inside PL/Python; and the per-backend model cache.
+"""The pgml tables, read and written from inside PL/Python.
 
 Every statement here is a prepared plan kept for the life of the backend, with values bound as
-parameters: no name or value is ever pasted into SQL text. Only this module (and data.py for
-the snapshot tables themselves) touches the pgml tables, so their layout is known in one place
-next to sql/10_pgml_schema.sql.
+parameters: no name or value is ever pasted into SQL text. Only this module (and relations.py
+for the snapshot tables themselves) touches the pgml tables, so their layout is known in one
+place next to sql/10_pgml_schema.sql.
 
-Caching: a model row never changes after training (rows are inserted, never updated), so a
-loaded Scorer is cached by model id for the life of the backend. Which model a project has
-deployed *does* change, and may change in another session or arrive through WAL replay on a
-standby, so that lookup is never cached here; sql_api caches it per statement.
+Nothing read here is cached here: what may be cached, and for how long, is decided in one
+place, deployed.py (loaded models by id for the life of the backend; which model a project has
+deployed, per statement).
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import plpy
 
-from inference.errors import PgmlError
-
-MAX_CACHED_SCORERS = 32
-
-
-class UnknownProject(PgmlError):
-    sqlstate = "42704"  # undefined_object
-
-
-class UnknownModel(PgmlError):
-    sqlstate = "42704"
-
-
-class NotDeployed(PgmlError):
-    sqlstate = "55000"  # object_not_in_prerequisite_state
-
+from inference.errors import NotDeployed, UnknownModel, UnknownProject
 
 _PLANS: dict[str, object] = {}
 
@@ -185,20 +168,34 @@ def insert_model(project_id: int, snapshot_id: int, algorithm: str, num_features
 
 
 @dataclass(frozen=True)
-class Deployed:
+class Deployment:
+    """The project's current deployment: its model, that model's algorithm and metrics."""
+
     model_id: int
     algorithm: str
     metrics: dict
 
 
-def current_deployment(project_id: int) -> Deployed | None:
+@dataclass(frozen=True)
+class Candidate:
+    """A model a deploy strategy chose."""
+
+    model_id: int
+    algorithm: str
+
+
+def _candidate(rows) -> Candidate | None:
+    return Candidate(rows[0]["id"], rows[0]["algorithm"]) if rows.nrows() else None
+
+
+def current_deployment(project_id: int) -> Deployment | None:
     rows = query(
         "SELECT d.model_id, m.algorithm, m.metrics::text AS metrics FROM pgml.deployments d"
         " JOIN pgml.models m ON m.id = d.model_id WHERE d.project_id = $1"
         " ORDER BY d.created_at DESC, d.id DESC LIMIT 1", ("int8",), (project_id,))
     if not rows.nrows():
         return None
-    return Deployed(rows[0]["model_id"], rows[0]["algorithm"], json.loads(rows[0]["metrics"] or "{}"))
+    return Deployment(rows[0]["model_id"], rows[0]["algorithm"], json.loads(rows[0]["metrics"] or "{}"))
 
 
 def deploy(project_id: int, model_id: int, strategy: str) -> None:
@@ -206,33 +203,35 @@ def deploy(project_id: int, model_id: int, strategy: str) -> None:
           ("int8", "int8", "text"), (project_id, model_id, strategy))
 
 
-def best_model(project_id: int, algorithm: str | None, metric: str, higher_is_better: bool):
-    """(id, algorithm) of the model with the best key metric, compared as numbers."""
+def best_model(project_id: int, algorithm: str | None, metric: str,
+               higher_is_better: bool) -> Candidate | None:
+    """The model with the best key metric, compared as numbers."""
     rows = query(
         "SELECT id, algorithm FROM pgml.models WHERE project_id = $1"
         " AND ($2::text IS NULL OR algorithm = $2) AND jsonb_typeof(metrics -> $3) = 'number'"
         " ORDER BY (metrics ->> $3)::float8 * $4, created_at DESC, id DESC LIMIT 1",
         ("int8", "text", "text", "float8"),
         (project_id, algorithm, metric, -1.0 if higher_is_better else 1.0))
-    return (rows[0]["id"], rows[0]["algorithm"]) if rows.nrows() else None
+    return _candidate(rows)
 
 
-def most_recent_model(project_id: int, algorithm: str | None):
+def most_recent_model(project_id: int, algorithm: str | None) -> Candidate | None:
     rows = query(
         "SELECT id, algorithm FROM pgml.models WHERE project_id = $1"
         " AND ($2::text IS NULL OR algorithm = $2) ORDER BY created_at DESC, id DESC LIMIT 1",
         ("int8", "text"), (project_id, algorithm))
-    return (rows[0]["id"], rows[0]["algorithm"]) if rows.nrows() else None
+    return _candidate(rows)
 
 
-def rollback_model(project_id: int, current_model_id: int, algorithm: str | None):
+def rollback_model(project_id: int, current_model_id: int,
+                   algorithm: str | None) -> Candidate | None:
     """The model of the latest deployment that is not the current model (PostgresML's rule)."""
     rows = query(
         "SELECT m.id, m.algorithm FROM pgml.deployments d JOIN pgml.models m ON m.id = d.model_id"
         " WHERE d.project_id = $1 AND d.model_id <> $2 AND ($3::text IS NULL OR m.algorithm = $3)"
         " ORDER BY d.created_at DESC, d.id DESC LIMIT 1",
         ("int8", "int8", "text"), (project_id, current_model_id, algorithm))
-    return (rows[0]["id"], rows[0]["algorithm"]) if rows.nrows() else None
+    return _candidate(rows)
 
 
 def deployed_model(project_name: str) -> int:
@@ -252,19 +251,22 @@ def deployed_model(project_name: str) -> int:
     return rows[0]["model_id"]
 
 
-# -- loaded models -------------------------------------------------------------------------
-
-_LOADED: OrderedDict[int, tuple[object, bool]] = OrderedDict()
+# -- model files ---------------------------------------------------------------------------
 
 
-def loaded(model_id: int) -> tuple[object, bool]:
-    """(Scorer, joint) for a model, from this backend's cache when it is there."""
-    found = _LOADED.get(model_id)
-    if found is not None:
-        _LOADED.move_to_end(model_id)
-        return found
-    from inference.runtime import load_scorer
+@dataclass(frozen=True)
+class StoredModel:
+    """What a Scorer is built from: the served file (ONNX graph or native pickle) and shape."""
 
+    runtime: str
+    task: str
+    num_features: int
+    joint: bool
+    data: bytes
+
+
+def stored_model(model_id: int) -> StoredModel:
+    """The model's served file, reassembled from its parts; UnknownModel when there is none."""
     rows = query(
         "SELECT m.runtime, m.num_features, m.joint, p.task,"
         " (SELECT string_agg(f.data, ''::bytea ORDER BY f.part) FROM pgml.files f"
@@ -275,18 +277,4 @@ def loaded(model_id: int) -> tuple[object, bool]:
     if not rows.nrows():
         raise UnknownModel(f"model {model_id} does not exist (see the table pgml.models)")
     row = rows[0]
-    onnx, native = (row["data"], None) if row["runtime"] == "onnx" else (None, row["data"])
-    found = (load_scorer(row["runtime"], onnx, native, row["task"], row["num_features"]),
-             row["joint"])
-    _LOADED[model_id] = found
-    while len(_LOADED) > MAX_CACHED_SCORERS:
-        _LOADED.popitem(last=False)
-    return found
-
-
-def scorer(model_id: int):
-    return loaded(model_id)[0]
-
-
-def cached_scorers() -> dict[int, object]:
-    return {model_id: entry[0] for model_id, entry in _LOADED.items()}
+    return StoredModel(row["runtime"], row["task"], row["num_features"], row["joint"], row["data"])

@@ -1,0 +1,210 @@
+"""What pgml.train, pgml.snapshot and pgml.deploy do to a project, step by step.
+
+Training: check the arguments (an unknown algorithm fails before any data work), take a new
+snapshot of the relation or reload the project's latest one, split it, train
+(``inference.training``), store the model and, with automatic_deploy, deploy it when it beats
+the deployed model on the task's key metric. Deploying: choose a model by strategy
+(PostgresML's best_score, most_recent, rollback) and record the deployment.
+
+Everything here writes in the calling statement, through store.py and relations.py, so an
+error anywhere leaves nothing behind: a failed train rolls back its snapshot table, project,
+model and deployment rows together. Arguments arrive as Python values (sql_api.py adapts them
+from SQL); errors are the classes of inference.errors.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from inference import relations, store
+from inference.errors import InvalidData, NotDeployed, PgmlError, UnknownProject, UnknownRelation
+
+STRATEGIES = ("best_score", "most_recent", "rollback")
+SEARCHES = ("grid", "random")
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search,
+          search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess,
+          joint=False):
+    """Train a model for the project; (project, task, algorithm, deployment status)."""
+    from inference import algorithms, training
+
+    if not project_name:
+        raise PgmlError("project_name must not be empty")
+    project = store.project(project_name)
+    task = _task(task, project, project_name)
+    algorithm = algorithms.canonical_name(algorithm or "linear")
+    algorithms.spec(algorithm, task)  # an unknown name fails before any data work
+    if joint and task != "regression":
+        raise PgmlError("pgml.train_joint trains regression only; use task => 'regression'")
+    search = search.strip().lower() if search else None
+    if search is not None and search not in SEARCHES:
+        raise PgmlError(f"search {search!r} is not one of {', '.join(SEARCHES)}")
+    hyperparams = _object(hyperparams, "hyperparams")
+    search_params = _object(search_params, "search_params")
+    search_args = _object(search_args, "search_args")
+    preprocess = _object(preprocess, "preprocess")
+
+    y_columns = _y_columns(y_column_name, joint)
+    snap, n, values = _snapshot_for(project, project_name, relation_name, y_columns,
+                                    test_size, test_sampling)
+    if len(snap.y_column_name) > 1 and not joint:
+        raise PgmlError(f"project {project_name!r} has several y columns; use pgml.train_joint")
+    for y in snap.y_column_name:
+        missing = int(np.isnan(values[y]).sum())
+        if missing:
+            raise InvalidData(f"y column {y!r} has {missing} NULL value(s); train on a view "
+                              f"that filters them out (WHERE {y} IS NOT NULL) or fills them")
+    features = snap.features
+    train_rows, test_rows = relations.split(n, snap.test_size, snap.test_sampling,
+                                            snap.random_state)
+    X_train, X_test = (relations.gather(values, features, rows) for rows in (train_rows, test_rows))
+    Y_train, Y_test = (relations.gather(values, snap.y_column_name, rows)
+                       for rows in (train_rows, test_rows))
+    if not joint:
+        Y_train, Y_test = Y_train.reshape(-1), Y_test.reshape(-1)
+    result = training.train(
+        task, algorithm, X_train, Y_train, X_test, Y_test,
+        feature_names=features, hyperparams=hyperparams, preprocess=preprocess, search=search,
+        search_params=search_params, search_args=search_args, joint=joint,
+        random_state=snap.random_state)
+
+    if project is None:
+        project = store.create_project(project_name, task)
+    model_id = store.insert_model(project.id, snap.id, algorithm, len(features), result, search,
+                                  search_params, search_args, joint)
+    deployed = bool(automatic_deploy) and _beats_deployed(project.id, task, result.metrics)
+    if deployed:
+        store.deploy(project.id, model_id, "new_score")
+    return project.name, task, algorithm, "deployed" if deployed else "not deployed"
+
+
+def _object(value, what: str) -> dict:
+    """A jsonb argument, already parsed, that must be an object."""
+    if not isinstance(value, dict):
+        raise PgmlError(f"{what} must be a JSON object like '{{\"key\": 1}}', "
+                        f"got {json.dumps(value)}")
+    return value
+
+
+def _task(task: str | None, project: store.Project | None, name: str) -> str:
+    from inference.algorithms import normalize_task
+
+    if task is None:
+        if project is None:
+            raise UnknownProject(
+                f"project {name!r} does not exist yet; its first pgml.train needs task, "
+                "relation_name and y_column_name")
+        return project.task
+    task = normalize_task(task)
+    if project is not None and task != project.task:
+        raise PgmlError(f"project {name!r} is a {project.task} project, not {task}; "
+                        "train under a new project name")
+    return task
+
+
+def _y_columns(y_column_name, joint: bool) -> list[str] | None:
+    if y_column_name is None:
+        return None
+    y = list(y_column_name) if joint else [y_column_name]
+    if not y or any(not c for c in y):
+        raise PgmlError("y_column_name must name at least one column")
+    return y
+
+
+def _beats_deployed(project_id: int, task: str, metrics: dict) -> bool:
+    """Automatic deployment: no model deployed yet, or a strictly better key metric."""
+    from inference.training import key_metric
+
+    current = store.current_deployment(project_id)
+    if current is None:
+        return True
+    metric, higher_is_better = key_metric(task)
+    new, old = metrics.get(metric), current.metrics.get(metric)
+    if new is None:
+        return False
+    if old is None:
+        return True
+    return new > old if higher_is_better else new < old
+
+
+# -- snapshots -----------------------------------------------------------------------------
+
+
+def _snapshot_for(project, project_name, relation_name, y_columns, test_size, test_sampling):
+    """A new snapshot when relation_name is given, else the project's latest, reloaded."""
+    previous = store.project_snapshot(project.id) if project else None
+    if relation_name is None:
+        if previous is None:
+            raise UnknownProject(
+                f"project {project_name!r} has no snapshot yet; its first pgml.train needs "
+                "relation_name and y_column_name")
+        if y_columns and y_columns != previous.y_column_name:
+            raise PgmlError(
+                f"y_column_name {y_columns} differs from the project's snapshot "
+                f"({previous.y_column_name}); pass relation_name to take a new snapshot")
+        try:
+            oid, _ = relations.resolve(previous.table)
+        except UnknownRelation:
+            raise UnknownRelation(
+                f"the snapshot table {previous.table} of project {project_name!r} was dropped; "
+                "pass relation_name to take a new snapshot") from None
+        n, values = relations.load(previous.table, relations.columns(oid))
+        return previous, n, values
+    if not y_columns:
+        if previous is None:
+            raise PgmlError("y_column_name is required for the first pgml.train of a project")
+        y_columns = previous.y_column_name
+    return take_snapshot(relation_name, y_columns, test_size, test_sampling)
+
+
+def take_snapshot(relation_name, y_columns, test_size, test_sampling):
+    """Copy the relation into a new snapshot table; (snapshot, rows, column values)."""
+    oid, source = relations.resolve(relation_name)
+    cols = relations.columns(oid)
+    relations.check_columns(source, cols, y_columns)
+    fraction = relations.test_fraction(test_size)
+    sampling = relations.check_sampling(test_sampling)
+    meta = [{"name": c.name, "pg_type": c.pg_type, "position": c.position,
+             "nullable": c.nullable, "label": c.name in y_columns} for c in cols]
+    snap = store.new_snapshot(source, y_columns, fraction, sampling, meta)
+    relations.materialize(snap, source, cols)
+    n, values = relations.load(snap.table, cols)
+    store.finish_snapshot(snap.id, n, relations.analyze(values))
+    return snap, n, values
+
+
+# -- deployment ----------------------------------------------------------------------------
+
+
+def deploy(project_name, strategy, algorithm_name):
+    """Deploy the model the strategy chooses; (project, task, algorithm)."""
+    from inference.algorithms import canonical_name
+    from inference.training import key_metric
+
+    project = store.require_project(project_name)
+    strategy = (strategy or "").strip().lower()
+    if strategy not in STRATEGIES:
+        raise PgmlError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    algorithm = canonical_name(algorithm_name) if algorithm_name else None
+    if strategy == "best_score":
+        chosen = store.best_model(project.id, algorithm, *key_metric(project.task))
+    elif strategy == "most_recent":
+        chosen = store.most_recent_model(project.id, algorithm)
+    else:
+        current = store.current_deployment(project.id)
+        if current is None:
+            raise NotDeployed(f"project {project_name!r} has no deployment to roll back")
+        chosen = store.rollback_model(project.id, current.model_id, algorithm)
+    if chosen is None:
+        which = f" with algorithm {algorithm!r}" if algorithm else ""
+        raise NotDeployed(
+            f"project {project_name!r} has no model{which} to deploy with strategy {strategy!r}"
+            + (" (no earlier deployment of another model)" if strategy == "rollback" else ""))
+    store.deploy(project.id, chosen.model_id, strategy)
+    return project.name, project.task, chosen.algorithm
