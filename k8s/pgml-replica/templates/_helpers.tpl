@@ -125,3 +125,30 @@ app.kubernetes.io/name: {{ include "pgml-replica.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: test
 {{- end }}
+
+{{- define "pgml-replica.cnpg" -}}
+{{- if and .Values.mlReplica.enabled .Values.mlReplica.readReplicas.cnpg.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The ML replica's Postgres pods: the StatefulSet's, or every instance of the CNPG Cluster. */}}
+{{- define "pgml-replica.mlPodSelector" -}}
+{{- if include "pgml-replica.cnpg" . }}
+cnpg.io/cluster: {{ include "pgml-replica.mlName" . }}
+{{- else }}
+{{- include "pgml-replica.mlSelectorLabels" . }}
+{{- end }}
+{{- end }}
+
+{{/* The sidecar's target host: the StatefulSet's headless Service, or CNPG's read-write one. */}}
+{{- define "pgml-replica.mlHost" -}}
+{{- if include "pgml-replica.cnpg" . }}
+{{- printf "%s-rw" (include "pgml-replica.mlName" .) }}
+{{- else }}
+{{- include "pgml-replica.mlName" . }}
+{{- end }}
+{{- end }}
+
+{{/* The key of the postgres password in the ML Secret: CNPG reads a basic-auth Secret. */}}
+{{- define "pgml-replica.mlPasswordKey" -}}
+{{- if include "pgml-replica.cnpg" . }}password{{ else }}postgres-password{{ end }}
+{{- end }}
