@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,16 @@ def ml_prefix(install_root) -> Path:
     run_script(str(DEPLOY / "install-ml-replica.sh"), str(prefix), "cpu", str(ROOT),
                PGML_REPLICA_REUSE_SITE=str(reuse))
     return prefix
+
+
+def wait_for(cond, timeout: float, what: str, every: float = 0.2):
+    """Poll ``cond`` until truthy; fail after ``timeout``. (Own copy: these tests import
+    nothing of the checkout's replica/, which the installed copy must do without.)"""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

@@ -23,8 +23,7 @@ import pytest
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 
-from tests.deploy.conftest import ROOT, scrubbed_env, site_packages
-from tests.replica.conftest import wait_for
+from tests.deploy.conftest import ROOT, scrubbed_env, site_packages, wait_for
 
 SHIPPED = ("replica", "decoder", "inference", "sql")
 
