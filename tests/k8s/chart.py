@@ -16,6 +16,7 @@ CHART = ROOT / "k8s" / "pgml-replica"
 K8S_VERSION = "1.37"
 EXISTING = {"connection": {"existingSecret": "pgml-dsn"}}
 ML = {**EXISTING, "mlReplica": {"enabled": True}}
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]  # default tag
 
 # Custom resources that kubernetes-validate has no schema for: their tests check them by hand.
 # Prometheus Operator (ServiceMonitor, PrometheusRule) and CloudNativePG (Cluster).

@@ -27,16 +27,51 @@ def quiet_helm():
     helm.disable_logging()
 
 
-@pytest.mark.parametrize("values", [
-    EXISTING,
-    {**EXISTING, "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
-     "grafanaDashboard": {"enabled": True}, "mlReplica": {"enabled": True}},
-    {"connection": {"source": "host=s", "target": "host=t"}},
-])
+# The value sets every chart-wide check runs over: what users install.
+VALUE_SETS = {
+    "defaults": EXISTING,
+    "monitoring": {**EXISTING, "serviceMonitor": {"enabled": True},
+                   "prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True},
+                   "mlReplica": {"enabled": True}},
+    "inline-dsns": {"connection": {"source": "host=s", "target": "host=t"}},
+    "gpu": {**EXISTING, "mlReplica": {"enabled": True, "gpu": {"enabled": True,
+                                                               "runtimeClassName": "nvidia"}}},
+    "network-policy": {**EXISTING, "mlReplica": {"enabled": True},
+                       "networkPolicy": {"enabled": True, "fdwCIDRs": ["10.0.16.0/20"]},
+                       "podDisruptionBudget": {"enabled": True}},
+    "cnpg": {**EXISTING, "serviceMonitor": {"enabled": True},
+             "networkPolicy": {"enabled": True},
+             "mlReplica": {"enabled": True, "gpu": {"enabled": True},
+                           "readReplicas": {"cnpg": {"enabled": True, "instances": 3}}}},
+    "irsa": {**EXISTING, "serviceAccount": {"annotations": {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/pgml-replica"}}},
+}
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS.values()), ids=list(VALUE_SETS))
 def test_lint_is_clean(values):
     report = helm.lint(CHART, values, strict=True, kube_version="v1.37.0")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS.values()), ids=list(VALUE_SETS))
+def test_every_value_set_renders_valid_hardened_objects(values):
+    """Each manifest, the test hook included, validates against Kubernetes 1.37 (render does
+    it); every pod the chart makes runs as non-root without privilege escalation."""
+    m = render(values, hooks=True)
+    pods = [d["spec"]["template"]["spec"] for d in m.values()
+            if d["kind"] in ("Deployment", "StatefulSet")] + \
+        [d["spec"] for d in m.values() if d["kind"] == "Pod"]
+    assert pods
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    for doc in m.values():
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "pgml-replica"
 
 
 def test_default_install_with_an_existing_secret():

@@ -8,7 +8,18 @@ from __future__ import annotations
 import helm_python as helm
 import pytest
 
-from tests.k8s.chart import CHART, EXISTING, ML, env_of, ml_pod, notes, of_kind, only, render
+from tests.k8s.chart import (
+    APP_VERSION,
+    CHART,
+    EXISTING,
+    ML,
+    env_of,
+    ml_pod,
+    notes,
+    of_kind,
+    only,
+    render,
+)
 
 GPU = {**EXISTING, "mlReplica": {"enabled": True, "gpu": {"enabled": True}}}
 CNPG = {**EXISTING, "mlReplica": {"enabled": True,
@@ -45,7 +56,7 @@ def test_lint_is_clean(values):
 def test_cpu_default_is_the_plain_image_with_no_gpu_and_a_memory_dev_shm():
     m = render(ML)
     pg, pod = postgres(m), ml_pod(m)
-    assert pg["image"] == "pgml-replica/ml-replica:0.1.0"
+    assert pg["image"] == f"pgml-replica/ml-replica:{APP_VERSION}"
     assert not any("gpu" in k for k in pg["resources"].get("limits", {}))
     assert "runtimeClassName" not in pod and "tolerations" not in pod
     assert "nodeSelector" not in pod and "affinity" not in pod
@@ -63,7 +74,7 @@ def test_shm_size_is_configurable():
 def test_gpu_switches_the_image_and_asks_for_a_gpu():
     m = render(GPU)
     pg, pod = postgres(m), ml_pod(m)
-    assert pg["image"] == "pgml-replica/ml-replica:0.1.0-gpu"
+    assert pg["image"] == f"pgml-replica/ml-replica:{APP_VERSION}-gpu"
     assert pg["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pg["resources"]["limits"]["memory"] == "4Gi"  # the CPU limits stay
     assert pg["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
@@ -73,7 +84,7 @@ def test_gpu_switches_the_image_and_asks_for_a_gpu():
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
     # the sidecar's image is not the GPU one
     [sidecar] = only(m, "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert sidecar["image"] == "pgml-replica/sidecar:0.1.0"
+    assert sidecar["image"] == f"pgml-replica/sidecar:{APP_VERSION}"
 
 
 def test_gpu_scheduling_is_configurable():
@@ -119,7 +130,7 @@ def test_cnpg_renders_a_cluster_instead_of_the_statefulset():
     assert set(spec) <= CNPG_SPEC_FIELDS, set(spec) - CNPG_SPEC_FIELDS
     assert set(spec["affinity"]) <= CNPG_AFFINITY_FIELDS
     assert spec["instances"] == 3
-    assert spec["imageName"] == "pgml-replica/ml-replica:0.1.0"
+    assert spec["imageName"] == f"pgml-replica/ml-replica:{APP_VERSION}"
     assert spec["postgresUID"] == spec["postgresGID"] == 999
     assert spec["bootstrap"]["initdb"]["database"] == "ml"
     assert spec["storage"]["size"] == "20Gi"
@@ -155,7 +166,7 @@ def test_cnpg_carries_gpu_storage_and_scheduling():
                                       "hot_standby_feedback": "off",
                                       "max_standby_streaming_delay": "60s"}}}}}})
     spec = only(m, "Cluster")["spec"]
-    assert spec["imageName"].endswith(":0.1.0-gpu")
+    assert spec["imageName"].endswith(f":{APP_VERSION}-gpu")
     assert spec["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["affinity"]["nodeSelector"] == {"pool": "ml"}
     assert spec["affinity"]["tolerations"][0]["key"] == "nvidia.com/gpu"
