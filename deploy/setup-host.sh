@@ -22,7 +22,7 @@ fi
 apt_packages=(
     "postgresql-$PG_VERSION" "postgresql-plpython3-$PG_VERSION" "postgresql-contrib"
     python3.11 python3.11-venv python3.11-dev
-    chromium
+    chromium libgomp1
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do
@@ -61,33 +61,45 @@ else
     fi
 fi
 
+# pip without banners: -q, no version check, and without the "Location ... is ignored" lines a
+# host's pip.conf produces for find-links that do not exist here. Real warnings still show.
+pip_quiet() {
+    "$venv/bin/python" -m pip -q --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+    return "${PIPESTATUS[0]}"
+}
+
 if [ ! -x "$venv/bin/python" ]; then
     echo "setup-host: creating the Python environment in $venv with $PYTHON"
     "$PYTHON" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip
+    pip_quiet install --upgrade pip
 fi
 
+# The ML side too: the tests and the demo run PL/Python against this environment.
 stamp="$venv/.deps-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-    echo "setup-host: installing Python dependencies (first run takes a few minutes)"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check ".[test]" 2>&1 \
-        | grep -v "^WARNING: Location" || true
+    echo "setup-host: installing Python dependencies .[ml,test] (first run takes a few minutes)"
+    pip_quiet install ".[ml,test]"
     "$venv/bin/python" -c "import psycopg, sklearn, onnxruntime, xgboost, skl2onnx" \
         || { echo "setup-host: the Python environment is incomplete" >&2; exit 1; }
-    rm -f "$venv"/.deps-* "$venv/.editable"
+    rm -f "$venv"/.deps-* "$venv"/.editable*
     touch "$stamp"
 fi
 # The project itself: editable when PL/Python can read the checkout, else a copy that is
-# refreshed on every run (the server must never import a stale inference/).
+# refreshed on every run (the server must never import a stale inference/). The editable
+# install is redone when pyproject changes (console-script entry points live there).
 if [ "$venv" = "$ROOT/.venv" ]; then
-    if [ ! -f "$venv/.editable" ]; then
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 \
-            | grep -v "^WARNING: Location" || true
-        touch "$venv/.editable"
+    editable="$venv/.editable-$(sha1sum pyproject.toml | cut -c1-12)"
+    if [ ! -f "$editable" ]; then
+        echo "setup-host: installing the project (editable)"
+        rm -f "$venv"/.editable*
+        # (setuptools' "Editable installation" notice is advice, not a warning about this setup)
+        PYTHONWARNINGS="ignore::UserWarning" pip_quiet install --no-deps -e .
+        touch "$editable"
     fi
 else
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall . 2>&1 \
-        | grep -v "^WARNING: Location" || true
+    echo "setup-host: refreshing the project's copy in $venv"
+    pip_quiet install --no-deps --force-reinstall .
 fi
 # promtool (checks and unit-tests the Prometheus rules) ships only inside Debian's prometheus
 # package, which would also start a Prometheus service: take just the binary into the venv.
