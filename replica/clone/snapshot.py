@@ -27,17 +27,10 @@ import psycopg
 from psycopg import pq, sql
 
 from replica import metrics
-from replica.errors import ApplyError, ReplicaError, TransientError
+from replica.errors import ApplyError, ReplicaError, SnapshotInterrupted, TransientError
 from replica.source.catalog import TableDef
 from replica.state import SidecarState
 from replica.target import progress, schema
-
-
-class SnapshotInterrupted(ReplicaError):
-    """Stopped on request; the tables not finished are copied again by the next run."""
-
-    kind = "interrupted"
-    exit_code = 0
 
 
 @dataclass(frozen=True, slots=True)

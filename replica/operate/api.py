@@ -35,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from replica import metrics
-from replica.errors import ConfigError
+from replica.errors import HttpServerError
 from replica.secrets import MASK as REDACTED
 from replica.state import SidecarState
 
@@ -222,12 +222,6 @@ def create_app(state: SidecarState, *, max_lag_seconds: float = 30.0,
     app.mount("/dashboard/static", StaticFiles(directory=DASHBOARD_DIR, check_dir=False),
               name="dashboard-static")
     return app
-
-
-class HttpServerError(ConfigError):
-    """The HTTP server could not start (port taken, address not local): fix the address."""
-
-    kind = "http"
 
 
 class HttpServer:

@@ -24,13 +24,19 @@ from psycopg.conninfo import conninfo_to_dict
 
 from replica import metrics
 from replica.clone.bootstrap import Bootstrap, ensure_publication
-from replica.clone.snapshot import SnapshotInterrupted
 from replica.config import Settings
-from replica.errors import ApplyError, NullRejected, ReplicaError, TransientError
+from replica.connect import connect
+from replica.errors import (
+    NullRejected,
+    ReplicaError,
+    SnapshotInterrupted,
+    TransientError,
+    translate,
+)
 from replica.secrets import scrub, secrets_of, with_options
 from replica.source import catalog
 from replica.source.preflight import candidate_tables, preflight
-from replica.source.replconn import ReplicationCommandError, ReplicationConnection
+from replica.source.replconn import ReplicationConnection
 from replica.state import SidecarState
 from replica.stream.loop import Stream
 from replica.target import progress
@@ -38,7 +44,6 @@ from replica.target import progress
 log = logging.getLogger("pgml_replica")
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
-SLOT_IN_USE = "55006"
 
 
 def backoff(attempt: int, rng: random.Random | None = None) -> float:
@@ -63,15 +68,13 @@ class Runner:
         """Until stopped; raises the ReplicaError that ended it (never a transient one)."""
         s, state = self.settings, self.state
         metrics.BUILD_INFO.info({"slot": s.slot, "publication": s.publication})
-        with psycopg.connect(s.source, autocommit=True, connect_timeout=15) as src:
-            preflight(src, publication=s.publication, slot=s.slot,
-                      tables=candidate_tables(src, s.publication, s.table_list(),
-                                              s.schema_name))
-            state.tables = [f"{a}.{b}" for a, b in ensure_publication(src, s)]
-        attempt = 0
+        attempt, prepared = 0, False
         while not self.stop.is_set():
             started = time.monotonic()
             try:
+                if not prepared:  # a source not reachable yet is retried like a lost one
+                    self._preflight()
+                    prepared = True
                 self._session()
                 break
             except SnapshotInterrupted:
@@ -83,10 +86,8 @@ class Runner:
                     self._disconnected("failed")
                     raise
                 attempt = 0  # replay at once: the batch was rolled back
-            except (TransientError, ReplicationCommandError) as exc:
-                if isinstance(exc, ReplicationCommandError) and exc.sqlstate != SLOT_IN_USE:
-                    raise
-                peer = getattr(exc, "peer", "source")
+            except TransientError as exc:
+                peer = exc.peer
                 metrics.ERRORS.labels("transient").inc()
                 metrics.RECONNECTS.labels(peer).inc()
                 state.error = self._say(exc)
@@ -102,11 +103,19 @@ class Runner:
                 raise
         self._disconnected("stopped")
 
+    def _preflight(self) -> None:
+        s = self.settings
+        with connect(s.source, "source", "preflight") as src:
+            preflight(src, publication=s.publication, slot=s.slot,
+                      tables=candidate_tables(src, s.publication, s.table_list(),
+                                              s.schema_name))
+            self.state.tables = [f"{a}.{b}" for a, b in ensure_publication(src, s)]
+
     def _relax(self, exc: NullRejected) -> bool:
         """Drop the target's NOT NULL the source no longer has (never on the key)."""
         from replica.target import schema
 
-        with psycopg.connect(self.settings.target, autocommit=True, connect_timeout=15) as c:
+        with connect(self.settings.target, "target", "relax NOT NULL") as c:
             target = schema.read_target(c, exc.schema, exc.table)
             if target is None or exc.column not in target.not_null or exc.column in target.key:
                 return False
@@ -124,25 +133,18 @@ class Runner:
     def _session(self) -> None:
         s, state = self.settings, self.state
         state.phase = "starting"
+        src = connect(s.source, "source", "catalog")
         try:
-            src = psycopg.connect(s.source, autocommit=True, connect_timeout=15,
-                                  application_name="pgml-replica catalog")
-        except psycopg.OperationalError as exc:
-            raise TransientError(f"cannot connect to the source: {exc}", "source") from None
-        try:
-            tgt = psycopg.connect(s.target, autocommit=True, connect_timeout=15,
-                                  application_name="pgml-replica")
-        except psycopg.OperationalError as exc:
+            tgt = connect(s.target, "target", "apply")
+        except BaseException:
             src.close()
-            raise TransientError(f"cannot connect to the target: {exc}", "target") from None
+            raise
         try:
             with src, tgt:
                 self._stream(src, tgt)
-        except psycopg.OperationalError as exc:
-            peer = "target" if tgt.broken else "source"
-            raise TransientError(f"lost the {peer}: {exc}", peer) from exc
         except psycopg.Error as exc:
-            raise ApplyError(f"unexpected database error: {exc}") from exc
+            peer = "target" if tgt.broken else "source"
+            raise translate(exc, peer, "streaming") from exc
 
     def _stream(self, src: psycopg.Connection, tgt: psycopg.Connection) -> None:
         s, state = self.settings, self.state

@@ -29,44 +29,20 @@ from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from decoder import format_lsn, parse_lsn
-from replica.errors import ConfigError, ReplicaError, TransientError
+from replica.connect import with_pinned_options
+from replica.errors import (
+    ReplicationConnectionError,
+    ReplicationDsnError,
+    ReplicationError,
+    ReplicationStreamEnded,
+    command_error,
+    permanent_connect_code,
+    rejected,
+)
 from replica.secrets import describe, scrub, secrets_of
 
-SESSION_OPTIONS = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"
 _OPTION_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
 _SNAPSHOT_ACTIONS = ("export", "use", "nothing")
-
-
-class ReplicationError(ReplicaError):
-    """Root of the replication connection's errors."""
-
-
-class ReplicationCommandError(ReplicationError):
-    """The server refused a replication command (``sqlstate`` says why, e.g. 42704 no such
-    slot, 55006 slot in use by another process, 42710 slot exists)."""
-
-    def __init__(self, message: str, sqlstate: str | None = None) -> None:
-        self.sqlstate = sqlstate
-        super().__init__(message)
-
-
-class ReplicationConnectionError(ReplicationError, TransientError, psycopg.OperationalError):
-    """The connection could not be opened or dropped mid-stream: reconnect and resume from
-    the last flushed LSN (a wrong password also lands here; its message says so)."""
-
-
-class ReplicationDsnError(ReplicationError, ConfigError):
-    """The connection string cannot be parsed; libpq's reason is not repeated because it
-    quotes the string, secrets included."""
-
-
-class ReplicationStreamEnded(ReplicationError, TransientError):
-    """The server ended the COPY BOTH stream (shutdown, or a walsender error such as
-    wal_sender_timeout); ``sqlstate`` is set when it said why."""
-
-    def __init__(self, message: str, sqlstate: str | None = None) -> None:
-        self.sqlstate = sqlstate
-        super().__init__(message)
 
 
 def _literal(value: str) -> str:
@@ -100,16 +76,17 @@ class ReplicationConnection:
         except psycopg.Error:
             raise ReplicationDsnError("the source connection string cannot be parsed; check "
                                       "its key=value quoting or URI escaping") from None
-        user_options = str(params.get("options") or "")
         params.update(replication="database", application_name=application_name,
-                      client_encoding="UTF8",
-                      options=f"{SESSION_OPTIONS} {user_options}".strip())
+                      client_encoding="UTF8", options=with_pinned_options(params))
         self._pgconn = pq.PGconn.connect(make_conninfo("", **params).encode())
         if self._pgconn.status != pq.ConnStatus.OK:
             message = self._server_message()
             self._pgconn.finish()
-            raise ReplicationConnectionError(
-                f"cannot open a replication connection to {self._where}: {message}")
+            doing = f"opening a replication connection to {self._where}"
+            if code := permanent_connect_code(message):
+                raise rejected(code, "source", doing, message)
+            raise ReplicationConnectionError(f"cannot open a replication connection to "
+                                             f"{self._where}: {message}")
         self._selector: selectors.DefaultSelector | None = None
         self._copying = False
         self._closed = False
@@ -262,7 +239,7 @@ class ReplicationConnection:
         sqlstate = None
         if result is not None and (code := result.error_field(pq.DiagnosticField.SQLSTATE)):
             sqlstate = code.decode()
-        return ReplicationCommandError(
+        return command_error(
             f"{command} on {self._where} failed: {self._server_message(result)}", sqlstate)
 
     def _lost(self, what: str) -> ReplicationConnectionError:

@@ -29,17 +29,11 @@ from pathlib import Path
 import psycopg
 from psycopg.types.json import Jsonb
 
-from replica.errors import ConfigError
+from replica.errors import InstallError
 from replica.secrets import describe, scrub, secrets_of
 
 CORE_FILES = ("10_pgml_schema.sql", "20_pgml_api.sql")
 PACKAGE = "pgml-replica"
-
-
-class InstallError(ConfigError):
-    """The pgml schema could not be installed; the message says what to change on the target."""
-
-    kind = "install"
 
 
 def package_version() -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from replica.errors import ConfigError
+from replica.errors import WritebackError
 from replica.secrets import describe, scrub, secrets_of
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,6 @@ _SECRET_SETTING = "pgml_replica.writeback_secret"
 MADE_SCHEMA = "pgml-replica write-back: created by pgml-replica writeback"
 MADE_SERVER = "pgml-replica write-back server"
 MADE_SERVER_AND_EXTENSION = MADE_SERVER + " (writeback created the postgres_fdw extension)"
-
-
-class WritebackError(ConfigError):
-    """Write-back could not be set up or removed; nothing was half-made on the side that failed.
-
-    Policy: stop and fix what the message says (a flag, a grant, the network path from the
-    source to the replica), then run the command again; it is idempotent.
-    """
 
 
 @dataclass(frozen=True)

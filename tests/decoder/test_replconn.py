@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import time
 
-import psycopg
 import pytest
 from psycopg import sql
 
 import decoder
-from replica.errors import ConfigError, TransientError
-from replica.source.replconn import (
+from replica.errors import (
+    ConfigError,
+    ConnectionRejected,
     ReplicationCommandError,
-    ReplicationConnection,
     ReplicationConnectionError,
     ReplicationDsnError,
     ReplicationError,
     ReplicationStreamEnded,
+    TransientError,
 )
+from replica.source.replconn import ReplicationConnection
 from tests.decoder.stream import capture, create_slot, end_marker
 
 
@@ -177,9 +178,11 @@ def test_password_never_appears_in_errors(source_db, pg_source):
     with ReplicationConnection(good) as conn:
         assert conn.identify_system()["dbname"] == source_db.name
     bad = pg_source.dsn(source_db.name, user="repl_pw", password="Wr0ng-s3cret")
-    with pytest.raises(ReplicationConnectionError) as err:
+    # a refused password is permanent (issue 8): stop with ConnectionRejected, never retry
+    with pytest.raises(ConnectionRejected) as err:
         ReplicationConnection(bad)
-    assert isinstance(err.value, psycopg.OperationalError | TransientError)
+    assert isinstance(err.value, ConfigError) and not isinstance(err.value, TransientError)
+    assert err.value.peer == "source" and err.value.exit_code == 7
     assert "password authentication failed" in str(err.value)
     assert "Wr0ng-s3cret" not in str(err.value) and "Sup3r" not in str(err.value)
     with ReplicationConnection(good) as conn:

@@ -13,8 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from replica import metrics
+from replica.errors import HttpServerError
 from replica.operate import report
-from replica.operate.api import HttpServer, HttpServerError, create_app
+from replica.operate.api import HttpServer, create_app
 from replica.state import SidecarState
 from tests.ops.helpers import SECRET, database_provider, streaming_state
 

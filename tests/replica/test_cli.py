@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 from devtools.localcluster import free_port
+from replica.errors import ConnectionRejected
 from replica.operate.cli import build_parser, main, settings_from
 from tests.replica.conftest import ROOT, same, wait_for
 
@@ -108,7 +109,9 @@ def test_errors_name_the_problem_and_never_the_password(source_db):
     out = cli("run", "--source", wrong)
     assert out.returncode == 2 and "--target (or PGML_REPLICA_TARGET)" in out.stderr
     out = cli("run", "--source", wrong, "--target", wrong, "--http-port", "0")
-    assert out.returncode == 1 and "Wr0ng-pw-42" not in out.stderr
+    # a role that does not exist is permanent: stop with ConnectionRejected's code, not retry
+    assert out.returncode == ConnectionRejected.exit_code == 7 and "Wr0ng-pw-42" not in out.stderr
+    assert "on the source" in out.stderr and "nobody_here" in out.stderr
 
 
 def test_preflight_lists_what_to_change(source_db, replica_db):

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from replica.writeback.setup import WritebackError, add_writeback_parser, run_writeback, writeback
+from replica.errors import WritebackError
+from replica.writeback.setup import add_writeback_parser, run_writeback, writeback
 from tests.writeback.conftest import FEATURES, create_patients, train
 
 PROJECT = "diabetes"
