@@ -16,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from replica.errors import ConfigError
 
 ENV_PREFIX = "PGML_REPLICA_"
+#: the Settings fields only `pgml-replica writeback` reads
+WRITEBACK_FIELDS = ("project", "writeback_schema", "replica_host", "replica_port",
+                    "replica_user", "password_env", "password_file", "fdw_server",
+                    "materialize")
 
 
 class Settings(BaseSettings):
@@ -54,6 +58,26 @@ class Settings(BaseSettings):
     decoding_work_mem: str | None = Field(
         "16MB", description="logical_decoding_work_mem for the walsender; with protocol 2 "
         "a transaction bigger than this streams before its commit")
+
+    # `writeback`: postgres_fdw on the source over the replica's pgml_out views
+    # (docs/writeback.md). Only that verb reads these (WRITEBACK_FIELDS).
+    project: str | None = Field(None, description="pgml project whose exposed views to read")
+    writeback_schema: str = Field("ml", description="schema on the source for the foreign "
+                                  "tables")
+    replica_host: str | None = Field(None, description="host the *source* reaches the replica "
+                                     "at (default: the target DSN's)")
+    replica_port: int | None = Field(None, ge=1, le=65535, description="port the source "
+                                     "reaches the replica at (default: the target DSN's)")
+    replica_user: str = Field("pgml_reader", description="login role on the replica that "
+                              "reads pgml_out and nothing else")
+    password_env: str = Field(ENV_PREFIX + "READER_PASSWORD", description="environment "
+                              "variable that holds the reader's password")
+    password_file: str | None = Field(None, description="file that holds the reader's "
+                                      "password (wins over --password-env)")
+    fdw_server: str = Field("pgml_replica", description="name of the foreign server on the "
+                            "source")
+    materialize: bool = Field(False, description="keep predictions in a table on the replica, "
+                              "scored as rows replicate, instead of scoring on every read")
 
     @field_validator("tables")
     @classmethod

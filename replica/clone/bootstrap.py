@@ -23,91 +23,22 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
 
-from decoder import format_lsn, parse_lsn
+from decoder import format_lsn
 from replica.clone.snapshot import Snapshot
 from replica.config import Settings
+from replica.connect import connect
 from replica.errors import ConfigError, ResnapshotNeeded
-from replica.source import catalog
-from replica.source.catalog import TableDef
+from replica.source.catalog import TableDef, TableKey
+from replica.source.publication import publication_defs
 from replica.source.replconn import ReplicationConnection
-from replica.state import SidecarState
+from replica.source.slots import drop_slot, slot_info, system_id
+from replica.state import Phase, SidecarState
 from replica.target import progress
 
-TableKey = tuple[str, str]
 log = logging.getLogger("pgml_replica")
-
-
-@dataclass(frozen=True)
-class SlotInfo:
-    name: str
-    plugin: str | None
-    database: str | None
-    active: bool
-    active_pid: int | None
-    confirmed_flush_lsn: int | None
-    wal_status: str | None
-
-
-def slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo | None:
-    row = conn.execute("SELECT slot_name, plugin, database, active, active_pid,"
-                       " confirmed_flush_lsn::text, wal_status FROM pg_replication_slots"
-                       " WHERE slot_name = %s", (slot,)).fetchone()
-    if row is None:
-        return None
-    return SlotInfo(row[0], row[1], row[2], row[3], row[4],
-                    parse_lsn(row[5]) if row[5] else None, row[6])
-
-
-def system_id(conn: psycopg.Connection) -> str:
-    return str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
-
-
-def ensure_publication(conn: psycopg.Connection, settings: Settings) -> list[TableKey]:
-    """Create the publication if missing; add tables the flags name that it lacks."""
-    pub = sql.Identifier(settings.publication)
-    named = settings.table_list()
-    if not catalog.publication_exists(conn, settings.publication):
-        if named:
-            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                pub, sql.SQL(", ").join(sql.Identifier(s, t) for s, t in named)))
-        else:
-            schema = settings.schema_name or "public"
-            try:  # follows new tables of the schema; needs a superuser (not on RDS)
-                with conn.transaction():
-                    conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLES IN SCHEMA {}").format(
-                        pub, sql.Identifier(schema)))
-            except psycopg.errors.InsufficientPrivilege:
-                from replica.source.preflight import schema_tables
-
-                conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                    pub, sql.SQL(", ").join(sql.Identifier(s, t)
-                                            for s, t in schema_tables(conn, schema))))
-    elif named:
-        have = catalog.publication_tables(conn, settings.publication)
-        for s, t in named:
-            if (s, t) not in have:
-                try:
-                    conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                        pub, sql.Identifier(s, t)))
-                except psycopg.errors.InsufficientPrivilege as exc:
-                    raise ConfigError(f"table {s}.{t} is not in publication "
-                                      f"{settings.publication} and this role may not add it "
-                                      f"({exc.diag.message_primary}): ask the publication's "
-                                      "owner to ALTER PUBLICATION ... ADD TABLE") from None
-    return sorted(catalog.publication_tables(conn, settings.publication))
-
-
-def publication_defs(conn: psycopg.Connection, publication: str,
-                     keys: set[TableKey] | None = None) -> list[TableDef]:
-    resolver = catalog.TypeResolver(conn)
-    return [catalog.read_table(conn, s, t, resolver, columns=cols, row_filter=rf)
-            for (s, t), (cols, rf) in catalog.publication_tables(conn, publication).items()
-            if keys is None or (s, t) in keys]
 
 
 def run_with_ticks(fn: Callable[[], object], tick: Callable[[], None] | None,
@@ -160,7 +91,7 @@ class Bootstrap:
 
     def sync_keys(self, keys: set[TableKey], tick: Callable[[], None]) -> dict[TableKey, int]:
         """Mid-stream: copy these tables of the publication (new or to be re-copied)."""
-        with psycopg.connect(self.settings.source, autocommit=True) as src:
+        with connect(self.settings.source, "source", "table sync") as src:
             tables = publication_defs(src, self.settings.publication, keys)
         return self.copy_beside_temporary_slot(tables, tick)
 
@@ -169,7 +100,7 @@ class Bootstrap:
         log.info("copying %d table(s) as of %s: %s", len(tables), format_lsn(lsn),
                  ", ".join(t.qualname for t in tables))
         prev = self.state.phase
-        self.state.phase = "snapshot"
+        self.state.phase = Phase.COPYING
         try:
             Snapshot(s.source, s.target, slot=s.slot, state=self.state,
                      workers=s.snapshot_workers, chunk_pages=s.snapshot_chunk_pages,
@@ -232,26 +163,3 @@ class Bootstrap:
         drop_slot(source, s.slot)
         progress.forget(target, s.slot)
         s.resnapshot = False  # once per process, not again after a reconnect
-
-
-def drop_slot(conn: psycopg.Connection, slot: str, wait: float = 10.0) -> bool:
-    """Drop a slot, ending the walsender that holds it (a sidecar killed a moment ago may
-    still have one). True if it existed."""
-    import time
-
-    deadline = time.monotonic() + wait
-    while True:
-        info = slot_info(conn, slot)
-        if info is None:
-            return False
-        if info.active_pid:
-            conn.execute("SELECT pg_terminate_backend(%s)", (info.active_pid,))
-        try:
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            return True
-        except psycopg.errors.ObjectInUse:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-        except psycopg.errors.UndefinedObject:
-            return False

@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from replica import metrics
 from replica.errors import HttpServerError
 from replica.secrets import MASK as REDACTED
-from replica.state import SidecarState
+from replica.state import Phase, SidecarState
 
 DASHBOARD_DIR = Path(__file__).with_name("dashboard")
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -76,8 +76,8 @@ def redact(value: Any) -> Any:
 
 def not_ready_reason(state: SidecarState, max_lag_seconds: float) -> str | None:
     """Why /readyz says 503 - the same conditions as ``SidecarState.is_ready``, in words."""
-    if state.phase != "streaming":
-        reason = f"phase is {state.phase!r}, not 'streaming'"
+    if state.phase != Phase.STREAMING:
+        reason = f"phase is {str(state.phase)!r}, not 'streaming'"
         return f"{reason}: {state.error}" if state.error else reason
     if not state.source_connected:
         return "not connected to the source"
@@ -189,15 +189,15 @@ def create_app(state: SidecarState, *, max_lag_seconds: float = 30.0,
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        if state.phase == "failed":
-            return JSONResponse(redact({"status": "failed", "phase": state.phase,
+        if state.phase == Phase.FAILED:
+            return JSONResponse(redact({"status": "failed", "phase": str(state.phase),
                                         "error": state.error}), 503, headers=_NO_STORE)
-        return JSONResponse({"status": "ok", "phase": state.phase}, headers=_NO_STORE)
+        return JSONResponse({"status": "ok", "phase": str(state.phase)}, headers=_NO_STORE)
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         reason = not_ready_reason(state, max_lag_seconds)
-        body = {"ready": reason is None, "phase": state.phase,
+        body = {"ready": reason is None, "phase": str(state.phase),
                 "lag_seconds": round(state.lag_seconds(), 3), "reason": reason}
         return JSONResponse(redact(body), 200 if reason is None else 503, headers=_NO_STORE)
 

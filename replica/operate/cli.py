@@ -106,7 +106,7 @@ def _install_pgml(target: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from replica.operate import report
     from replica.operate.runner import Runner
-    from replica.state import SidecarState
+    from replica.state import Phase, SidecarState
 
     settings = settings_from(args)
     settings.require("source", "target")
@@ -120,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     def on_signal(signum, frame) -> None:
         if stop.is_set():  # asked twice: stop now, the target rolls back the open batch
             os._exit(128 + signum)
+        state.phase = Phase.STOPPING
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -206,27 +207,22 @@ def add_drop_parser(sub) -> None:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    import psycopg
-    from psycopg import sql
-
-    from replica.clone.bootstrap import drop_slot
+    from replica.connect import connect
+    from replica.source.publication import drop_publication
+    from replica.source.slots import drop_slot
     from replica.target import progress
 
     s = settings_from(args)
     s.require("source")
-    with psycopg.connect(s.source, autocommit=True, connect_timeout=15) as conn:
+    with connect(s.source, "source", "drop") as conn:
         dropped = drop_slot(conn, s.slot)
         print(f"slot {s.slot}: {'dropped' if dropped else 'did not exist'}")
         if not args.keep_publication:
-            exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
-                                  (s.publication,)).fetchone()
-            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
-                sql.Identifier(s.publication)))
-            print(f"publication {s.publication}: {'dropped' if exists else 'did not exist'}")
+            existed = drop_publication(conn, s.publication)
+            print(f"publication {s.publication}: {'dropped' if existed else 'did not exist'}")
     if s.target:
-        with psycopg.connect(s.target, autocommit=True, connect_timeout=15) as conn:
-            if conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                            (f"{progress.SCHEMA}.progress",)).fetchone()[0]:
+        with connect(s.target, "target", "drop") as conn:
+            if progress.exists(conn):
                 progress.forget(conn, s.slot)
             print(f"target progress for {s.slot}: forgotten (tables kept)")
     return 0

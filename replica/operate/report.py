@@ -8,13 +8,14 @@ itself is in ``SidecarState`` already. Nothing here carries a secret: servers ar
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from decoder import format_lsn, parse_lsn
 from replica.secrets import describe, scrub, secrets_of
+from replica.source.slots import slot_info
+from replica.state import replication_lag
 from replica.target import progress
 
 
@@ -22,18 +23,20 @@ def _lsn(text: str | None) -> int | None:
     return parse_lsn(text) if text else None
 
 
+def _text(lsn: int | None) -> str | None:
+    return format_lsn(lsn) if lsn is not None else None
+
+
 def _source(conn: psycopg.Connection, slot: str, publication: str, exact: bool
             ) -> dict[str, Any]:
     current, = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    row = conn.execute(
-        "SELECT active, active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,"
-        " pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots WHERE slot_name = %s",
-        (slot,)).fetchone()
-    out: dict[str, Any] = {"current_lsn": current, "slot_exists": row is not None}
-    if row is not None:
-        out.update(active=row[0], active_pid=row[1], confirmed_flush_lsn=row[2],
-                   restart_lsn=row[3], wal_status=row[4],
-                   retained_wal_bytes=int(row[5]) if row[5] is not None else None)
+    info = slot_info(conn, slot)
+    out: dict[str, Any] = {"current_lsn": current, "slot_exists": info is not None}
+    if info is not None:
+        out.update(active=info.active, active_pid=info.active_pid,
+                   confirmed_flush_lsn=_text(info.confirmed_flush_lsn),
+                   restart_lsn=_text(info.restart_lsn), wal_status=info.wal_status,
+                   retained_wal_bytes=info.retained_wal_bytes)
     rows = conn.execute(
         "SELECT p.schemaname, p.tablename, s.n_live_tup FROM pg_publication_tables p"
         " LEFT JOIN pg_stat_user_tables s ON s.schemaname = p.schemaname AND"
@@ -55,8 +58,7 @@ def _count(conn: psycopg.Connection, schema: str, table: str) -> int | None:
 def _target(conn: psycopg.Connection, slot: str, tables: list[str], exact: bool
             ) -> tuple[dict[str, Any], progress.Progress | None]:
     out: dict[str, Any] = {}
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                          (f"{progress.SCHEMA}.progress",)).fetchone()[0]
+    exists = progress.exists(conn)
     prog = progress.read(conn, slot) if exists else None
     synced = progress.synced_tables(conn, slot) if exists else {}
     out["applied_lsn"] = format_lsn(prog.end_lsn) if prog else None
@@ -107,13 +109,12 @@ def collect(source_dsn: str | None, target_dsn: str | None, *, slot: str, public
     current = _lsn(src.get("current_lsn"))
     done = max(filter(None, (prog.end_lsn if prog else None,
                              _lsn(src.get("confirmed_flush_lsn")))), default=None)
-    lag_bytes = max(0, current - done) if current is not None and done is not None else None
+    lag_bytes = lag_seconds = None
+    if current is not None and done is not None:
+        lag_bytes, lag_seconds = replication_lag(current, done,
+                                                 prog.commit_time if prog else None)
+        lag_seconds = round(lag_seconds, 3)
     report["lag_bytes"] = lag_bytes
-    lag_seconds = None
-    if lag_bytes is not None:
-        lag_seconds = 0.0
-        if lag_bytes > 0 and prog is not None and prog.commit_time is not None:
-            lag_seconds = round((datetime.now(UTC) - prog.commit_time).total_seconds(), 3)
     report["lag_seconds"] = lag_seconds
     report["tables"] = {
         t: {"source_rows": n, **tgt["tables"].get(t, {"rows": None, "synced": False}),

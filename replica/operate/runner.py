@@ -23,7 +23,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from replica import metrics
-from replica.clone.bootstrap import Bootstrap, ensure_publication
+from replica.clone.bootstrap import Bootstrap
 from replica.config import Settings
 from replica.connect import connect
 from replica.errors import (
@@ -34,10 +34,11 @@ from replica.errors import (
     translate,
 )
 from replica.secrets import scrub, secrets_of, with_options
-from replica.source import catalog
-from replica.source.preflight import candidate_tables, preflight
+from replica.source.preflight import preflight
+from replica.source.publication import candidate_tables, ensure_publication, publication_tables
 from replica.source.replconn import ReplicationConnection
-from replica.state import SidecarState
+from replica.source.slots import slot_info
+from replica.state import Phase, SidecarState
 from replica.stream.loop import Stream
 from replica.target import progress
 
@@ -83,7 +84,7 @@ class Runner:
                 if not self._relax(exc):
                     metrics.ERRORS.labels(exc.kind).inc()
                     state.error = self._say(exc)
-                    self._disconnected("failed")
+                    self._disconnected(Phase.FAILED)
                     raise
                 attempt = 0  # replay at once: the batch was rolled back
             except TransientError as exc:
@@ -94,14 +95,14 @@ class Runner:
                 attempt = 0 if time.monotonic() - started > 60 else attempt + 1
                 delay = backoff(attempt)
                 log.warning("lost the %s (%s); retrying in %.1fs", peer, state.error, delay)
-                self._disconnected("reconnecting")
+                self._disconnected(Phase.RECONNECTING)
                 self.stop.wait(delay)
             except ReplicaError as exc:
                 metrics.ERRORS.labels(exc.kind).inc()
                 state.error = self._say(exc)
-                self._disconnected("failed")
+                self._disconnected(Phase.FAILED)
                 raise
-        self._disconnected("stopped")
+        self._disconnected(Phase.STOPPED)
 
     def _preflight(self) -> None:
         s = self.settings
@@ -124,7 +125,7 @@ class Runner:
                     "target and replaying", exc.schema, exc.table, exc.column)
         return True
 
-    def _disconnected(self, phase: str) -> None:
+    def _disconnected(self, phase: Phase) -> None:
         self.state.phase = phase
         self.state.source_connected = self.state.target_connected = False
         metrics.CONNECTED.labels("source").set(0)
@@ -132,7 +133,7 @@ class Runner:
 
     def _session(self) -> None:
         s, state = self.settings, self.state
-        state.phase = "starting"
+        state.phase = Phase.STARTING
         src = connect(s.source, "source", "catalog")
         try:
             tgt = connect(s.target, "target", "apply")
@@ -169,13 +170,14 @@ class Runner:
     def _poll(self, src: psycopg.Connection) -> set[tuple[str, str]]:
         """Every few seconds while streaming: the slot's health and the publication's tables."""
         s = self.settings
-        row = src.execute("SELECT wal_status, pg_current_wal_lsn() - restart_lsn FROM"
-                          " pg_replication_slots WHERE slot_name = %s", (s.slot,)).fetchone()
-        if row is not None:
-            metrics.set_wal_status(row[0])
-            if row[1] is not None:
-                metrics.SLOT_RETAINED_WAL_BYTES.set(float(row[1]))
-        tables = catalog.publication_tables(src, s.publication)
+        slot = slot_info(src, s.slot)
+        self.state.source_lsn = int(src.execute(
+            "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+        if slot is not None:
+            metrics.set_wal_status(slot.wal_status)
+            if slot.retained_wal_bytes is not None:
+                metrics.SLOT_RETAINED_WAL_BYTES.set(float(slot.retained_wal_bytes))
+        tables = publication_tables(src, s.publication)
         self.state.tables = [f"{a}.{b}" for a, b in tables]
         return set(tables)
 

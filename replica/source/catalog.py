@@ -17,6 +17,8 @@ from psycopg import sql
 
 from replica.errors import ConfigError, UnsupportedTypeError
 
+#: (schema, table) - how tables are named everywhere in the sidecar
+TableKey = tuple[str, str]
 FIRST_NORMAL_OID = 16384  # OIDs below this are built in and equal on every server
 
 
@@ -116,20 +118,6 @@ class TypeResolver:
         raise UnsupportedTypeError(table, column, name, kinds.get(t.typtype, "no binary format"))
 
 
-def publication_exists(conn: psycopg.Connection, publication: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
-                        (publication,)).fetchone() is not None
-
-
-def publication_tables(conn: psycopg.Connection, publication: str
-                       ) -> dict[tuple[str, str], tuple[list[str] | None, str | None]]:
-    """(schema, table) -> (published column names or None for all, row filter or None)."""
-    rows = conn.execute(
-        "SELECT schemaname, tablename, attnames, rowfilter FROM pg_publication_tables"
-        " WHERE pubname = %s ORDER BY 1, 2", (publication,)).fetchall()
-    return {(s, t): (list(cols) if cols is not None else None, rf) for s, t, cols, rf in rows}
-
-
 def read_table(conn: psycopg.Connection, schema: str, name: str,
                resolver: TypeResolver, *, columns: list[str] | None = None,
                row_filter: str | None = None) -> TableDef:
@@ -160,10 +148,3 @@ def read_table(conn: psycopg.Connection, schema: str, name: str,
     if any(k not in {c.name for c in cols} for k in key):
         key = ()  # a column list without the key: PostgreSQL allows it for insert-only
     return TableDef(schema, name, oid, cols, key, ident, row_filter, pages, est_rows, relkind)
-
-
-def read_tables(conn: psycopg.Connection, publication: str) -> list[TableDef]:
-    """Every table of the publication, as it is now."""
-    resolver = TypeResolver(conn)
-    return [read_table(conn, s, t, resolver, columns=cols, row_filter=rf)
-            for (s, t), (cols, rf) in publication_tables(conn, publication).items()]

@@ -11,31 +11,8 @@ from __future__ import annotations
 import psycopg
 
 from replica.errors import PreflightError, UnsupportedError
-from replica.source.catalog import TypeResolver, publication_exists, publication_tables, read_table
-
-
-def candidate_tables(conn: psycopg.Connection, publication: str,
-                     tables: list[tuple[str, str]], schema: str | None) -> list[tuple[str, str]]:
-    """What will be replicated: the publication's tables (if it exists) plus what the flags
-    name (``--tables``, or every table of ``--schema``; public when the publication is new
-    and neither flag is given)."""
-    existing = list(publication_tables(conn, publication)) \
-        if publication_exists(conn, publication) else None
-    if tables:
-        requested = tables
-    elif schema is not None or existing is None:
-        requested = schema_tables(conn, schema or "public")
-    else:
-        requested = []
-    existing = existing or []
-    return existing + [t for t in requested if t not in existing]
-
-
-def schema_tables(conn: psycopg.Connection, schema: str) -> list[tuple[str, str]]:
-    rows = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
-                        " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN"
-                        " ('r', 'p') AND NOT c.relispartition ORDER BY 2", (schema,)).fetchall()
-    return [(s, t) for s, t in rows]
+from replica.source.catalog import TypeResolver, read_table
+from replica.source.slots import free_slots, slot_info
 
 
 def preflight(conn: psycopg.Connection, *, publication: str, slot: str,
@@ -50,14 +27,11 @@ def preflight(conn: psycopg.Connection, *, publication: str, slot: str,
                         "needs 'logical': on RDS set rds.logical_replication = 1 in the DB "
                         "parameter group and reboot; elsewhere ALTER SYSTEM SET wal_level = "
                         "logical and restart")
-    slot_exists = conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
-                               (slot,)).fetchone() is not None
     # the slot itself (unless it exists) plus one temporary slot while a table is copied
-    need = 1 if slot_exists else 2
-    free_slots = conn.execute("SELECT current_setting('max_replication_slots')::int - "
-                              "count(*) FROM pg_replication_slots").fetchone()[0]
-    if free_slots < need:
-        problems.append(f"only {free_slots} free replication slot(s), need {need}: raise "
+    need = 1 if slot_info(conn, slot) is not None else 2
+    free = free_slots(conn)
+    if free < need:
+        problems.append(f"only {free} free replication slot(s), need {need}: raise "
                         "max_replication_slots (an RDS parameter group setting) or drop "
                         "unused slots (listed in the view pg_replication_slots)")
     free_senders = conn.execute("SELECT current_setting('max_wal_senders')::int - count(*)"

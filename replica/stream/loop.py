@@ -53,13 +53,14 @@ from decoder import (
 from replica import metrics
 from replica.config import Settings
 from replica.errors import ProtocolError, TransientError, UnsupportedError
+from replica.source.catalog import TableKey
 from replica.source.replconn import ReplicationConnection
-from replica.state import SidecarState
+from replica.state import Phase, SidecarState
 from replica.stream.apply import TableWriter, TargetWriter
 from replica.stream.batch import TableBatch
 from replica.stream.flow import FlowControl
 from replica.stream.inflight import StreamedApply
-from replica.stream.relations import Relations, TableKey
+from replica.stream.relations import Relations
 
 # Reading the moment a message arrives costs the walsender a send() and us a wakeup per
 # message; pausing this long whenever the buffer runs dry lets a burst collect instead.
@@ -123,7 +124,7 @@ class Stream:
         self.repl.start(s.slot, self.start_lsn, options)
         log.info("streaming slot %s from %s (protocol %s)", s.slot, format_lsn(self.start_lsn),
                  s.protocol)
-        self.state.phase = "streaming"
+        self.state.phase = Phase.STREAMING
         self.state.source_connected = self.state.target_connected = True
         metrics.CONNECTED.labels("source").set(1)
         metrics.CONNECTED.labels("target").set(1)

@@ -20,13 +20,12 @@ import psycopg
 from decoder import Relation
 from replica import metrics
 from replica.errors import ConfigError
-from replica.source.catalog import ColumnDef, TypeResolver
+from replica.source.catalog import ColumnDef, TableKey, TypeResolver
 from replica.stream.apply import TableWriter, TargetWriter
 from replica.stream.batch import Layout
 from replica.target import schema
 
 NEVER = 1 << 64  # sync LSN of a table waiting to be copied: none of its changes apply
-TableKey = tuple[str, str]
 
 
 class Relations:

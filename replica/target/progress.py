@@ -41,10 +41,6 @@ DDL = [
         PRIMARY KEY (slot, schema_name, table_name))""").format(sql.Identifier(SCHEMA)),
 ]
 
-_UPDATE = sql.SQL("UPDATE {}.progress SET end_lsn = %s::pg_lsn, commit_time = %s, "
-                  "updated_at = now() WHERE slot = %s").format(sql.Identifier(SCHEMA))
-
-
 @dataclass(frozen=True, slots=True)
 class Progress:
     slot: str
@@ -59,6 +55,12 @@ def ensure(conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgml_replica.progress'))")
         for stmt in DDL:
             conn.execute(stmt)
+
+
+def exists(conn: psycopg.Connection) -> bool:
+    """Has any sidecar ever written progress here (``status``/``drop`` must not create it)?"""
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (f"{SCHEMA}.progress",)).fetchone()[0]
 
 
 def read(conn: psycopg.Connection, slot: str) -> Progress | None:
@@ -76,12 +78,6 @@ def start(conn: psycopg.Connection, slot: str, end_lsn: int, source_system: str)
                          "commit_time = NULL, updated_at = now()").format(
                              sql.Identifier(SCHEMA)),
                  (slot, format_lsn(end_lsn), source_system))
-
-
-def advance(conn: psycopg.Connection, slot: str, end_lsn: int,
-            commit_time: datetime | None) -> None:
-    """Record a source commit; call inside the transaction that applied it."""
-    conn.execute(_UPDATE, (format_lsn(end_lsn), commit_time, slot))
 
 
 def advance_sql(slot: str, end_lsn: int, commit_time: datetime | None) -> sql.Composed:

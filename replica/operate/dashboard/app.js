@@ -165,7 +165,7 @@ function render(s) {
   setText("slot", slotName(s));
   setText("publication", s.publication);
   badge("phase", s.phase || "unknown",
-        { streaming: "good", failed: "bad", reconnecting: "warn", snapshot: "info" }[s.phase]);
+        { streaming: "good", failed: "bad", reconnecting: "warn", copying: "info" }[s.phase]);
   badge("ready", s.ready ? "ready" : "not ready", s.ready ? "good" : "warn");
   setText("not-ready", s.not_ready_reason ? "not ready: " + s.not_ready_reason : "");
 
