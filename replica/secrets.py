@@ -4,10 +4,15 @@ Why parse instead of regex: libpq accepts key=value strings with quoting and URI
 percent-escapes; ``psycopg.conninfo`` parses both exactly as libpq will, so what we mask is
 what libpq would send. ``scrub`` goes further: it knows the actual passwords of the DSNs the
 process was given and masks them wherever they turn up (an error message from a server, a
-traceback), whatever the surrounding text looks like.
+traceback), whatever the surrounding text looks like. ``redact`` is the last line of defence
+for what leaves the process (/status, probes): it masks anything *shaped* like a DSN or URI
+password, even one this process was never given.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -20,17 +25,6 @@ def _parts(dsn: str) -> dict[str, str]:
         return {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
     except Exception:  # unparsable: say nothing about it rather than echo it
         return {}
-
-
-def redact(dsn: str) -> str:
-    """The DSN as libpq key=value text with every secret replaced by a mask."""
-    parts = _parts(dsn)
-    if not parts:
-        return "<unparsable connection string>"
-    for key in _SECRET_KEYS:
-        if key in parts:
-            parts[key] = MASK
-    return make_conninfo("", **parts)
 
 
 def describe(dsn: str) -> str:
@@ -63,3 +57,37 @@ def scrub(text: str, secrets: list[str]) -> str:
 def with_options(dsn: str, **options: str) -> str:
     """The DSN with extra libpq parameters (application_name, connect_timeout, ...)."""
     return make_conninfo(dsn, **options)
+
+
+# -- secrets we were never told about: anything shaped like a DSN or URI password ----------
+
+# scheme://user:PASSWORD@host - greedy up to the last '@' before whitespace, so a password
+# with an unescaped '@' is still covered (over-redacting a host is the safe side).
+_URI_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s]*(?P<tail>@)")
+# ?password=... / &password=... in a URI: the value ends at '&', '#' or whitespace.
+_URI_PARAM = re.compile(r"(?P<head>[?&](?:password|sslpassword|passwd)=)[^&#\s]*", re.I)
+# key=value conninfo (libpq): quoted value with escapes, or a run of non-space characters.
+_KV_PASSWORD = re.compile(
+    r"(?P<head>(?<![?&\w])(?:password|passwd|pwd|sslpassword|pgpassword)\s*=\s*)"
+    r"(?:'(?:[^'\\]|\\.)*'|[^\s]+)", re.I)
+_SECRET_NAMES = re.compile(r"(^|_)(password|passwd|pgpassword|secret|token)$", re.I)
+
+
+def redact_text(text: str) -> str:
+    """Mask passwords in anything that looks like a libpq DSN or a URI."""
+    text = _URI_USERINFO.sub(lambda m: m["head"] + MASK + m["tail"], text)
+    text = _URI_PARAM.sub(lambda m: m["head"] + MASK, text)
+    return _KV_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+
+
+def redact(value: Any) -> Any:
+    """Redact every string in a JSON-like value; keys named like a secret lose their value."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: (MASK if isinstance(k, str) and _SECRET_NAMES.search(k)
+                    and v not in (None, "") else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value

@@ -16,12 +16,11 @@ Probe policy (docs/operations.md says the same):
 Secrets: the provider and the loop are expected to hand over secret-free text (replica.secrets
 masks the DSNs they know), but a DSN with a password is one f-string away, so every /status,
 /healthz and /readyz body also goes through ``redact``, which finds DSN- and URI-shaped
-passwords in any text, before it leaves the process.
+passwords in any text (``replica.secrets.redact``), before it leaves the process.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -36,43 +35,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from replica import metrics
 from replica.errors import HttpServerError
-from replica.secrets import MASK as REDACTED
+from replica.secrets import redact
 from replica.state import Phase, SidecarState
 
 DASHBOARD_DIR = Path(__file__).with_name("dashboard")
 _NO_STORE = {"Cache-Control": "no-store"}
-
-# scheme://user:PASSWORD@host - greedy up to the last '@' before whitespace, so a password
-# with an unescaped '@' is still covered (over-redacting a host is the safe side).
-_URI_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s]*(?P<tail>@)")
-# ?password=... / &password=... in a URI: the value ends at '&', '#' or whitespace.
-_URI_PARAM = re.compile(r"(?P<head>[?&](?:password|sslpassword|passwd)=)[^&#\s]*", re.I)
-# key=value conninfo (libpq): quoted value with escapes, or a run of non-space characters.
-_KV_PASSWORD = re.compile(
-    r"(?P<head>(?<![?&\w])(?:password|passwd|pwd|sslpassword|pgpassword)\s*=\s*)"
-    r"(?:'(?:[^'\\]|\\.)*'|[^\s]+)", re.I)
-_SECRET_KEYS = re.compile(r"(^|_)(password|passwd|pgpassword|secret|token)$", re.I)
-
-
-def redact_text(text: str) -> str:
-    """Mask passwords in anything that looks like a libpq DSN or a URI."""
-    text = _URI_USERINFO.sub(lambda m: m["head"] + REDACTED + m["tail"], text)
-    text = _URI_PARAM.sub(lambda m: m["head"] + REDACTED, text)
-    return _KV_PASSWORD.sub(lambda m: m["head"] + REDACTED, text)
-
-
-def redact(value: Any) -> Any:
-    """Redact every string in a JSON-like value; keys named like a secret lose their value."""
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEYS.search(k)
-                    and v not in (None, "") else redact(v))
-                for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    return value
-
 
 def not_ready_reason(state: SidecarState, max_lag_seconds: float) -> str | None:
     """Why /readyz says 503 - the same conditions as ``SidecarState.is_ready``, in words."""

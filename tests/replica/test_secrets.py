@@ -8,7 +8,8 @@ from urllib.parse import quote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replica.operate.api import REDACTED, redact, redact_text
+from replica.secrets import MASK as REDACTED
+from replica.secrets import redact, redact_text
 
 # libpq unquoted values end at whitespace and may not start with a quote
 unquoted = st.text(st.characters(codec="utf-8", exclude_categories=("Z", "C"),
