@@ -6,6 +6,10 @@ servers the same way, so the logic lives here once.
 
 Postgres refuses to run as root. When this process is root, every server command runs as the
 ``postgres`` OS user and the cluster directory is handed to it.
+
+A cluster runs Debian's PostgreSQL 15 by default; ``make_cluster(..., version=17)`` (or an
+explicit ``bin_dir``) starts another major from devtools.pgversions' cache - those builds
+serve as replication *sources* only (no PL/Python).
 """
 
 from __future__ import annotations
@@ -80,21 +84,26 @@ def _server_user() -> tuple[int, int] | None:
     return pw.pw_uid, pw.pw_gid
 
 
-def _server_env() -> dict[str, str]:
+def _server_env(bin_dir: Path = PG_BIN, lib_dir: Path | None = None) -> dict[str, str]:
     """A clean environment for the server processes.
 
     Why: PL/Python's embedded interpreter finds its prefix by looking for ``python3`` on
     PATH, so a server started from inside an activated virtual environment would silently
     import that environment, whatever pgml's python_path says. Servers get a system PATH and
-    nothing else from the caller (no PYTHONPATH, no VIRTUAL_ENV).
+    nothing else from the caller (no PYTHONPATH, no VIRTUAL_ENV). A relocatable build
+    (``lib_dir``) also gets its own libraries first on LD_LIBRARY_PATH: its ICU and OpenSSL
+    are not the host's.
     """
-    return {"PATH": f"{PG_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    env = {"PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    if lib_dir is not None:
+        env["LD_LIBRARY_PATH"] = str(lib_dir)
+    return env
 
 
 def _run(cmd: list[str], *, owner: tuple[int, int] | None, check: bool = True,
-         timeout: float = 120) -> subprocess.CompletedProcess:
-    kwargs: dict = {"env": _server_env()}
+         timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    kwargs: dict = {"env": env or _server_env()}
     if owner is not None:
         kwargs.update(user=owner[0], group=owner[1], extra_groups=[])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
@@ -114,6 +123,14 @@ class LocalCluster:
     settings: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     user: str = "postgres"
+    bin_dir: Path = PG_BIN
+    lib_dir: Path | None = None  # a relocatable build's libraries (LD_LIBRARY_PATH)
+    major: int | None = None  # what the server says, once started
+
+    def _pg(self, cmd: list[str], **kw) -> subprocess.CompletedProcess:
+        """Run one of this build's server programs as the server's OS user."""
+        return _run([str(self.bin_dir / cmd[0]), *cmd[1:]], owner=_server_user(),
+                    env=_server_env(self.bin_dir, self.lib_dir), **kw)
 
     @property
     def datadir(self) -> Path:
@@ -143,8 +160,8 @@ class LocalCluster:
                 os.chown(p, *owner)
         if not self.port:
             self.port = free_port()
-        _run([str(PG_BIN / "initdb"), "-D", str(self.datadir), "-U", self.user,
-              "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"], owner=owner)
+        self._pg(["initdb", "-D", str(self.datadir), "-U", self.user,
+                  "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"])
         conf = {**THROWAWAY_SETTINGS, **self.settings,
                 "listen_addresses": "'127.0.0.1'", "port": str(self.port),
                 "unix_socket_directories": f"'{self.socket_dir}'"}
@@ -163,25 +180,24 @@ class LocalCluster:
         return self
 
     def start(self, timeout: float = 60) -> LocalCluster:
-        owner = _server_user()
-        _run([str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-              "-w", "-t", str(int(timeout)), "start"], owner=owner, timeout=timeout + 10)
+        self._pg(["pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile),
+                  "-w", "-t", str(int(timeout)), "start"], timeout=timeout + 10)
         self._wait_ready(timeout)
+        with self.connect() as conn:
+            self.major = conn.info.server_version // 10000
         return self
 
     def stop(self, mode: str = "fast") -> None:
         if not self.datadir.exists():
             return
-        _run([str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"],
-             owner=_server_user(), check=False)
+        self._pg(["pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop"], check=False)
 
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
         self.start()
 
     def is_running(self) -> bool:
-        proc = _run([str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "status"],
-                    owner=_server_user(), check=False)
+        proc = self._pg(["pg_ctl", "-D", str(self.datadir), "status"], check=False)
         return proc.returncode == 0
 
     def destroy(self) -> None:
@@ -242,16 +258,42 @@ class LocalCluster:
                 sql.Identifier(name)))
 
 
-def make_cluster(name: str, settings: dict[str, str], base: Path | None = None) -> LocalCluster:
-    """initdb a cluster in a fresh directory that the server's OS user can read."""
+def server_build(version: int | None = None, bin_dir: Path | None = None
+                 ) -> tuple[Path, Path | None]:
+    """(bin_dir, lib_dir) for a major version or an explicit binary directory.
+
+    A ``bin_dir`` whose sibling ``lib/`` holds libpq (a relocatable build) gets that lib dir;
+    Debian's layout keeps libraries elsewhere and gets none.
+    """
+    if bin_dir is not None:
+        lib = Path(bin_dir).parent / "lib"
+        return Path(bin_dir), lib if (lib / "libpq.so.5").exists() else None
+    if version is None:
+        return PG_BIN, None
+    from devtools.pgversions import locate
+
+    build = locate(int(version))
+    if build is None:
+        raise ClusterError(f"no PostgreSQL {version} server binaries here: run "
+                           f"`python -m devtools.pgversions fetch {version}` (make setup does)")
+    return build.bin_dir, build.lib_dir
+
+
+def make_cluster(name: str, settings: dict[str, str], base: Path | None = None, *,
+                 version: int | None = None, bin_dir: Path | None = None) -> LocalCluster:
+    """initdb a cluster in a fresh directory that the server's OS user can read, with
+    Debian's PostgreSQL 15, another major ``version`` or the binaries in ``bin_dir``."""
+    bins, libs = server_build(version, bin_dir)
     root = Path(tempfile.mkdtemp(prefix=f"pgml-replica-{name}-", dir=base))
     os.chmod(root, 0o755)
-    return LocalCluster(name=name, root=root, settings=settings).init()
+    return LocalCluster(name=name, root=root, settings=settings, bin_dir=bins,
+                        lib_dir=libs).init()
 
 
 @contextlib.contextmanager
-def running_cluster(name: str, settings: dict[str, str], base: Path | None = None):
-    cluster = make_cluster(name, settings, base)
+def running_cluster(name: str, settings: dict[str, str], base: Path | None = None, *,
+                    version: int | None = None, bin_dir: Path | None = None):
+    cluster = make_cluster(name, settings, base, version=version, bin_dir=bin_dir)
     try:
         cluster.start()
         yield cluster
