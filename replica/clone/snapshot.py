@@ -16,18 +16,19 @@ Why this shape:
 from __future__ import annotations
 
 import queue
-import select
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import sql
 
 from replica import metrics
-from replica.errors import ApplyError, ReplicaError, SnapshotInterrupted, TransientError
+from replica.clone.relay import relay_copy
+from replica.connect import connect
+from replica.errors import SnapshotInterrupted, translate
 from replica.source.catalog import TableDef
 from replica.state import SidecarState
 from replica.target import progress, schema
@@ -111,7 +112,7 @@ class Snapshot:
         """Copy ``tables`` as of ``snapshot_name``; mark each synced at ``sync_lsn``."""
         if not tables:
             return {}
-        with psycopg.connect(self.target_dsn, autocommit=True) as conn:
+        with connect(self.target_dsn, "target", "copy") as conn:
             needs_key = {t.qualname: prepare_target(conn, t, self.slot) for t in tables}
         chunks = plan(tables, self.chunk_pages)
         todo: queue.Queue[Chunk] = queue.Queue()
@@ -151,9 +152,10 @@ class Snapshot:
                 ui[0].update(ui[1][table.qualname], completed=got)
 
         def worker() -> None:
+            tgt = None
             try:
-                with psycopg.connect(self.source_dsn) as src, \
-                        psycopg.connect(self.target_dsn, autocommit=True) as tgt:
+                with connect(self.source_dsn, "source", "copy", autocommit=False) as src, \
+                        connect(self.target_dsn, "target", "copy") as tgt:
                     src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                     src.read_only = True
                     src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
@@ -172,7 +174,11 @@ class Snapshot:
                             tgt.execute("SET synchronous_commit = on")
                             finish(tgt, chunk.table)
                             tgt.execute("SET synchronous_commit = off")
-            except BaseException as exc:  # handed to the calling thread
+            except psycopg.Error as exc:  # handed to the calling thread, classified
+                lost = "target" if tgt is not None and tgt.broken else "source"
+                with self._lock:
+                    self._failed = self._failed or translate(exc, lost, "the initial copy")
+            except BaseException as exc:
                 with self._lock:
                     self._failed = self._failed or exc
 
@@ -187,7 +193,7 @@ class Snapshot:
             if ui is not None:
                 ui[0].stop()
         if self._failed is not None:
-            raise _as_replica_error(self._failed)
+            raise self._failed
         if self.stop.is_set() and any(remaining.values()):
             raise SnapshotInterrupted("stopped during the initial copy")
         metrics.SNAPSHOT_ROWS_PER_SECOND.set(sum(rows.values()) / max(
@@ -199,7 +205,7 @@ class Snapshot:
         reported = 0
         with tgt.transaction(), tgt.cursor() as tcur:
             with tcur.copy(copy_in(chunk.table)) as cout:
-                for rows in _copy_out(src, copy_out(chunk).as_bytes(src), cout):
+                for rows in relay_copy(src, copy_out(chunk).as_bytes(src), cout):
                     count(chunk.table, rows - reported)
                     reported = rows
                     if self.stop.is_set():
@@ -214,78 +220,3 @@ class Snapshot:
         ids = {t.qualname: ui.add_task(t.qualname, total=t.est_rows or None) for t in tables}
         ui.start()
         return ui, ids
-
-
-def _copy_out(src: psycopg.Connection, query: bytes, cout: psycopg.Copy,
-              chunk_bytes: int = 256 * 1024) -> Iterator[int]:
-    """Run COPY ... TO STDOUT on ``src`` and write its data to ``cout`` in big pieces,
-    yielding the rows seen so far now and then (the exact count last).
-
-    Why at the ``pq`` level: the server sends one CopyData message per row and psycopg's
-    ``Copy`` iterator costs a generator round per row; reading with ``get_copy_data`` and
-    waiting with ``select`` ourselves relays the same bytes about three times faster
-    (measured: 1M rows 1.75 s -> 0.6 s), and the waiting still frees the GIL.
-    """
-    pg = src.pgconn
-    fd = pg.socket
-    pg.send_query(query)
-    res = _result(pg, fd)
-    if res.status != pq.ExecStatus.COPY_OUT:
-        _drain(pg, fd)
-        raise psycopg.errors.error_from_result(res, encoding=src.info.encoding)
-    parts: list = []
-    size = rows = 0
-    while True:
-        nbytes, data = pg.get_copy_data(1)
-        if nbytes > 0:
-            parts.append(data)
-            size += nbytes
-            rows += 1
-            if size >= chunk_bytes:
-                cout.write(b"".join(parts))
-                parts.clear()
-                size = 0
-                yield rows - 1  # at most: the trailer is a message of its own
-        elif nbytes == 0:
-            select.select([fd], [], [], 1.0)
-            pg.consume_input()
-        elif nbytes == -1:
-            break
-        else:
-            raise psycopg.OperationalError(pg.error_message.decode(errors="replace"))
-    cout.write(b"".join(parts))
-    res = _result(pg, fd)
-    _drain(pg, fd)
-    if res.status != pq.ExecStatus.COMMAND_OK:
-        raise psycopg.errors.error_from_result(res, encoding=src.info.encoding)
-    yield int(res.command_tuples or 0)  # "COPY n": exact
-
-
-def _result(pg: pq.abc.PGconn, fd: int) -> pq.abc.PGresult:
-    while True:
-        pg.consume_input()
-        if not pg.is_busy():
-            res = pg.get_result()
-            if res is None:
-                raise psycopg.OperationalError("the server sent no result")
-            return res
-        select.select([fd], [], [], 1.0)
-
-
-def _drain(pg: pq.abc.PGconn, fd: int) -> None:
-    while True:
-        pg.consume_input()
-        if pg.is_busy():
-            select.select([fd], [], [], 1.0)
-        elif pg.get_result() is None:
-            return
-
-
-def _as_replica_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, ReplicaError):
-        return exc
-    if isinstance(exc, psycopg.OperationalError):
-        return TransientError(f"connection lost during the initial copy: {exc}")
-    if isinstance(exc, psycopg.Error):
-        return ApplyError(f"the initial copy failed: {exc}")
-    return exc

@@ -1,0 +1,78 @@
+"""Relaying a COPY ... TO STDOUT from one server into a COPY ... FROM STDIN on another.
+
+Why its own module: it works at psycopg's ``pq`` level (see ``relay_copy``) with a wait loop of
+its own - protocol plumbing that the snapshot's planning and bookkeeping need not see.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Iterator
+
+import psycopg
+from psycopg import pq
+
+
+def relay_copy(src: psycopg.Connection, query: bytes, cout: psycopg.Copy,
+              chunk_bytes: int = 256 * 1024) -> Iterator[int]:
+    """Run COPY ... TO STDOUT on ``src`` and write its data to ``cout`` in big pieces,
+    yielding the rows seen so far now and then (the exact count last).
+
+    Why at the ``pq`` level: the server sends one CopyData message per row and psycopg's
+    ``Copy`` iterator costs a generator round per row; reading with ``get_copy_data`` and
+    waiting with ``select`` ourselves relays the same bytes about three times faster
+    (measured: 1M rows 1.75 s -> 0.6 s), and the waiting still frees the GIL.
+    """
+    pg = src.pgconn
+    fd = pg.socket
+    pg.send_query(query)
+    res = wait_result(pg, fd)
+    if res.status != pq.ExecStatus.COPY_OUT:
+        drain(pg, fd)
+        raise psycopg.errors.error_from_result(res, encoding=src.info.encoding)
+    parts: list = []
+    size = rows = 0
+    while True:
+        nbytes, data = pg.get_copy_data(1)
+        if nbytes > 0:
+            parts.append(data)
+            size += nbytes
+            rows += 1
+            if size >= chunk_bytes:
+                cout.write(b"".join(parts))
+                parts.clear()
+                size = 0
+                yield rows - 1  # at most: the trailer is a message of its own
+        elif nbytes == 0:
+            select.select([fd], [], [], 1.0)
+            pg.consume_input()
+        elif nbytes == -1:
+            break
+        else:
+            raise psycopg.OperationalError(pg.error_message.decode(errors="replace"))
+    cout.write(b"".join(parts))
+    res = wait_result(pg, fd)
+    drain(pg, fd)
+    if res.status != pq.ExecStatus.COMMAND_OK:
+        raise psycopg.errors.error_from_result(res, encoding=src.info.encoding)
+    yield int(res.command_tuples or 0)  # "COPY n": exact
+
+
+def wait_result(pg: pq.abc.PGconn, fd: int) -> pq.abc.PGresult:
+    while True:
+        pg.consume_input()
+        if not pg.is_busy():
+            res = pg.get_result()
+            if res is None:
+                raise psycopg.OperationalError("the server sent no result")
+            return res
+        select.select([fd], [], [], 1.0)
+
+
+def drain(pg: pq.abc.PGconn, fd: int) -> None:
+    while True:
+        pg.consume_input()
+        if pg.is_busy():
+            select.select([fd], [], [], 1.0)
+        elif pg.get_result() is None:
+            return
