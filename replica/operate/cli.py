@@ -31,7 +31,7 @@ SUBCOMMANDS = (
     "replica.operate.cli:add_status_parser",
     "replica.operate.cli:add_drop_parser",
     "replica.operate.cli:add_install_parser",
-    "replica.writeback.setup:add_writeback_parser",
+    "replica.operate.writeback_verb:add_parser",
 )
 
 _FLAG = {"schema_name": "schema"}  # field -> flag where the field name had to differ

@@ -7,7 +7,6 @@ test_end_to_end.py); what is under test here is the write-back plumbing."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import psycopg
@@ -15,7 +14,8 @@ import pytest
 from psycopg import sql
 
 from replica.errors import WritebackError
-from replica.writeback.setup import add_writeback_parser, run_writeback, writeback
+from replica.operate.cli import main
+from replica.writeback.setup import writeback
 from tests.writeback.conftest import FEATURES, create_patients, train
 
 PROJECT = "diabetes"
@@ -201,19 +201,15 @@ def test_cli_never_shows_the_password(pair, reader, tmp_path, capsys, caplog, mo
     ml_db.execute(sql.SQL("ALTER DATABASE {} SET log_statement = 'ddl'").format(
         sql.Identifier(ml_db.name)))
     monkeypatch.setenv("PGML_REPLICA_SOURCE", source_db.dsn)
-    parser = argparse.ArgumentParser()
-    add_writeback_parser(parser.add_subparsers())
     caplog.set_level(logging.DEBUG)
-    args = parser.parse_args(["writeback", "--target", ml_db.dsn, "--project", PROJECT,
-                              "--replica-user", role, "--password-file", str(secret_file)])
-    assert args.func(args) == 0
+    assert main(["writeback", "--target", ml_db.dsn, "--project", PROJECT,
+                 "--replica-user", role, "--password-file", str(secret_file)]) == 0
     out = capsys.readouterr()
     assert "SELECT prediction FROM ml.diabetes WHERE id = $1;" in out.out
     # a failing run: the reader's password is wrong on purpose via a bad port
-    args = parser.parse_args(["writeback", "--target", ml_db.dsn, "--project", PROJECT,
-                              "--replica-user", role, "--password-file", str(secret_file),
-                              "--replica-port", "1"])
-    assert run_writeback(args) == WritebackError.exit_code
+    assert main(["writeback", "--target", ml_db.dsn, "--project", PROJECT,
+                 "--replica-user", role, "--password-file", str(secret_file),
+                 "--replica-port", "1"]) == WritebackError.exit_code
     failed = capsys.readouterr()
     assert "could not read pgml_out.diabetes" in failed.err
     logs = "\n".join(r.getMessage() for r in caplog.records)
