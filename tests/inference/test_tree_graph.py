@@ -1,0 +1,169 @@
+"""The tensor graph contract: every tree algorithm x task of the registry becomes a graph of
+default-domain ONNX operators that answers like the native model on held-out rows.
+
+Independent of the converter's own list: the tree algorithms are found here by the estimator
+class the registry builds (its module and name), so a tree model added to the registry without
+a converter fails this test.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+
+from inference import algorithms, tree_graph
+from inference.errors import NotExportable
+from inference.runtime import OnnxScorer
+from inference.training import train
+from tests.inference.conftest import split
+
+pytest.importorskip("xgboost")
+pytest.importorskip("lightgbm")
+
+DATASETS = {"regression": ("diabetes",), "classification": ("iris", "breast_cancer")}
+
+
+def _is_tree(cls: type) -> bool:
+    name, module = cls.__name__, cls.__module__
+    return (module.startswith(("xgboost", "lightgbm"))
+            or (module.startswith("sklearn.ensemble") and name not in (
+                "StackingRegressor", "StackingClassifier", "VotingRegressor", "VotingClassifier",
+                "IsolationForest")))
+
+
+def _cases():
+    for task in algorithms.TASKS:
+        for name in algorithms.names(task):
+            if _is_tree(algorithms.spec(name, task).cls()):
+                for dataset in DATASETS[task]:
+                    for formulation in tree_graph.FORMULATIONS:
+                        yield pytest.param(name, task, dataset, formulation,
+                                           id=f"{name}-{task}-{dataset}-{formulation}")
+
+
+def test_the_converter_covers_every_tree_algorithm_of_the_registry():
+    found = {name for task in algorithms.TASKS for name in algorithms.names(task)
+             if _is_tree(algorithms.spec(name, task).cls())}
+    assert found == set(tree_graph.TREE_ALGORITHMS)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    cache = {}
+
+    def get(name, task, dataset):
+        if (name, task, dataset) not in cache:
+            s = split(dataset)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cache[name, task, dataset] = train(
+                    task, name, s.X_train, s.y_train, s.X_test, s.y_test,
+                    feature_names=s.feature_names, random_state=0)
+        return cache[name, task, dataset]
+    return get
+
+
+@pytest.mark.parametrize(("name", "task", "dataset", "formulation"), list(_cases()))
+def test_tensor_graph_answers_like_the_native_model(trained, name, task, dataset, formulation):
+    result = trained(name, task, dataset)
+    s = split(dataset)
+    n = len(s.feature_names)
+    data = tree_graph.tensor_graph(
+        result.estimator, task=task, n_features=n, classes=result.classes,
+        has_proba=task == "classification", error_columns=[], feature_names=s.feature_names,
+        formulation=formulation)
+    model = onnx.load_from_string(data)
+    assert {node.domain for node in model.graph.node} == {""}, "only default-domain operators"
+    assert {o.domain for o in model.opset_import} == {""}
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["pgml.graph"] == "tensor" and meta["pgml.tree_formulation"] == formulation
+
+    X = s.X_test.astype(np.float32).astype(np.float64)  # what the graph sees: float32 features
+    scorer = OnnxScorer(data, task, n)
+    native, graph = result.estimator.predict(X), scorer.predict(X)
+    if task == "regression":
+        rel = np.abs(native - graph) / np.maximum(1.0, np.abs(native))
+        assert rel.max() <= tree_graph.RTOL
+    else:
+        np.testing.assert_array_equal(graph, native)
+        np.testing.assert_allclose(scorer.predict_proba(X), result.estimator.predict_proba(X),
+                                   rtol=0, atol=tree_graph.RTOL)
+
+
+@pytest.mark.parametrize("formulation", tree_graph.FORMULATIONS)
+@pytest.mark.parametrize("kind", ["xgboost", "lightgbm", "hist_gradient_boosting",
+                                  "random_forest"])
+def test_nan_takes_the_native_branch_without_imputation(kind, formulation):
+    """A bare estimator (no Preprocessor in front) sees NaN: each split's missing direction."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 5))
+    y = X[:, 0] * 3 + np.where(X[:, 1] > 0, 2.0, -1.0)
+    X[rng.random(X.shape) < 0.2] = np.nan
+    size = {"max_iter": 20} if kind == "hist_gradient_boosting" else {"n_estimators": 20}
+    est = algorithms.make_estimator(kind, "regression", size, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X[:400], y[:400])
+    names = [f"f{j}" for j in range(5)]
+    data = tree_graph.tensor_graph(est, task="regression", n_features=5, classes=None,
+                                   has_proba=False, error_columns=[], feature_names=names,
+                                   formulation=formulation)
+    Xt = X[400:].astype(np.float32).astype(np.float64)
+    graph = OnnxScorer(data, "regression", 5).predict(Xt)
+    native = est.predict(Xt)
+    assert np.isnan(Xt).any()
+    assert np.max(np.abs(graph - native) / np.maximum(1.0, np.abs(native))) <= tree_graph.RTOL
+
+
+def test_joint_tree_models_predict_every_target():
+    s = split("linnerud")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train("regression", "xgboost", s.X_train, s.y_train, s.X_test, s.y_test,
+                       feature_names=s.feature_names, joint=True, random_state=0)
+    data = tree_graph.tensor_graph(result.estimator, task="regression", n_features=3,
+                                   classes=None, has_proba=False, error_columns=[],
+                                   feature_names=s.feature_names)
+    graph = OnnxScorer(data, "regression", 3).predict(s.X_test)
+    native = result.estimator.predict(s.X_test.astype(np.float32).astype(np.float64))
+    assert graph.shape == native.shape == (len(s.X_test), 3)
+    assert np.max(np.abs(graph - native) / np.maximum(1.0, np.abs(native))) <= tree_graph.RTOL
+
+
+def test_checked_records_parity_and_refuses_non_tree_models(diabetes):
+    s = diabetes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tree = train("regression", "xgboost", s.X_train, s.y_train, s.X_test, s.y_test,
+                     feature_names=s.feature_names, random_state=0)
+        linear = train("regression", "linear", s.X_train, s.y_train, s.X_test, s.y_test,
+                       feature_names=s.feature_names, random_state=0)
+    kwargs = {"task": "regression", "classes": None, "has_proba": False, "error_columns": [],
+              "feature_names": s.feature_names}
+    data, record = tree_graph.checked(tree.estimator, s.X_test, **kwargs)
+    assert data is not None and record["ok"] and record["rows_checked"] == len(s.X_test)
+    data, record = tree_graph.checked(linear.estimator, s.X_test, **kwargs)
+    assert data is None and not record["ok"] and "not a tree model" in record["reason"]
+    with pytest.raises(NotExportable):
+        tree_graph.tensor_graph(linear.estimator, n_features=len(s.feature_names), **kwargs)
+
+
+def test_depth_chooses_the_formulation(diabetes):
+    s = diabetes
+    chosen = {}
+    for depth in (3, 8):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = train("regression", "xgboost", s.X_train, s.y_train, s.X_test, s.y_test,
+                      feature_names=s.feature_names, random_state=0,
+                      hyperparams={"max_depth": depth, "n_estimators": 10})
+        data = tree_graph.tensor_graph(r.estimator, task="regression",
+                                       n_features=len(s.feature_names), classes=None,
+                                       has_proba=False, error_columns=[],
+                                       feature_names=s.feature_names)
+        meta = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+        chosen[depth] = meta["pgml.tree_formulation"]
+    assert chosen == {3: "gemm", 8: "traversal"}
