@@ -1,64 +1,192 @@
-"""pgml.load_dataset: scikit-learn's bundled toy datasets as tables in the pgml schema.
+"""pgml.load_dataset: PostgresML's toy datasets, table for table, and Hugging Face datasets.
 
-Only the datasets scikit-learn ships inside its wheel (no download, the ML replica may have no
-internet). Layout as PostgresML's: ``pgml.<name>``, one column per feature and a ``target``
-column (linnerud: its three targets weight, waist, pulse, for pgml.train_joint). Column names
-are scikit-learn's feature names made into plain identifiers (lower case, units dropped,
-other characters as ``_``: 'sepal length (cm)' -> sepal_length, 'mean radius' -> mean_radius).
-Features are double precision, so what pgml trains on is bit-for-bit what scikit-learn
-returns; classification targets are integer, regression targets double precision. Loading a
-dataset again replaces its table.
+The six names PostgresML's ``load_dataset`` knows without a network -- breast_cancer, diabetes,
+digits, iris, linnerud, wine -- are built from the copies scikit-learn ships inside its wheel,
+into exactly the tables PostgresML 2.x creates (its pgml-extension ``src/orm/dataset.rs``):
+the same table names, column names, column order, column types and row order, so a script or
+dashboard written against PostgresML finds what it expects:
+
+================  ===========================================================================
+pgml.breast_cancer  the 30 features under scikit-learn's own names ("mean radius", ...) FLOAT4;
+                    ``malignant`` BOOLEAN (scikit-learn's target 0 -- PostgresML's label)
+pgml.diabetes       age, sex, bmi, bp, s1..s6 FLOAT4 (scikit-learn's scaled values); target FLOAT4
+pgml.digits         image SMALLINT[][] (the 8 x 8 picture); target SMALLINT
+pgml.iris           sepal_length, sepal_width, petal_length, petal_width FLOAT4; target INT4
+pgml.linnerud       chins, situps, jumps, weight, waist, pulse FLOAT4 (three targets, for
+                    pgml.train_joint)
+pgml.wine           13 features FLOAT4 in PostgresML's column order (hue before
+                    color_intensity; "od280/od315_of_diluted_wines" keeps its slash); target INT4
+================  ===========================================================================
+
+One deliberate difference: PostgresML's wine loader inserts each row's hue value into the
+color_intensity column and the other way round (its INSERT lists the two columns in the other
+order than its values). Here every value is under its own name; docs/pgml.md says so.
+
+FLOAT4 features are what PostgresML stores, so a model trained here sees the same numbers as
+one trained there. ``limit`` keeps the first rows; loading again replaces the table (as
+PostgresML's DROP/CREATE does), without a NOTICE.
+
+Any other name is a Hugging Face dataset: with the ``datasets`` library installed it is
+loaded (a hub name, or a local dataset directory) into ``pgml."<name>"``, every split one after
+another, one column per feature; without the library, or when the hub cannot be reached, the
+error says so and what to do.
 """
 
 from __future__ import annotations
 
-import re
-
+import numpy as np
 import plpy
 
 from inference.errors import UnknownDataset
 
-# name -> (scikit-learn loader, SQL type of the target columns)
+_WINE = ["alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols",
+         "flavanoids", "nonflavanoid_phenols", "proanthocyanins", "hue", "color_intensity",
+         "od280/od315_of_diluted_wines", "proline"]
+# name -> scikit-learn's loader
 DATASETS = {
-    "diabetes": ("load_diabetes", "float8"),
-    "iris": ("load_iris", "integer"),
-    "breast_cancer": ("load_breast_cancer", "integer"),
-    "digits": ("load_digits", "integer"),
-    "wine": ("load_wine", "integer"),
-    "linnerud": ("load_linnerud", "float8"),
+    "breast_cancer": "load_breast_cancer",
+    "diabetes": "load_diabetes",
+    "digits": "load_digits",
+    "iris": "load_iris",
+    "linnerud": "load_linnerud",
+    "wine": "load_wine",
 }
 
 
-def column_name(feature: str) -> str:
-    name = re.sub(r"\s*\(.*?\)", "", str(feature)).strip().lower()
-    return re.sub(r"[^a-z0-9_]+", "_", name).strip("_")
+def load(source: str, subset: str | None = None, limit: int | None = None,
+         kwargs: dict | None = None) -> tuple[str, int]:
+    """Create the dataset's table; (table name as PostgresML reports it, rows)."""
+    if limit is not None and limit < 0:
+        raise UnknownDataset(f"limit must be zero or more, got {limit}")
+    if source in DATASETS:
+        columns, rows = toy_dataset(source)
+        if limit is not None:
+            rows = rows[:limit]
+        _create(f"pgml.{source}", source, columns, rows)
+        return f"pgml.{source}", len(rows)
+    return _hugging_face(source, subset, limit, kwargs or {})
 
 
-def load(source: str) -> tuple[str, int]:
-    """Create pgml.<source> from scikit-learn's copy; (table name, rows)."""
+def toy_dataset(name: str) -> tuple[list[tuple[str, str]], list[tuple]]:
+    """([(column, SQL type)], rows as tuples of Python values) exactly as PostgresML's table.
+
+    Pure (no database): the tests build the expected table from it and from scikit-learn.
+    """
     from sklearn import datasets
 
-    key = (source or "").strip().lower()
-    if key not in DATASETS:
-        raise UnknownDataset(f"dataset {source!r} is not available; choose one of "
-                             f"{', '.join(sorted(DATASETS))}")
-    loader, target_type = DATASETS[key]
-    bunch = getattr(datasets, loader)()
-    features = [column_name(f) for f in bunch.feature_names]
-    X = bunch.data
-    Y = bunch.target.reshape(len(X), -1)
-    targets = [column_name(t) for t in bunch.target_names] if key == "linnerud" else ["target"]
-    table = f"pgml.{key}"  # key is one of our own names
-    columns = [(name, "float8") for name in features] + [(name, target_type) for name in targets]
-    if plpy.execute(f"SELECT to_regclass('{table}') IS NOT NULL AS found")[0]["found"]:
-        plpy.execute(f"DROP TABLE {table}")  # (IF EXISTS would send the client a NOTICE)
-    plpy.execute(f"CREATE TABLE {table} ("
-                 + ", ".join(f"{plpy.quote_ident(n)} {t}" for n, t in columns) + ")")
+    bunch = getattr(datasets, DATASETS[name])()
+    X = np.asarray(bunch.data, dtype=np.float32).astype(np.float64)  # FLOAT4, as PostgresML
+    if name == "digits":
+        images = np.asarray(bunch.images, dtype=np.int16).tolist()
+        return ([("image", "smallint[]"), ("target", "smallint")],
+                [(img, int(t)) for img, t in zip(images, bunch.target, strict=True)])
+    if name == "linnerud":
+        Y = np.asarray(bunch.target, dtype=np.float32).astype(np.float64)
+        names = list(bunch.feature_names) + list(bunch.target_names)
+        cols = [(n.lower(), "real") for n in names]
+        return cols, [tuple(r) for r in np.hstack([X, Y]).tolist()]
+    if name == "breast_cancer":
+        cols = [(str(f), "real") for f in bunch.feature_names] + [("malignant", "boolean")]
+        return cols, [(*x, bool(t == 0)) for x, t in zip(X.tolist(), bunch.target, strict=True)]
+    if name == "diabetes":
+        y = np.asarray(bunch.target, dtype=np.float32).astype(np.float64)
+        cols = [(str(f), "real") for f in bunch.feature_names] + [("target", "real")]
+        return cols, [(*x, t) for x, t in zip(X.tolist(), y.tolist(), strict=True)]
+    if name == "wine":  # PostgresML's column order: hue before color_intensity
+        order = [list(bunch.feature_names).index(c) for c in _WINE]
+        X = X[:, order]
+        cols = [(c, "real") for c in _WINE] + [("target", "integer")]
+        return cols, [(*x, int(t)) for x, t in zip(X.tolist(), bunch.target, strict=True)]
+    # iris: scikit-learn's names without units, 'sepal length (cm)' -> sepal_length
+    feats = [f.replace(" (cm)", "").replace(" ", "_") for f in bunch.feature_names]
+    cols = [(c, "real") for c in feats] + [("target", "integer")]
+    return cols, [(*x, int(t)) for x, t in zip(X.tolist(), bunch.target, strict=True)]
+
+
+def _create(table: str, name: str, columns: list[tuple[str, str]], rows: list[tuple]) -> None:
+    """Replace ``table`` (schema pgml, relation ``name``) with ``rows``, in row order."""
+    found = plpy.execute(plpy.prepare(
+        "SELECT count(*) AS n FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace"
+        " WHERE s.nspname = 'pgml' AND c.relname = $1", ["text"]), [name])[0]["n"]
+    if found:  # (IF EXISTS would send the client a NOTICE; so would CASCADE, hence the level)
+        level = plpy.execute("SELECT current_setting('client_min_messages') AS v")[0]["v"]
+        plpy.execute("SELECT set_config('client_min_messages', 'warning', true)")
+        plpy.execute(f"DROP TABLE {table} CASCADE")
+        plpy.execute(plpy.prepare("SELECT set_config('client_min_messages', $1, true)",
+                                  ["text"]), [level])
+    ddl = ", ".join(f"{plpy.quote_ident(c)} {t}" for c, t in columns)
+    plpy.execute(f"CREATE TABLE {table} ({ddl})")
+    if not rows:
+        return
+    names = ", ".join(plpy.quote_ident(c) for c, _ in columns)
+    if any(t.endswith("[]") for _, t in columns):  # multi-dimensional arrays: a row at a time
+        params = ", ".join(f"${i + 1}" for i in range(len(columns)))
+        plan = plpy.prepare(f"INSERT INTO {table} ({names}) VALUES ({params})",  # noqa: S608 - quoted
+                            [t for _, t in columns])
+        for row in rows:
+            plpy.execute(plan, list(row))
+        return
     params = ", ".join(f"${i + 1}" for i in range(len(columns)))
-    plan = plpy.prepare(f"INSERT INTO {table} SELECT * FROM unnest({params})",  # noqa: S608 - our names
-                        [f"{t}[]" for _, t in columns])
-    arrays = [X[:, j].tolist() for j in range(X.shape[1])]
-    arrays += [(Y[:, j].astype(int) if target_type == "integer" else Y[:, j]).tolist()
-               for j in range(Y.shape[1])]
-    plpy.execute(plan, arrays)
-    return table, len(X)
+    plan = plpy.prepare(
+        f"INSERT INTO {table} ({names}) SELECT * FROM unnest({params})",  # noqa: S608 - quoted
+        [f"{t}[]" for _, t in columns])
+    plpy.execute(plan, [list(col) for col in zip(*rows, strict=True)])
+
+
+# -- Hugging Face ----------------------------------------------------------------------------
+
+_SQL_TYPES = ((bool, "boolean"), (int, "bigint"), (float, "double precision"), (str, "text"))
+
+
+def _hugging_face(source: str, subset, limit, kwargs) -> tuple[str, int]:
+    """``datasets.load_dataset(source, subset, **kwargs)`` into pgml."<source>"."""
+    if not source:
+        raise UnknownDataset("load_dataset needs a dataset name")
+    try:
+        import datasets as hf
+    except ImportError:
+        raise UnknownDataset(
+            f"dataset {source!r} is not one of the built-in datasets "
+            f"({', '.join(sorted(DATASETS))}) and the Hugging Face 'datasets' library is not "
+            "installed in the replica's Python environment; install it (pip install datasets) "
+            "to load Hugging Face datasets or local dataset directories") from None
+    try:
+        loaded = hf.load_dataset(source, subset, **kwargs)
+    except Exception as exc:  # the library raises many kinds: offline hub, unknown name, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnknownDataset(
+            f"dataset {source!r} could not be loaded by the Hugging Face datasets library: "
+            f"{first} (is the hub reachable from the database server? a local dataset "
+            "directory works offline)") from None
+    splits = [loaded[k] for k in loaded] if hasattr(loaded, "keys") else [loaded]
+    records: list[dict] = []
+    for part in splits:
+        for record in part:
+            if limit is not None and len(records) >= limit:
+                break
+            records.append(record)
+    names = list(splits[0].column_names) if splits else []
+    columns = [(n, _sql_type([r.get(n) for r in records])) for n in names]
+    rows = [tuple(_sql_value(r.get(n), t) for n, t in columns) for r in records]
+    table = f"pgml.{plpy.quote_ident(source)}"
+    _create(table, source, columns, rows)
+    return source, len(rows)
+
+
+def _sql_type(values: list) -> str:
+    present = [v for v in values if v is not None]
+    for py, sql in _SQL_TYPES:
+        if present and all(isinstance(v, py) and (py is bool or not isinstance(v, bool))
+                           for v in present):
+            return sql
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return "double precision"
+    return "jsonb"
+
+
+def _sql_value(value, sql_type: str):
+    if value is None or sql_type != "jsonb":
+        return value
+    import json
+
+    return json.dumps(value, default=str)

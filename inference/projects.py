@@ -14,6 +14,7 @@ from SQL); errors are the classes of inference.errors.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from inference import relations, store
 from inference.errors import InvalidData, NotDeployed, PgmlError, UnknownProject, UnknownRelation
 
-STRATEGIES = ("best_score", "most_recent", "rollback")
+STRATEGIES = ("best_score", "most_recent", "rollback")  # 'specific': deploy_model, by id
 SEARCHES = ("grid", "random")
 
 
@@ -61,8 +62,10 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
             raise InvalidData(f"y column {y!r} has {missing} NULL value(s); train on a view "
                               f"that filters them out (WHERE {y} IS NOT NULL) or fills them")
     features = snap.features
+    labels = values[snap.y_column_name[0]] if task == "classification" else None
     train_rows, test_rows = relations.split(n, snap.test_size, snap.test_sampling,
-                                            snap.random_state)
+                                            snap.random_state, labels)
+    preprocess = _expand_arrays(preprocess, snap.widths)
     X_train, X_test = (relations.gather(values, features, rows) for rows in (train_rows, test_rows))
     Y_train, Y_test = (relations.gather(values, snap.y_column_name, rows)
                        for rows in (train_rows, test_rows))
@@ -82,6 +85,17 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
     if deployed:
         store.deploy(project.id, model_id, "new_score")
     return project.name, task, algorithm, "deployed" if deployed else "not deployed"
+
+
+def _expand_arrays(preprocess: dict, widths: dict[str, int]) -> dict:
+    """Options given for an array column apply to each of its elements (PostgresML's rule)."""
+    if not widths or not any(name in widths for name in preprocess):
+        return preprocess
+    out = {}
+    for name, options in preprocess.items():
+        names = relations.element_names(name, widths[name]) if name in widths else [name]
+        out.update({n: options for n in names})
+    return out
 
 
 def _object(value, what: str) -> dict:
@@ -154,7 +168,7 @@ def _snapshot_for(project, project_name, relation_name, y_columns, test_size, te
             raise UnknownRelation(
                 f"the snapshot table {previous.table} of project {project_name!r} was dropped; "
                 "pass relation_name to take a new snapshot") from None
-        n, values = relations.load(previous.table, relations.columns(oid))
+        n, values = relations.load(previous.table, relations.columns(oid), previous.widths)
         return previous, n, values
     if not y_columns:
         if previous is None:
@@ -174,8 +188,13 @@ def take_snapshot(relation_name, y_columns, test_size, test_sampling):
              "nullable": c.nullable, "label": c.name in y_columns} for c in cols]
     snap = store.new_snapshot(source, y_columns, fraction, sampling, meta)
     relations.materialize(snap, source, cols)
-    n, values = relations.load(snap.table, cols)
-    store.finish_snapshot(snap.id, n, relations.analyze(values))
+    for c, m in zip(cols, meta, strict=True):
+        if c.is_array:  # the width is part of the snapshot: a retrain expands it the same way
+            m["width"] = relations.array_width(snap.table, c)
+    snap = dataclasses.replace(snap, columns=meta)
+    n, values = relations.load(snap.table, cols, snap.widths)
+    # statistics of the snapshot's own rows (PostgresML #527 read them from the live table)
+    store.finish_snapshot(snap.id, n, relations.analyze(values), meta)
     return snap, n, values
 
 
@@ -208,3 +227,16 @@ def deploy(project_name, strategy, algorithm_name):
             + (" (no earlier deployment of another model)" if strategy == "rollback" else ""))
     store.deploy(project.id, chosen.model_id, strategy)
     return project.name, project.task, chosen.algorithm
+
+
+def deploy_model(model_id: int):
+    """Deploy one chosen model (PostgresML 2.x's ``pgml.deploy(model_id)``, strategy
+    'specific'); (project, strategy, algorithm)."""
+    found = store.model_project(model_id)
+    if found is None:
+        from inference.errors import UnknownModel
+
+        raise UnknownModel(f"model {model_id} does not exist (see the table pgml.models)")
+    project, algorithm = found
+    store.deploy(project.id, model_id, "specific")
+    return project.name, "specific", algorithm

@@ -32,7 +32,7 @@ NUMERIC_TYPES = {21: "smallint", 23: "integer", 20: "bigint", 700: "real",
                  701: "double precision", 1700: "numeric", 16: "boolean"}
 _BOOL = 16
 _NAN = r"'\x7ff8000000000000'::bytea"
-SAMPLINGS = ("random", "first", "last")
+SAMPLINGS = ("random", "first", "last", "stratified")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,17 @@ class Column:
     base_oid: int
     position: int
     nullable: bool
+    elem_oid: int = 0  # an array column: the base type of its elements (else 0)
+
+    @property
+    def is_array(self) -> bool:
+        return self.elem_oid != 0
+
+
+def element_names(name: str, width: int) -> list[str]:
+    """The features an array column of ``width`` elements becomes: name[1] .. name[width],
+    in the array's storage order (row-major for a multi-dimensional array such as an image)."""
+    return [f"{name}[{i + 1}]" for i in range(width)]
 
 
 def resolve(relation_name: str) -> tuple[int, str]:
@@ -74,11 +85,16 @@ def columns(oid: int) -> list[Column]:
     rows = store.query(
         "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS pg_type,"
         " (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END)::int8 AS base,"
-        " a.attnum::int AS position, NOT a.attnotnull AS nullable"
+        " a.attnum::int AS position, NOT a.attnotnull AS nullable,"
+        " coalesce((SELECT CASE WHEN e.typtype = 'd' THEN e.typbasetype ELSE e.oid END"
+        "   FROM pg_type b JOIN pg_type e ON e.oid = b.typelem"
+        "  WHERE b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END"
+        "    AND b.typcategory = 'A'), 0)::int8 AS elem"
         " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
         " WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         ("int8",), (oid,))
-    return [Column(r["name"], r["pg_type"], r["base"], r["position"], r["nullable"]) for r in rows]
+    return [Column(r["name"], r["pg_type"], r["base"], r["position"], r["nullable"], r["elem"])
+            for r in rows]
 
 
 def check_columns(relation_name: str, cols: list[Column], y_columns: list[str]) -> None:
@@ -93,6 +109,8 @@ def check_columns(relation_name: str, cols: list[Column], y_columns: list[str]) 
     if len(cols) <= len(y_columns):
         raise InvalidData(f"{relation_name} has no feature columns besides {', '.join(y_columns)}")
     for c in cols:
+        if c.is_array and c.name not in y_columns and c.elem_oid in NUMERIC_TYPES:
+            continue  # an array of numbers: one feature per element, as PostgresML
         if c.base_oid not in NUMERIC_TYPES:
             role = "y column" if c.name in y_columns else "feature column"
             raise NotNumeric(
@@ -108,8 +126,12 @@ def materialize(snapshot: store.Snapshot, source: str, cols: list[Column]) -> No
     plpy.execute(f"CREATE TABLE {snapshot.table} AS SELECT {select} FROM {source}")  # noqa: S608 - quoted identifiers and our integer id
 
 
-def load(table: str, cols: list[Column]) -> tuple[int, dict[str, np.ndarray]]:
+def load(table: str, cols: list[Column],
+         widths: dict[str, int] | None = None) -> tuple[int, dict[str, np.ndarray]]:
     """(row count, column name -> float64 values with NaN for NULL), one scan of ``table``.
+
+    An array column becomes one entry per element (``element_names``); ``widths`` gives their
+    number where known (a snapshot's stored widths), else every array must have the same.
 
     The arrays are read-only big-endian views over the bytes the query returned, not copies:
     numpy converts as it reads, and ``gather`` copies only the rows a split needs, once, into
@@ -118,8 +140,19 @@ def load(table: str, cols: list[Column]) -> tuple[int, dict[str, np.ndarray]]:
     fresh memory is slow); gathering from the views copies them once (~0.2 s).
     """
     parts = ["count(*)::int8 AS n"]
+    widths = dict(widths or {})
+    for c in cols:
+        if c.is_array and c.name not in widths:
+            widths[c.name] = array_width(table, c)
     for i, c in enumerate(cols):
         value = plpy.quote_ident(c.name)
+        if c.is_array:  # each row's elements in storage order; a NULL array as NULL elements
+            elem = "e::int::float8" if c.elem_oid == _BOOL else "e::float8"
+            nulls = f"decode(repeat('7ff8000000000000', {int(widths[c.name])}), 'hex')"
+            inner = (f"SELECT string_agg(coalesce(float8send({elem}), {_NAN}), ''::bytea"  # noqa: S608 - quoted
+                     f" ORDER BY o) FROM unnest({value}) WITH ORDINALITY u(e, o)")
+            parts.append(f"string_agg(coalesce(({inner}), {nulls}), ''::bytea) AS c{i}")
+            continue
         value = f"{value}::int::float8" if c.base_oid == _BOOL else f"{value}::float8"
         parts.append(f"string_agg(coalesce(float8send({value}), {_NAN}), ''::bytea) AS c{i}")
     previous = store.query("SELECT current_setting('synchronize_seqscans') AS v")[0]["v"]
@@ -129,9 +162,31 @@ def load(table: str, cols: list[Column]) -> tuple[int, dict[str, np.ndarray]]:
     finally:
         _set_syncscan(previous)
     n = row["n"]
-    if n == 0:
-        return 0, {c.name: np.empty(0) for c in cols}
-    return n, {c.name: np.frombuffer(row[f"c{i}"], dtype=">f8") for i, c in enumerate(cols)}
+    out: dict[str, np.ndarray] = {}
+    for i, c in enumerate(cols):
+        data = np.frombuffer(row[f"c{i}"], dtype=">f8") if n else np.empty(0)
+        if not c.is_array:
+            out[c.name] = data
+            continue
+        width = int(widths[c.name])
+        matrix = data.reshape(n, width) if n else np.empty((0, width))
+        for j, name in enumerate(element_names(c.name, width)):
+            out[name] = matrix[:, j]
+    return n, out
+
+
+def array_width(table: str, c: Column) -> int:
+    """The number of elements every non-NULL array of column ``c`` holds (all must agree)."""
+    col = plpy.quote_ident(c.name)
+    row = plpy.execute(f"SELECT min(cardinality({col})) AS lo, max(cardinality({col})) AS hi"  # noqa: S608 - quoted
+                       f" FROM {table}")[0]
+    if row["lo"] is None:
+        raise InvalidData(f"array column {c.name!r} has no values; it cannot be a feature")
+    if row["lo"] != row["hi"]:
+        raise InvalidData(
+            f"array column {c.name!r} holds arrays of {row['lo']} to {row['hi']} elements; every "
+            "row must have the same number of elements to be used as features")
+    return int(row["lo"])
 
 
 def gather(values: dict[str, np.ndarray], names: list[str], rows: np.ndarray) -> np.ndarray:
@@ -176,12 +231,15 @@ def check_sampling(test_sampling: str) -> str:
     return sampling
 
 
-def split(n: int, test_size: float, sampling: str, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+def split(n: int, test_size: float, sampling: str, random_state: int,
+          labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train row indexes, test row indexes) of an n-row snapshot.
 
     The test split has ceil(test_size * n) rows, as scikit-learn's train_test_split. 'random'
     is exactly ``train_test_split(range(n), test_size, random_state, shuffle=True)``, so the
-    same split can be rebuilt outside the database; 'first' tests on the first rows of the
+    same split can be rebuilt outside the database; 'stratified' is the same call with
+    ``stratify=labels`` (classification; where a class has fewer than 2 rows, or there are more
+    classes than test rows, it is the plain random split); 'first' tests on the first rows of the
     snapshot, 'last' on the last ones.
     """
     fraction = test_fraction(test_size)
@@ -201,6 +259,11 @@ def split(n: int, test_size: float, sampling: str, random_state: int) -> tuple[n
         return rows[:n_train], rows[n_train:]
     from sklearn.model_selection import train_test_split
 
+    stratify = labels if sampling == "stratified" else None
+    if stratify is not None:
+        _, counts = np.unique(stratify, return_counts=True)
+        if counts.min() < 2 or len(counts) > n_test or len(counts) > n_train:
+            stratify = None  # too few rows per class to stratify: a plain random split
     train, test = train_test_split(rows, test_size=fraction, random_state=random_state,
-                                   shuffle=True)
+                                   shuffle=True, stratify=stratify)
     return train, test

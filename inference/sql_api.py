@@ -102,10 +102,15 @@ def deploy(project_name, strategy, algorithm_name):
 
 
 @_entry
-def load_dataset(source):
+def deploy_model(model_id):
+    return [projects.deploy_model(model_id)]
+
+
+@_entry
+def load_dataset(source, subset=None, limit=None, kwargs=None):
     from inference import datasets
 
-    return [datasets.load(source)]
+    return [datasets.load(source, subset, limit, _json(kwargs))]
 
 
 # -- scoring -------------------------------------------------------------------------------
@@ -117,6 +122,8 @@ def predict(project_name, features, statement_key):
         model = deployed.for_statement(project_name, statement_key)
         if model.joint:
             raise PgmlError(f"project {project_name!r} is a joint model; use pgml.predict_joint")
+        if features and type(features[0]) is list:  # a multi-dimensional array (an image)
+            features = _flat(features)
         return model.scorer.predict_one(features)
     except PgmlError as exc:
         _raise(exc)
@@ -125,7 +132,7 @@ def predict(project_name, features, statement_key):
 @_entry
 def predict_proba(project_name, features, statement_key):
     model = deployed.for_statement(project_name, statement_key)
-    return model.scorer.predict_proba(np.array(features, dtype=np.float64))[0].tolist()
+    return _proba(model, features)
 
 
 @_entry
@@ -133,7 +140,7 @@ def predict_joint(project_name, features, statement_key):
     model = deployed.for_statement(project_name, statement_key)
     if not model.joint:
         raise PgmlError(f"project {project_name!r} is not a joint model; use pgml.predict")
-    return np.asarray(model.scorer.predict(np.array(features, dtype=np.float64))).reshape(-1).tolist()
+    return _joint(model, features)
 
 
 @_entry
@@ -141,6 +148,10 @@ def predict_batch(project_name, features: bytes, statement_key):
     model = deployed.for_statement(project_name, statement_key)
     if model.joint:
         raise PgmlError(f"project {project_name!r} is a joint model; use pgml.predict_joint")
+    return _batch(model, features)
+
+
+def _batch(model, features: bytes):
     scorer = model.scorer
     values = float8_array(features)
     if values.size % scorer.n_features:
@@ -168,8 +179,91 @@ def _batch_threads(n_rows: int) -> int:
 def model_predict(model_id, features):
     model = deployed.loaded(model_id)
     if model.joint:
-        raise PgmlError(f"model {model_id} is a joint model; pgml.model_predict returns one value")
+        raise PgmlError(f"model {model_id} is a joint model; use pgml.predict_joint")
+    if features and type(features[0]) is list:
+        features = _flat(features)
     return model.scorer.predict_one(features)
+
+
+@_entry
+def model_predict_proba(model_id, features):
+    return _proba(deployed.loaded(model_id), features)
+
+
+@_entry
+def model_predict_joint(model_id, features):
+    model = deployed.loaded(model_id)
+    if not model.joint:
+        raise PgmlError(f"model {model_id} is not a joint model; use pgml.predict")
+    return _joint(model, features)
+
+
+@_entry
+def model_predict_batch(model_id, features: bytes):
+    model = deployed.loaded(model_id)
+    if model.joint:
+        raise PgmlError(f"model {model_id} is a joint model; use pgml.predict_joint")
+    return _batch(model, features)
+
+
+@_entry
+def predict_row(project_name, row, statement_key):
+    """pgml.predict(project, (col, col, ...)): a heterogeneous row, fields in feature order."""
+    model = deployed.for_statement(project_name, statement_key)
+    return model.scorer.predict_one(_row_features(row))
+
+
+@_entry
+def model_predict_row(model_id, row):
+    return deployed.loaded(model_id).scorer.predict_one(_row_features(row))
+
+
+@_entry
+def decompose(project_name, features, statement_key):
+    """pgml.decompose: the deployed decomposition model's components for one vector."""
+    model = deployed.for_statement(project_name, statement_key)
+    return _joint(model, features)
+
+
+def _proba(model, features) -> list[float]:
+    return model.scorer.predict_proba(_matrix(features))[0].tolist()
+
+
+def _joint(model, features) -> list[float]:
+    return np.asarray(model.scorer.predict(_matrix(features))).reshape(-1).tolist()
+
+
+def _matrix(features) -> np.ndarray:
+    """One row of features as a 1 x n matrix; a multi-dimensional array is flattened."""
+    return np.array(features, dtype=np.float64).reshape(1, -1)
+
+
+def _flat(nested) -> list:
+    out = []
+    for item in nested:
+        if type(item) is list:
+            out += _flat(item)
+        else:
+            out.append(item)
+    return out
+
+
+def _row_features(row) -> list:
+    """A record's fields as numbers in order (arrays flattened, booleans as 0/1, NULL as None).
+
+    Text fields are refused: encoding text categoricals at predict time needs the category
+    maps of a model trained on text columns."""
+    row = json.loads(row) if isinstance(row, str) else row
+    values = row.values() if isinstance(row, dict) else row if isinstance(row, list) else [row]
+    out = []
+    for value in values:
+        if type(value) is list:
+            out += _flat(value)
+        elif isinstance(value, str):
+            raise InvalidData(f"the row has a text value {value!r}; this model takes numbers only")
+        else:
+            out.append(value)
+    return [float(v) if isinstance(v, bool) else v for v in out]
 
 
 @_entry

@@ -95,7 +95,21 @@ class Snapshot:
 
     @property
     def features(self) -> list[str]:
-        return [c["name"] for c in self.columns if not c["label"]]
+        """Feature names in column order; an array column is one feature per element."""
+        out: list[str] = []
+        for c in self.columns:
+            if c["label"]:
+                continue
+            if c.get("width") is None:
+                out.append(c["name"])
+            else:
+                out += [f"{c['name']}[{i + 1}]" for i in range(int(c["width"]))]
+        return out
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """Array columns and their number of elements, as recorded when the snapshot was taken."""
+        return {c["name"]: int(c["width"]) for c in self.columns if c.get("width") is not None}
 
 
 _SNAPSHOT_COLUMNS = ("s.id, s.relation_name, s.y_column_name, s.test_size, s.test_sampling,"
@@ -118,10 +132,11 @@ def new_snapshot(relation_name: str, y_columns: list[str], test_size: float, tes
     return _snapshot(rows[0])
 
 
-def finish_snapshot(snapshot_id: int, num_rows: int, analysis: dict) -> None:
+def finish_snapshot(snapshot_id: int, num_rows: int, analysis: dict, columns: list[dict]) -> None:
     query("UPDATE pgml.snapshots SET status = 'snapshot', num_rows = $2, analysis = $3::jsonb,"
-          " updated_at = clock_timestamp() WHERE id = $1",
-          ("int8", "int8", "text"), (snapshot_id, num_rows, dumps(analysis)))
+          " columns = $4::jsonb, updated_at = clock_timestamp() WHERE id = $1",
+          ("int8", "int8", "text", "text"),
+          (snapshot_id, num_rows, dumps(analysis), dumps(columns)))
 
 
 def project_snapshot(project_id: int) -> Snapshot | None:
@@ -232,6 +247,17 @@ def rollback_model(project_id: int, current_model_id: int,
         " ORDER BY d.created_at DESC, d.id DESC LIMIT 1",
         ("int8", "int8", "text"), (project_id, current_model_id, algorithm))
     return _candidate(rows)
+
+
+def model_project(model_id: int) -> tuple[Project, str] | None:
+    """(the model's project, its algorithm), or None when there is no such model."""
+    rows = query("SELECT p.id, p.name, p.task, m.algorithm FROM pgml.models m"
+                 " JOIN pgml.projects p ON p.id = m.project_id WHERE m.id = $1",
+                 ("int8",), (model_id,))
+    if not rows.nrows():
+        return None
+    r = rows[0]
+    return Project(r["id"], r["name"], r["task"]), r["algorithm"]
 
 
 def deployed_model(project_name: str) -> int:

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS pgml.settings (
 CREATE TABLE IF NOT EXISTS pgml.projects (
     id         bigserial PRIMARY KEY,
     name       text NOT NULL UNIQUE,
-    task       text NOT NULL CHECK (task IN ('regression', 'classification')),
+    task       text NOT NULL
+               CHECK (task IN ('regression', 'classification', 'clustering', 'decomposition')),
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
@@ -38,7 +39,7 @@ CREATE TABLE IF NOT EXISTS pgml.snapshots (
     relation_name text NOT NULL,
     y_column_name text[] NOT NULL,
     test_size     real NOT NULL CHECK (test_size > 0 AND test_size < 1),
-    test_sampling text NOT NULL CHECK (test_sampling IN ('random', 'first', 'last')),
+    test_sampling text NOT NULL CHECK (test_sampling IN ('random', 'first', 'last', 'stratified')),
     status        text NOT NULL DEFAULT 'in_progress',
     columns       jsonb,
     analysis      jsonb,
@@ -96,11 +97,27 @@ CREATE TABLE IF NOT EXISTS pgml.deployments (
     project_id bigint NOT NULL REFERENCES pgml.projects (id) ON DELETE CASCADE,
     model_id   bigint NOT NULL REFERENCES pgml.models (id) ON DELETE CASCADE,
     strategy   text NOT NULL
-               CHECK (strategy IN ('new_score', 'best_score', 'most_recent', 'rollback')),
+               CHECK (strategy IN ('new_score', 'best_score', 'most_recent', 'rollback', 'specific')),
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS deployments_project_idx
     ON pgml.deployments (project_id, created_at DESC, id DESC);
+
+-- Upgrades: CHECKs widened by later versions (PostgresML's tasks clustering and
+-- decomposition, its deploy-by-id strategy 'specific', test_sampling 'stratified'), dropped
+-- and added again with the current definition: the same result however often it runs.
+ALTER TABLE pgml.projects DROP CONSTRAINT IF EXISTS projects_task_check,
+    ADD CONSTRAINT projects_task_check
+    CHECK (task IN ('regression', 'classification', 'clustering', 'decomposition'));
+ALTER TABLE pgml.snapshots DROP CONSTRAINT IF EXISTS snapshots_test_sampling_check,
+    ADD CONSTRAINT snapshots_test_sampling_check
+    CHECK (test_sampling IN ('random', 'first', 'last', 'stratified'));
+ALTER TABLE pgml.deployments DROP CONSTRAINT IF EXISTS deployments_strategy_check,
+    ADD CONSTRAINT deployments_strategy_check
+    CHECK (strategy IN ('new_score', 'best_score', 'most_recent', 'rollback', 'specific'));
+
+-- Feature importances, where the model has them (PostgresML's column name).
+ALTER TABLE pgml.models ADD COLUMN IF NOT EXISTS feature_importances jsonb;
 
 -- Views, with PostgresML's column names (runtime added at the end).
 CREATE OR REPLACE VIEW pgml.overview AS

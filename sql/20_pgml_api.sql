@@ -106,11 +106,26 @@ if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 return GD["pgml"].snapshot(relation_name, y_column_name, test_size, test_sampling)
 $$;
 
-CREATE OR REPLACE FUNCTION pgml.load_dataset(source text)
+-- PostgresML 2.x's signature: subset and kwargs go to Hugging Face's datasets library for names
+-- that are not one of the built-in datasets; limit keeps the first rows.
+DROP FUNCTION IF EXISTS pgml.load_dataset(text);
+CREATE OR REPLACE FUNCTION pgml.load_dataset(
+    source  text,
+    subset  text DEFAULT NULL,
+    "limit" bigint DEFAULT NULL,
+    kwargs  jsonb DEFAULT '{}')
 RETURNS TABLE (table_name text, rows bigint)
 LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
-return GD["pgml"].load_dataset(source)
+return GD["pgml"].load_dataset(source, subset, args[2], kwargs)
+$$;
+
+-- Deploy one chosen model (PostgresML 2.x): strategy 'specific'.
+CREATE OR REPLACE FUNCTION pgml.deploy(model_id bigint)
+RETURNS TABLE (project text, strategy text, algorithm text)
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].deploy_model(model_id)
 $$;
 
 CREATE OR REPLACE FUNCTION pgml.runtime_info(project_name text DEFAULT NULL) RETURNS jsonb
@@ -242,6 +257,112 @@ CREATE OR REPLACE FUNCTION pgml.model_predict(model_id bigint, features float8[]
 LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 return GD["pgml"].model_predict(model_id, features)
+$$;
+
+-- Scoring by model id (PostgresML 2.x): any model, deployed or not; loaded models are cached
+-- by id for the life of the backend, so these need no statement key.
+CREATE OR REPLACE FUNCTION pgml.predict(model_id bigint, features float8[]) RETURNS float8
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(model_id bigint, features real[]) RETURNS float8
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(model_id bigint, features integer[]) RETURNS float8
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(model_id bigint, features bigint[]) RETURNS float8
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(model_id bigint, features smallint[]) RETURNS float8
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(model_id bigint, features boolean[]) RETURNS float8
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(model_id bigint, features numeric[]) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml.predict(model_id, features::float8[])
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict_proba(model_id bigint, features float8[]) RETURNS float8[]
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict_proba(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict_joint(model_id bigint, features float8[]) RETURNS float8[]
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict_joint(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict_batch(model_id bigint, features bytea) RETURNS float8[]
+LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict_batch(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict_batch(model_id bigint, features float8[])
+RETURNS SETOF float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT unnest(pgml._predict_batch(model_id, array_send(features)))
+$$;
+
+-- A heterogeneous row, pgml.predict('project', (col1, col2, ...)) as PostgresML 2.x takes it:
+-- the fields in the relation's feature order, arrays flattened. PL/Python cannot take
+-- anyelement, so the row travels as to_json()'s text (field order kept). An array argument
+-- still goes to the array overloads above (an exact type match wins over anyelement).
+CREATE OR REPLACE FUNCTION pgml._predict_row(project_name text, features text, statement_key float8)
+RETURNS float8 LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict_row(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict_row(model_id bigint, features text)
+RETURNS float8 LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].model_predict_row(model_id, features)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(project_name text, "row" anyelement) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict_row(project_name, to_json("row")::text,
+                             date_part('epoch', statement_timestamp()))
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict(model_id bigint, "row" anyelement) RETURNS float8
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict_row(model_id, to_json("row")::text)
+$$;
+
+-- pgml.decompose (PostgresML 2.x): the deployed decomposition model's components of a vector.
+CREATE OR REPLACE FUNCTION pgml._decompose(project_name text, features float8[], statement_key float8)
+RETURNS float8[] LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].decompose(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.decompose(project_name text, vector float8[]) RETURNS float8[]
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._decompose(project_name, vector, date_part('epoch', statement_timestamp()))
 $$;
 
 -- Any change to pgml.deployments in this backend drops its cached deployment lookups at once

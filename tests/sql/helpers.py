@@ -41,11 +41,25 @@ class Split:
     y_test: np.ndarray
 
 
+def y_column(name: str) -> str:
+    """The label column of pgml.<name>: breast_cancer's is PostgresML's ``malignant``."""
+    return "malignant" if name == "breast_cancer" else "target"
+
+
+def table_values(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features, label) of pgml.<name> as pgml.load_dataset writes it, in row order: FLOAT4
+    values (PostgresML's type), breast_cancer's label malignant = scikit-learn's class 0."""
+    bunch = getattr(datasets, f"load_{name}")()
+    X = np.asarray(bunch.data, dtype=np.float32).astype(np.float64)
+    y = np.asarray(bunch.target, dtype=np.float32).astype(np.float64)
+    if name == "breast_cancer":
+        y = (bunch.target == 0).astype(np.float64)
+    return X, y
+
+
 @functools.cache
 def split(name: str, test_size: float = 0.25) -> Split:
-    bunch = getattr(datasets, f"load_{name}")()
-    X = np.asarray(bunch.data, dtype=np.float64)
-    y = np.asarray(bunch.target, dtype=np.float64)
+    X, y = table_values(name)
     train, test = train_test_split(np.arange(len(X)), test_size=test_size, random_state=0)
     return Split(X[train], X[test], y[train], y[test])
 

@@ -15,7 +15,7 @@ import pytest
 
 from inference import algorithms
 from inference.parity import target_scale
-from tests.sql.helpers import connect, latest_model, one, reference, split
+from tests.sql.helpers import connect, latest_model, one, reference, split, y_column
 
 BINARY_SUBSET = {"linear", "xgboost", "gaussian_process"}
 # Exported graphs that onnxruntime cannot run, or that scikit-learn cannot export: the model
@@ -42,8 +42,8 @@ def conn(shared_pgml_db):
 @pytest.mark.parametrize(("dataset", "task", "algorithm"), CASES)
 def test_algorithm_trains_and_predicts_via_sql(conn, dataset, task, algorithm):
     project = f"{dataset}_{algorithm}"
-    row = conn.execute("SELECT * FROM pgml.train(%s, %s, %s, 'target', %s)",
-                       (project, task, f"pgml.{dataset}", algorithm)).fetchone()
+    row = conn.execute("SELECT * FROM pgml.train(%s, %s, %s, %s, %s)",
+                       (project, task, f"pgml.{dataset}", y_column(dataset), algorithm)).fetchone()
     assert row == (project, task, algorithm, "deployed")
     model = latest_model(conn, project)
     estimator, expected = reference(dataset, task, algorithm)

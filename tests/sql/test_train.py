@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 
-from tests.sql.helpers import connect, latest_model, one, split
+from tests.sql.helpers import connect, latest_model, one, split, table_values
 
 REG_METRICS = ("r2", "mean_squared_error", "mean_absolute_error", "explained_variance")
 CLS_METRICS = ("f1", "precision", "recall", "accuracy")
@@ -110,12 +110,12 @@ def test_snapshot_is_a_materialized_copy_with_statistics(pgml_db):
     status, num_rows, test_size, sampling, analysis, columns = snap
     assert (status, num_rows, sampling) == ("snapshot", 442, "last")
     assert test_size == pytest.approx(0.2)
-    bunch = load_diabetes()
-    bmi = bunch.data[:, list(bunch.feature_names).index("bmi")]
+    bunch = load_diabetes()  # FLOAT4 in the table, as PostgresML stores it
+    bmi = bunch.data[:, list(bunch.feature_names).index("bmi")].astype(np.float32).astype(float)
     assert analysis["bmi"]["mean"] == pytest.approx(bmi.mean(), abs=1e-12)
     assert analysis["bmi"]["median"] == pytest.approx(np.median(bmi))
     assert analysis["bmi"]["stddev"] == pytest.approx(bmi.std())
-    assert analysis["target"]["min"] == bunch.target.min()
+    assert analysis["target"]["min"] == np.float32(bunch.target.min())
     assert analysis["bmi"]["missing"] == 0
     assert [c["name"] for c in columns] == list(bunch.feature_names) + ["target"]
     assert [c["label"] for c in columns] == [False] * 10 + [True]
@@ -143,7 +143,7 @@ def test_ordered_sampling_tests_on_the_first_or_last_rows(pgml_db, sampling):
         conn.execute("SELECT pgml.train('s', 'regression', 'pgml.diabetes', 'target',"
                      " test_size => 0.2, test_sampling => %s)", (sampling,))
         stored = latest_model(conn, "s")["metrics"]
-    X, y = load_diabetes(return_X_y=True)
+    X, y = table_values("diabetes")
     n_test = math.ceil(0.2 * len(X))
     if sampling == "first":
         train, test = slice(n_test, None), slice(0, n_test)
