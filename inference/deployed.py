@@ -59,8 +59,10 @@ def loaded(model_id: int) -> Loaded:
 
     stored = store.stored_model(model_id)
     onnx, native = (stored.data, None) if stored.runtime == "onnx" else (None, stored.data)
+    tensor = store.model_file(model_id, "tensor.onnx") if stored.runtime == "onnx" else None
     found = Loaded(model_id,
-                   load_scorer(stored.runtime, onnx, native, stored.task, stored.num_features),
+                   load_scorer(stored.runtime, onnx, native, stored.task, stored.num_features,
+                               tensor=tensor),
                    stored.joint)
     _LOADED[model_id] = found
     while len(_LOADED) > MAX_CACHED_SCORERS:

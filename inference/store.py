@@ -179,6 +179,19 @@ def insert_model(project_id: int, snapshot_id: int, algorithm: str, num_features
     return model_id
 
 
+def add_file(model_id: int, path: str, data: bytes) -> None:
+    """One more file of a model (e.g. 'tensor.onnx', the tree models' tensor graph)."""
+    query("INSERT INTO pgml.files (model_id, path, data) VALUES ($1, $2, $3)",
+          ("int8", "text", "bytea"), (model_id, path, bytes(data)))
+
+
+def model_file(model_id: int, path: str) -> bytes | None:
+    """A model's file reassembled from its parts; None when the model has no such file."""
+    rows = query("SELECT string_agg(data, ''::bytea ORDER BY part) AS data FROM pgml.files"
+                 " WHERE model_id = $1 AND path = $2", ("int8", "text"), (model_id, path))
+    return None if not rows.nrows() or rows[0]["data"] is None else bytes(rows[0]["data"])
+
+
 # -- deployments ---------------------------------------------------------------------------
 
 

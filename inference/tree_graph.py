@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from inference.errors import NotExportable
@@ -80,6 +81,36 @@ def checked(pipeline, X_test: np.ndarray, *, task: str, classes: list | None, ha
         record["reason"] = "tensor graph differs from the native model"
         return None, record
     return data, record
+
+
+def for_training(result, task: str, feature_names: list[str], X_test: np.ndarray,
+                 random_state: int) -> bytes | None:
+    """The tensor graph pgml.train stores beside the default one (tree models only), or None.
+
+    Checked like the default graph, on the same fixed sample of the test split
+    (parity.sample_rows); the record travels in the graph's ``pgml.parity`` property. Only
+    served models get one (runtime 'onnx': the default graph passed its own parity).
+    """
+    from inference import parity
+
+    if result.runtime != "onnx":
+        return None
+    spec, _ = unwrap(result.estimator)
+    rows = parity.sample_rows(len(X_test), random_state)
+    X = X_test if rows is None else X_test[rows]
+    error_columns = [j for j, c in enumerate((spec or {}).get("columns", []))
+                     if c["impute"] == "error"]
+    if error_columns:
+        X = X[~np.isnan(X[:, error_columns]).any(axis=1)]
+    data, record = checked(result.estimator, X, task=task, classes=result.classes,
+                           has_proba=task == "classification", error_columns=error_columns,
+                           feature_names=feature_names)
+    if data is None:
+        return None
+    model = onnx.load_from_string(data)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "pgml.parity", json.dumps(record)
+    return model.SerializeToString()
 
 
 def unwrap(pipeline):

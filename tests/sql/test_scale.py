@@ -1,0 +1,124 @@
+"""Scoring at scale from SQL: pgml.export_onnx, pgml.predict_relation, the tensor graph stored
+by pgml.train, and runtime_info's graph report -- on real PL/Python clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import psycopg
+import pytest
+
+from tests.sql.helpers import connect, one
+
+
+@pytest.fixture(scope="module")
+def conn(shared_pgml_db):
+    with connect(shared_pgml_db) as c:
+        c.execute("SELECT pgml.load_dataset('iris'), pgml.load_dataset('diabetes')")
+        c.execute("ALTER TABLE pgml.diabetes ADD COLUMN id bigserial")
+        c.execute("ALTER TABLE pgml.iris ADD COLUMN id int GENERATED ALWAYS AS IDENTITY")
+        c.execute("CREATE VIEW pgml.diabetes_f AS SELECT age, sex, bmi, bp, s1, s2, s3, s4, s5,"
+                  " s6, target FROM pgml.diabetes")
+        c.execute("CREATE VIEW pgml.iris_f AS SELECT sepal_length, sepal_width, petal_length,"
+                  " petal_width, target FROM pgml.iris")
+        c.execute("SELECT pgml.train('xgb', 'regression', 'pgml.diabetes_f', 'target', 'xgboost',"
+                  " '{\"n_estimators\": 20}')")
+        c.execute("SELECT pgml.train('forest', 'classification', 'pgml.iris_f', 'target',"
+                  " 'random_forest', '{\"n_estimators\": 10}')")
+        c.execute("SELECT pgml.train('lin', 'regression', 'pgml.diabetes_f', 'target')")
+        yield c
+
+
+def _session(data: bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def test_export_onnx_returns_both_graphs_of_a_tree_model(conn):
+    default = one(conn, "SELECT pgml.export_onnx('xgb')")
+    tensor = one(conn, "SELECT pgml.export_onnx('xgb', 'tensor')")
+    assert any(n.domain == "ai.onnx.ml" for n in onnx.load_from_string(default).graph.node)
+    model = onnx.load_from_string(tensor)
+    assert {n.domain for n in model.graph.node} == {""}
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["pgml.graph"] == "tensor" and '"ok": true' in meta["pgml.parity"]
+    X = np.asarray(conn.execute("SELECT age, sex, bmi, bp, s1, s2, s3, s4, s5, s6"
+                                " FROM pgml.diabetes LIMIT 50").fetchall(), dtype=np.float32)
+    a = _session(default).run(None, {"features": X})[0].ravel()
+    b = _session(tensor).run(None, {"features": X})[0].ravel()
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    stored = [one(conn, "SELECT pgml.predict('xgb', %s::float8[])", (x.tolist(),)) for x in X[:5]]
+    np.testing.assert_allclose(stored, a[:5], rtol=1e-6)
+
+
+def test_export_onnx_refuses_what_does_not_exist(conn):
+    assert one(conn, "SELECT length(pgml.export_onnx('lin'))") > 0
+    with pytest.raises(psycopg.Error, match="no tensor ONNX graph; only tree models"):
+        conn.execute("SELECT pgml.export_onnx('lin', 'tensor')")
+    with pytest.raises(psycopg.Error, match="graph 'gpu' is not one of default, tensor"):
+        conn.execute("SELECT pgml.export_onnx('xgb', 'gpu')")
+
+
+def test_predict_relation_regression_equals_predict(conn):
+    n = one(conn, "SELECT pgml.predict_relation('xgb', 'pgml.diabetes', ARRAY['id'], 'scored')")
+    assert n == one(conn, "SELECT count(*) FROM pgml.diabetes") == 442
+    cols = [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'scored'::regclass AND attnum > 0"
+        " ORDER BY attnum")]
+    assert cols == ["id", "prediction"]
+    rows = conn.execute(
+        "SELECT s.prediction, pgml.predict('xgb', ARRAY[age, sex, bmi, bp, s1, s2, s3, s4, s5,"
+        " s6]) FROM scored s JOIN pgml.diabetes d USING (id)").fetchall()
+    assert len(rows) == 442
+    assert all(a == b for a, b in rows)
+
+
+def test_predict_relation_classification_writes_probabilities(conn):
+    n = one(conn, "SELECT pgml.predict_relation('forest', 'pgml.iris', '{id,target}',"
+                  " 'public.\"Iris Scored\"')")
+    assert n == 150
+    rows = conn.execute(
+        'SELECT s.prediction, s.probabilities, pgml.predict(\'forest\', ARRAY[sepal_length,'
+        ' sepal_width, petal_length, petal_width]), pgml.predict_proba(\'forest\','
+        ' ARRAY[sepal_length, sepal_width, petal_length, petal_width])'
+        ' FROM "Iris Scored" s JOIN pgml.iris i USING (id)').fetchall()
+    assert len(rows) == 150
+    for label, proba, one_label, one_proba in rows:
+        assert label == one_label
+        np.testing.assert_allclose(proba, one_proba, atol=1e-6)
+
+
+def test_predict_relation_empty_relation_and_null_features(conn):
+    conn.execute("CREATE TABLE few AS SELECT * FROM pgml.diabetes WHERE false")
+    assert one(conn, "SELECT pgml.predict_relation('xgb', 'few', '{}', 'few_scored')") == 0
+    assert one(conn, "SELECT count(*) FROM few_scored") == 0
+    conn.execute("INSERT INTO few SELECT * FROM pgml.diabetes LIMIT 3")
+    conn.execute("UPDATE few SET bmi = NULL")
+    assert one(conn, "SELECT pgml.predict_relation('xgb', 'few', '{id}', 'few2')") == 3
+    got = conn.execute("SELECT prediction FROM few2 ORDER BY id").fetchall()
+    want = conn.execute("SELECT pgml.predict('xgb', ARRAY[age, sex, bmi, bp, s1, s2, s3, s4,"
+                        " s5, s6]) FROM few ORDER BY id").fetchall()
+    assert got == want
+
+
+def test_predict_relation_errors_leave_nothing(conn):
+    with pytest.raises(psycopg.Error, match="key column 'nope' does not exist"):
+        conn.execute("SELECT pgml.predict_relation('xgb', 'pgml.diabetes', '{nope}', 'x1')")
+    with pytest.raises(psycopg.Error, match="does not exist"):
+        conn.execute("SELECT pgml.predict_relation('xgb', 'no_such_table', '{}', 'x2')")
+    with pytest.raises(psycopg.Error, match="already exists"):
+        conn.execute("SELECT pgml.predict_relation('xgb', 'pgml.diabetes', '{}', 'pgml.diabetes')")
+    assert one(conn, "SELECT count(*) FROM pg_class WHERE relname IN ('x1', 'x2')") == 0
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT pgml.predict_relation('xgb', 'pgml.diabetes', '{id}', 'rolled')")
+    assert one(conn, "SELECT to_regclass('rolled')") is None
+    assert conn.notices == []
+
+
+def test_runtime_info_names_the_graphs_without_a_gpu(conn):
+    info = one(conn, "SELECT pgml.runtime_info('xgb')")
+    project = info["project"]
+    assert project["graph"] == "default"  # no CUDA device here: the tensor graph is not loaded
+    batch = project["batch_graph"]
+    assert all(v["providers"] == ["CPUExecutionProvider"] for v in batch.values())
+    assert info["requested_providers"] == ["CPUExecutionProvider"]
