@@ -27,9 +27,19 @@ from sklearn.utils.metaestimators import available_if
 from inference.errors import InvalidHyperparams, PgmlError, UnknownAlgorithm
 
 TASKS = ("regression", "classification")
+UNSUPERVISED = ("clustering", "decomposition")  # PostgresML 2.x; trained by inference.unsupervised
+ALL_TASKS = TASKS + UNSUPERVISED
 
-# PostgresML's spellings of the two supervised tasks; anything else is refused by name.
-_TASK_SPELLINGS = {"regression": "regression", "classification": "classification"}
+# PostgresML's spellings of its classical tasks; anything else is refused by name.
+_TASK_SPELLINGS = {t: t for t in ALL_TASKS}
+
+# Estimators with no ONNX converter: trained, stored and scored natively (runtime 'python'),
+# the reason recorded in the model's parity. Checked by tests like the supervised fallbacks.
+NATIVE_ONLY = {"Birch", "AffinityPropagation", "MeanShift"}
+
+
+def native_only(estimator_class_name: str) -> bool:
+    return estimator_class_name in NATIVE_ONLY
 _ALIASES = {"orthoganl_matching_pursuit": "orthogonal_matching_pursuit"}
 
 
@@ -57,6 +67,7 @@ _LM = "sklearn.linear_model"
 _ENS = "sklearn.ensemble"
 _SVM = "sklearn.svm"
 _GP = "sklearn.gaussian_process"
+_CL = "sklearn.cluster"
 _PA_REG = {"loss": "epsilon_insensitive", "penalty": None, "learning_rate": "pa1", "eta0": 1.0}
 _PA_CLS = {"loss": "hinge", "penalty": None, "learning_rate": "pa1", "eta0": 1.0}
 _XGB_QUIET = {"verbosity": 1}  # warnings only: they surface as Python warnings, which train records
@@ -140,7 +151,20 @@ REGISTRY: dict[str, dict[str, Spec]] = {
         "regression": Spec(f"{_GP}:GaussianProcessRegressor", joint="native"),
         "classification": Spec(f"{_GP}:GaussianProcessClassifier"),
     },
+    # clustering and decomposition: PostgresML 2.x's names (its sklearn bindings)
+    "kmeans": {"clustering": Spec(f"{_CL}:KMeans")},
+    "mini_batch_kmeans": {"clustering": Spec(f"{_CL}:MiniBatchKMeans")},
+    "affinity_propagation": {"clustering": Spec(f"{_CL}:AffinityPropagation")},
+    "birch": {"clustering": Spec(f"{_CL}:Birch")},
+    "mean_shift": {"clustering": Spec(f"{_CL}:MeanShift")},
+    "spectral": {"clustering": Spec(f"{_CL}:SpectralClustering")},
+    "dbscan": {"clustering": Spec(f"{_CL}:DBSCAN")},
+    "optics": {"clustering": Spec(f"{_CL}:OPTICS")},
+    "pca": {"decomposition": Spec("sklearn.decomposition:PCA")},
 }
+
+# PostgresML's default when a clustering / decomposition train leaves algorithm at 'linear'.
+DEFAULT_ALGORITHM = {"clustering": "kmeans", "decomposition": "pca"}
 
 
 def normalize_task(task: str) -> str:
@@ -148,7 +172,7 @@ def normalize_task(task: str) -> str:
     key = (task or "").strip().lower()
     if key not in _TASK_SPELLINGS:
         raise PgmlError(
-            f"task {task!r} is not supported; use one of {', '.join(TASKS)}"
+            f"task {task!r} is not supported; use one of {', '.join(ALL_TASKS)}"
         )
     return _TASK_SPELLINGS[key]
 
@@ -166,7 +190,7 @@ def spec(algorithm: str, task: str) -> Spec:
     key = _ALIASES.get(key, key)
     entry = REGISTRY.get(key, {}).get(task)
     if entry is None:
-        other = [t for t in TASKS if t in REGISTRY.get(key, {})]
+        other = [t for t in ALL_TASKS if t in REGISTRY.get(key, {})]
         why = f" (it exists for {other[0]} only)" if other else ""
         raise UnknownAlgorithm(
             f"algorithm {algorithm!r} is not available for {task}{why}; "

@@ -15,7 +15,9 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
-KEY_METRICS = {"regression": ("mean_squared_error", False), "classification": ("f1", True)}
+KEY_METRICS = {"regression": ("mean_squared_error", False), "classification": ("f1", True),
+               "clustering": ("silhouette", True),
+               "decomposition": ("cumulative_explained_variance", True)}
 
 
 def key_metric(task: str) -> tuple[str, bool]:

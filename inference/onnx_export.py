@@ -89,7 +89,10 @@ def export(
 
     register_converters()
     final = pipeline.steps[-1][1]
-    options = _options(final) if task == "classification" else None
+    from sklearn.base import is_classifier
+
+    # (clustering by nearest training row exports a KNeighborsClassifier: same options)
+    options = _options(final) if task == "classification" or is_classifier(final) else None
     try:
         model = to_onnx(
             pipeline,

@@ -40,6 +40,9 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
     project = store.project(project_name)
     task = _task(task, project, project_name)
     algorithm = algorithms.canonical_name(algorithm or "linear")
+    unsupervised = task in algorithms.UNSUPERVISED
+    if unsupervised and algorithm == "linear":  # PostgresML's defaults for these tasks
+        algorithm = algorithms.DEFAULT_ALGORITHM[task]
     algorithms.spec(algorithm, task)  # an unknown name fails before any data work
     if joint and task != "regression":
         raise PgmlError("pgml.train_joint trains regression only; use task => 'regression'")
@@ -52,8 +55,12 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
     preprocess = _object(preprocess, "preprocess")
 
     y_columns = _y_columns(y_column_name, joint)
+    if unsupervised:
+        if y_columns:
+            raise PgmlError(f"{task} learns without a label; leave y_column_name out")
+        y_columns = []
     snap, n, values = _snapshot_for(project, project_name, relation_name, y_columns,
-                                    test_size, test_sampling)
+                                    test_size, test_sampling, unsupervised)
     if len(snap.y_column_name) > 1 and not joint:
         raise PgmlError(f"project {project_name!r} has several y columns; use pgml.train_joint")
     for y in snap.y_column_name:
@@ -69,6 +76,15 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
     X_train, X_test = (relations.gather(values, features, rows) for rows in (train_rows, test_rows))
     Y_train, Y_test = (relations.gather(values, snap.y_column_name, rows)
                        for rows in (train_rows, test_rows))
+    if unsupervised:
+        from inference import unsupervised as learn
+
+        result = learn.train(task, algorithm, X_train, X_test, feature_names=features,
+                             hyperparams=hyperparams, preprocess=preprocess,
+                             random_state=snap.random_state)
+        joint = task == "decomposition"  # several outputs per row, like a joint model
+        return _store_and_deploy(project, project_name, task, snap, algorithm, features, result,
+                                 None, {}, {}, joint, automatic_deploy, X_test)
     if not joint:
         Y_train, Y_test = Y_train.reshape(-1), Y_test.reshape(-1)
     result = training.train(
@@ -76,16 +92,24 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
         feature_names=features, hyperparams=hyperparams, preprocess=preprocess, search=search,
         search_params=search_params, search_args=search_args, joint=joint,
         random_state=snap.random_state)
+    return _store_and_deploy(project, project_name, task, snap, algorithm, features, result,
+                             search, search_params, search_args, joint, automatic_deploy, X_test)
+
+
+def _store_and_deploy(project, project_name, task, snap, algorithm, features, result, search,
+                      search_params, search_args, joint, automatic_deploy, X_test):
+    from inference.algorithms import UNSUPERVISED
 
     if project is None:
         project = store.create_project(project_name, task)
     model_id = store.insert_model(project.id, snap.id, algorithm, len(features), result, search,
                                   search_params, search_args, joint)
-    from inference.tree_graph import for_training  # tree models: the GPU-ready tensor graph
+    if task not in UNSUPERVISED:
+        from inference.tree_graph import for_training  # tree models: the GPU-ready tensor graph
 
-    tensor = for_training(result, task, features, X_test, snap.random_state)
-    if tensor is not None:
-        store.add_file(model_id, "tensor.onnx", tensor)
+        tensor = for_training(result, task, features, X_test, snap.random_state)
+        if tensor is not None:
+            store.add_file(model_id, "tensor.onnx", tensor)
     deployed = bool(automatic_deploy) and _beats_deployed(project.id, task, result.metrics)
     if deployed:
         store.deploy(project.id, model_id, "new_score")
@@ -155,7 +179,8 @@ def _beats_deployed(project_id: int, task: str, metrics: dict) -> bool:
 # -- snapshots -----------------------------------------------------------------------------
 
 
-def _snapshot_for(project, project_name, relation_name, y_columns, test_size, test_sampling):
+def _snapshot_for(project, project_name, relation_name, y_columns, test_size, test_sampling,
+                  unsupervised=False):
     """A new snapshot when relation_name is given, else the project's latest, reloaded."""
     previous = store.project_snapshot(project.id) if project else None
     if relation_name is None:
@@ -175,7 +200,7 @@ def _snapshot_for(project, project_name, relation_name, y_columns, test_size, te
                 "pass relation_name to take a new snapshot") from None
         n, values = relations.load(previous.table, relations.columns(oid), previous.widths)
         return previous, n, values
-    if not y_columns:
+    if not y_columns and not unsupervised:
         if previous is None:
             raise PgmlError("y_column_name is required for the first pgml.train of a project")
         y_columns = previous.y_column_name

@@ -121,6 +121,8 @@ def predict(project_name, features, statement_key):
     try:
         model = deployed.for_statement(project_name, statement_key)
         if model.joint:
+            if model.scorer.task == "decomposition":  # PostgresML's example calls predict too
+                return _joint(model, features)[0]
             raise PgmlError(f"project {project_name!r} is a joint model; use pgml.predict_joint")
         if features and type(features[0]) is list:  # a multi-dimensional array (an image)
             features = _flat(features)
