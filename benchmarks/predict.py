@@ -176,6 +176,31 @@ def batch(conn, rows: int) -> dict:
     return out
 
 
+def relation(conn, rows: int) -> dict:
+    """(f) pgml.predict_relation over the first ``rows`` rows as a table of feature columns,
+    keyed by id: end to end (read, score, write the new table), as configured and one thread."""
+    cols = ", ".join(f"features[{i + 1}] AS {c}" for i, c in enumerate(FEATURES))
+    conn.execute("DROP TABLE IF EXISTS bench_wide")
+    conn.execute(f"CREATE TABLE bench_wide AS SELECT id, {cols} FROM bench_rows"  # noqa: S608 - constants
+                 " WHERE id <= %s", (rows,))
+    conn.execute("VACUUM ANALYZE bench_wide")
+    out = {}
+    for key in ("default", "one_thread"):
+        if key == "one_thread":
+            conn.execute("SET max_parallel_workers_per_gather = 0")
+        best = None
+        for _ in range(2):
+            conn.execute("DROP TABLE IF EXISTS bench_scored")
+            start = time.perf_counter()
+            n = conn.execute("SELECT pgml.predict_relation(%s, 'bench_wide', '{id}',"
+                             " 'bench_scored')", (PROJECT,)).fetchone()[0]
+            wall = time.perf_counter() - start
+            best = wall if best is None else min(best, wall)
+        out[key] = {"rows": n, "seconds": best, "rows_per_s": n / best}
+    conn.execute("RESET max_parallel_workers_per_gather")
+    return out
+
+
 # -- (d) the service alternative -----------------------------------------------------------
 
 
@@ -347,7 +372,11 @@ def train_overhead(dsn: str, rows: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run (about a minute)")
+    parser.add_argument("--relation-only", type=int, metavar="ROWS",
+                        help="only (f): pgml.predict_relation over ROWS rows (e.g. 1000000)")
     args = parser.parse_args(argv)
+    if args.relation_only:
+        return relation_only(args.relation_only)
     rows, native_rows, batch_rows = (10_000, 1_000, 100_000) if args.quick else \
         (100_000, 10_000, 1_000_000)
     seconds = 3 if args.quick else 10
@@ -363,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
             ids = setup(conn, max(rows, batch_rows), batch_rows)
             a = per_row(conn, ids, rows, native_rows)
             c = batch(conn, batch_rows)
+            f = relation(conn, batch_rows)
         b = {n: pgbench(cluster, "bench", n, seconds) for n in (1, 2)}
         d = service(dsn, ids["onnx"], [1, 2], seconds)
         e = train_overhead(dsn, train_rows)
@@ -382,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         r = c[key]
         print(f"(c) predict_batch {batch_rows} rows, {label} {r['rows_per_s']:10,.0f} rows/s "
               f"({r['seconds']:.2f} s wall, {r['cpu_s']:.2f} s backend CPU)")
+    _print_relation(f)
     for n in (1, 2):
         s = d[n]
         print(f"(d) service, {n} client(s)         {s['requests_per_s']:10,.0f} requests/s  "
@@ -397,6 +428,29 @@ def main(argv: list[str] | None = None) -> None:
         print(f"    runs: pgml.train {', '.join(f'{t:.2f}' for t in r['trains'])} s; fit "
               f"{', '.join(f'{t:.2f}' for t in r['fits'])} s; a fresh backend's first "
               f"pgml.train adds {r['first_call_extra_s']:.2f} s (imports)")
+
+
+
+def _print_relation(f: dict) -> None:
+    for key, label in (("default", "as configured"), ("one_thread", "one thread   ")):
+        r = f[key]
+        print(f"(f) predict_relation {r['rows']} rows, {label} {r['rows_per_s']:10,.0f} rows/s "
+              f"({r['seconds']:.2f} s wall: read, score, CREATE TABLE of the results)")
+
+
+def relation_only(rows: int) -> None:
+    import psycopg
+
+    with running_cluster("bench-predict", REPLICA_SETTINGS) as cluster:
+        cluster.create_database("bench")
+        dsn = cluster.dsn("bench")
+        install(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            setup(conn, rows, 1)
+            f = relation(conn, rows)
+    print(f"pgml.predict_relation (XGBoost 100 trees depth 6, 10 features, distinct rows; "
+          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f})")
+    _print_relation(f)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ class Ensemble:
 def _round_down(t: np.ndarray) -> np.ndarray:
     """The largest float32 not above each float64 threshold: x32 <= t64 iff x32 <= this."""
     t = np.asarray(t, dtype=np.float64)
-    t32 = t.astype(F32)
+    with np.errstate(over="ignore"):  # beyond float32's range: +-inf, then stepped back below
+        t32 = t.astype(F32)
     above = t32.astype(np.float64) > t
     t32[above] = np.nextafter(t32[above], F32(-np.inf))
     return t32
