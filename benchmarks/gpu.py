@@ -1,0 +1,109 @@
+"""GPU scoring benchmark: the tensor graph on CUDA vs the TreeEnsemble graph on the CPU vs
+XGBoost's own predictor, same model, rows/s at 1M and 10M rows. No database; < 5 minutes.
+
+Model: XGBoost regression, 100 trees of depth 6, 10 features, trained on 200k synthetic rows
+through inference.training.train (so the default graph is the one pgml serves) and converted
+by inference.tree_graph. Scored rows are distinct (fresh Gaussian rows).
+
+* ``gpu tensor``: onnxruntime CUDA provider, tensor graph, batches of --batch rows fed from
+  host memory (the copy to the device is part of the time, as in pgml.predict_relation).
+* ``cpu treeensemble``: onnxruntime CPU, the default graph, one session with all cores as
+  intra-op threads (the best CPU number; pgml's backends use one thread each).
+* ``xgboost native``: ``booster.inplace_predict`` on the CPU, and on the GPU when XGBoost was
+  built with CUDA (``device='cuda'``).
+
+Without a CUDA device the GPU rows print "no CUDA device". Run:
+  .venv/bin/python -m benchmarks.gpu [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+import numpy as np
+
+
+def _model():
+    from inference.training import train
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(250_000, 10))
+    y = X @ rng.normal(size=10) + np.sin(3 * X[:, 0]) + 0.1 * rng.normal(size=len(X))
+    names = [f"f{i}" for i in range(10)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train("regression", "xgboost", X[:200_000], y[:200_000], X[200_000:],
+                       y[200_000:], feature_names=names, random_state=0,
+                       hyperparams={"n_estimators": 100, "max_depth": 6})
+    return result, names
+
+
+def _rate(fn, X: np.ndarray, batch: int) -> float:
+    fn(X[: min(batch, len(X))])  # warm up (session, CUDA kernels, allocations)
+    start = time.perf_counter()
+    for i in range(0, len(X), batch):
+        fn(X[i:i + batch])
+    return len(X) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100k and 1M rows instead")
+    parser.add_argument("--batch", type=int, default=1 << 20, help="rows per call")
+    args = parser.parse_args(argv)
+    import onnxruntime as ort
+
+    from inference import runtime, tree_graph
+
+    sizes = (100_000, 1_000_000) if args.quick else (1_000_000, 10_000_000)
+    result, names = _model()
+    tensor = tree_graph.tensor_graph(result.estimator, task="regression", n_features=10,
+                                     classes=None, has_proba=False, error_columns=[],
+                                     feature_names=names)
+    cuda = runtime.CUDA in runtime.providers()
+    cpu_opts = ort.SessionOptions()
+    cpu_opts.intra_op_num_threads = os.cpu_count() or 1
+    cpu = ort.InferenceSession(result.onnx, cpu_opts, providers=[runtime.CPU])
+    gpu = None
+    if cuda:
+        gpu = ort.InferenceSession(tensor, providers=[runtime.CUDA, runtime.CPU])
+        if runtime.CUDA not in gpu.get_providers():
+            gpu, cuda = None, False
+    booster = result.estimator[-1].get_booster()
+    rng = np.random.default_rng(1)
+    print(f"GPU scoring benchmark: XGBoost 100 trees depth 6, 10 features; {os.cpu_count()} "
+          f"cores; onnxruntime {ort.__version__}; CUDA device: {'yes' if cuda else 'no'}; "
+          f"batch {args.batch} rows")
+    for n in sizes:
+        X = rng.normal(size=(n, 10)).astype(np.float32)
+        rows = {
+            "cpu treeensemble (onnxruntime, all cores)":
+                _rate(lambda b: cpu.run(None, {"features": b}), X, args.batch),
+            "xgboost native (cpu)": _rate(lambda b: booster.inplace_predict(b), X, args.batch),
+        }
+        if gpu is not None:
+            rows["gpu tensor graph (onnxruntime CUDA)"] = _rate(
+                lambda b: gpu.run(None, {"features": b}), X, args.batch)
+            try:
+                booster.set_param({"device": "cuda"})
+                rows["xgboost native (cuda)"] = _rate(lambda b: booster.inplace_predict(b), X,
+                                                      args.batch)
+            except Exception as exc:  # noqa: BLE001 - a CPU-only XGBoost build
+                print(f"  xgboost cuda: {exc}")
+            finally:
+                booster.set_param({"device": "cpu"})
+        for label, rate in rows.items():
+            print(f"  {n:>10,} rows  {label:44s} {rate:14,.0f} rows/s")
+        if gpu is None:
+            print(f"  {n:>10,} rows  gpu tensor graph: no CUDA device on this machine")
+        else:
+            best_cpu = max(v for k, v in rows.items() if "cpu" in k)
+            print(f"  {n:>10,} rows  gpu tensor / best cpu: "
+                  f"{rows['gpu tensor graph (onnxruntime CUDA)'] / best_cpu:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
