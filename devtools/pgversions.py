@@ -118,15 +118,22 @@ def _npm(*args: str, cwd: Path | None = None, timeout: float = 300) -> str:
         raise RegistryUnreachable("npm is not installed (apt-get install npm), so the npm "
                                   "registry cannot be asked")
     try:
-        proc = subprocess.run(["npm", *args, "--no-fund", "--no-audit"], cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
+        # few, short retries: an unreachable registry must not stall `make setup` for minutes
+        proc = subprocess.run(["npm", *args, "--no-fund", "--no-audit", "--fetch-retries=1",
+                               "--fetch-retry-mintimeout=2000", "--fetch-retry-maxtimeout=5000"],
+                              cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RegistryUnreachable(f"npm {args[0]} did not answer within {timeout:.0f}s") from None
     if proc.returncode != 0:
-        err = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        text = " / ".join(err[-3:])
-        if any(k in text for k in _OFFLINE):
-            raise RegistryUnreachable(f"the npm registry cannot be reached: {text}")
+        full = f"{proc.stdout}\n{proc.stderr}"
+        try:  # with --json npm reports {"error": {"code", "summary"}} on stdout
+            err = json.loads(proc.stdout)["error"]
+            text = f"{err.get('code')}: {err.get('summary')}"
+        except (ValueError, KeyError, TypeError):
+            lines = [ln.removeprefix("npm error").strip() for ln in proc.stderr.splitlines()]
+            text = next((ln for ln in lines if ln), "no message")
+        if any(k in full for k in _OFFLINE):
+            raise RegistryUnreachable(f"the npm registry cannot be reached ({text})")
         raise FetchError(f"npm {' '.join(args)} failed: {text}")
     return proc.stdout
 
