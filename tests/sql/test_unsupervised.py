@@ -51,7 +51,8 @@ def test_clustering_example(conn):
                                        "dbscan", "optics"])
 def test_other_clustering_algorithms_train_and_predict(conn, algorithm):
     project = f"clusters {algorithm}"
-    conn.execute("SELECT * FROM pgml.train(%s, 'clustering', 'pgml.digit_vectors', %s)",
+    conn.execute("SELECT * FROM pgml.train(%s, 'clustering', 'pgml.digit_vectors',"
+                 " algorithm => %s)",
                  (project, algorithm))
     model = latest_model(conn, project)
     got = one(conn, "SELECT pgml.predict(%s, image) FROM pgml.digits LIMIT 1", (project,))
