@@ -38,8 +38,14 @@ def test_algorithm_task_pair_that_does_not_exist():
 
 def test_tasks_and_aliases():
     assert algorithms.normalize_task(" Regression ") == "regression"
-    with pytest.raises(PgmlError, match="'clustering' is not supported.*regression, classification"):
-        algorithms.normalize_task("clustering")
+    assert algorithms.normalize_task("Clustering") == "clustering"  # PostgresML 2.x's tasks
+    assert algorithms.normalize_task("decomposition") == "decomposition"
+    with pytest.raises(PgmlError, match="'text-generation' is not supported.*regression, "
+                                        "classification, clustering, decomposition"):
+        algorithms.normalize_task("text-generation")
+    assert algorithms.names("clustering") == ["affinity_propagation", "birch", "dbscan",
+                                              "kmeans", "mean_shift", "mini_batch_kmeans",
+                                              "optics", "spectral"]
     omp = algorithms.make_estimator("orthoganl_matching_pursuit", "regression", {})
     assert type(omp).__name__ == "OrthogonalMatchingPursuit"
     assert type(algorithms.make_estimator("linear", "classification", {})).__name__ == "LogisticRegression"
