@@ -81,7 +81,7 @@ def parametrize_sources(metafunc, *, min_version: int | None = None,
                 if min_version is None or v >= min_version]
     params = [pytest.param(v, id=f"pg{v}", marks=[pytest.mark.xfail(
         reason=xfail[v], strict=True)] if xfail and v in xfail else []) for v in versions]
-    metafunc.parametrize("source_version", params)
+    metafunc.parametrize("source_version", params, scope="module")
 
 
 @pytest.hookimpl(trylast=True)
@@ -152,15 +152,16 @@ def pg_sources():
     pool.destroy()
 
 
-@pytest.fixture
+# Module scope: module-scoped fixtures (a decoder corpus) build on the source too.
+@pytest.fixture(scope="module")
 def source_version() -> int:
     """The source's PostgreSQL major: 15 unless the test is parametrized over versions."""
     return 15
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pg_source(pg_sources, source_version) -> LocalCluster:
-    """The source cluster of ``source_version`` (shared by the session)."""
+    """The source cluster of ``source_version`` (one per major, shared by the session)."""
     return pg_sources.get(source_version)
 
 
