@@ -7,7 +7,7 @@ Framing of the replication COPY stream (framing.py)::
     parse_copy_data(buf) -> XLogData | PrimaryKeepalive
         XLogData(wal_start, wal_end, send_time, payload); payload goes to Decoder.decode
         PrimaryKeepalive(wal_end, send_time, reply_requested)
-    xlogdata_payload(buf) -> bytes   (an XLogData's payload alone, for a hot loop)
+    split_frame(buf) -> bytes | PrimaryKeepalive   (XLogData's payload alone, for a hot loop)
     standby_status_update(written_lsn, flushed_lsn, applied_lsn, now=None,
                           reply_requested=False) -> bytes   # the 'r' message to send back
     format_lsn(int) -> "X/Y";  parse_lsn("X/Y") -> int
@@ -47,7 +47,7 @@ from decoder.framing import (
     parse_copy_data,
     parse_lsn,
     standby_status_update,
-    xlogdata_payload,
+    split_frame,
 )
 from decoder.messages import (
     Begin,
@@ -83,5 +83,5 @@ __all__ = [
     "StreamCommit", "StreamPrepare", "StreamStart", "StreamStop", "Truncate", "TupleData",
     "Type", "TypeRegistry", "UNCHANGED_TOAST", "Update", "ValueConversionError", "XLogData",
     "format_lsn", "parse_copy_data", "parse_lsn", "standby_status_update", "to_python",
-    "xlogdata_payload",
+    "split_frame",
 ]

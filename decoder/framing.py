@@ -108,14 +108,17 @@ _new_xlogdata = fast_constructor(XLogData)
 XLOGDATA_HEADER_SIZE = 25  # b'w' + wal_start, wal_end, send_time (three Int64)
 
 
-def xlogdata_payload(buf: bytes) -> bytes:
-    """The pgoutput message inside an XLogData frame, without building the frame object.
+def split_frame(buf: bytes) -> bytes | PrimaryKeepalive:
+    """An XLogData frame's pgoutput message (without building the frame object), or the
+    keepalive.
 
-    For the apply loop's hot path, which needs only the payload; the byte layout stays here.
+    For the apply loop's hot path: the frame tag is looked at once, here, and the byte
+    layout stays in this module. A malformed frame raises the DecodeError that says why.
     """
-    if len(buf) < XLOGDATA_HEADER_SIZE or buf[0] != 0x77:
-        return parse_copy_data(buf).payload  # raises the DecodeError that says what is wrong
-    return buf[XLOGDATA_HEADER_SIZE:]
+    if len(buf) >= XLOGDATA_HEADER_SIZE and buf[0] == 0x77:
+        return buf[XLOGDATA_HEADER_SIZE:]
+    frame = parse_copy_data(buf)
+    return frame.payload if type(frame) is XLogData else frame
 
 
 def parse_copy_data(buf: bytes) -> XLogData | PrimaryKeepalive:

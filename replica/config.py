@@ -51,6 +51,10 @@ class Settings(BaseSettings):
                                       "big table (8 kB pages)")
     status_interval: float = Field(10.0, gt=0, le=60, description="seconds between "
                                    "feedback messages at most")
+    receive_timeout: float = Field(60.0, ge=2, description="seconds without any message from "
+                                   "the source before the connection counts as dead and is "
+                                   "reopened (a ping is sent at half of it), as PostgreSQL's "
+                                   "own wal_receiver_timeout")
     publication_poll_seconds: float = Field(10.0, gt=0, description="how often to look for "
                                             "tables added to the publication")
     protocol: int = Field(2, ge=1, le=2, description="pgoutput protocol version; 2 streams "

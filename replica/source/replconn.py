@@ -160,14 +160,19 @@ class ReplicationConnection:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if self._selector is None:
-                self._selector = selectors.DefaultSelector()
-                self._selector.register(pgconn.socket, selectors.EVENT_READ)
-            if self._selector.select(left):
+            if self.readable(left):
                 try:
                     pgconn.consume_input()
                 except psycopg.OperationalError:
                     raise self._lost("the replication stream broke") from None
+
+    def readable(self, timeout: float = 0.0) -> bool:
+        """Is there something to read within ``timeout`` seconds? The one place the stream's
+        socket is waited on (``read`` waits here too)."""
+        if self._selector is None:
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
+        return bool(self._selector.select(timeout))
 
     def send(self, data: bytes) -> None:
         """Send one CopyData message (a standby status update) and flush it."""

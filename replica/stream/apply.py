@@ -24,104 +24,35 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
+from decoder import Delete, Insert, Message, Update
 from replica import metrics
 from replica.errors import ApplyError, NullRejected, TransientError
-from replica.stream.batch import DELETE, FRESH, UPDATE, Layout, TableBatch, encode
+from replica.stream.batch import FRESH, TableBatch, encode
+from replica.stream.tables import MOVE_FROM, MOVE_TO, MirroredTable
 from replica.target import progress
 
-OP = "pgml_replica_op"
-N = "pgml_replica_n"
-MOVE_FROM, MOVE_TO = 5, 6
 # Up to this many row images, new rows also go through the stage (one COPY and one round
 # trip in all); bigger runs COPY new rows straight into the table (no double write).
 SMALL_RUN = 1000
 _OPS = ("insert", "update", "delete", "truncate")
 
 
-class TableWriter:
-    """One published table: its layout, the run being absorbed, its stage and statements."""
-
-    def __init__(self, relation_id: int, schema: str, name: str, layout: Layout,
-                 sync_lsn: int) -> None:
-        self.relation_id = relation_id
-        self.schema, self.name = schema, name
-        self.layout = layout
-        self.sync_lsn = sync_lsn  # apply changes of transactions committing at/after this
-        self.batch = TableBatch(layout)  # the run of the non-streamed transactions
-        self.ident = sql.Identifier(schema, name)
-        self.stage = sql.Identifier("pg_temp", f"pgml_replica_stage_{relation_id}")
-        self._stmts: dict = {}
-
-    @property
-    def qualname(self) -> str:
-        return self.layout.qualname
-
-    def _on(self, a: str = "t", b: str = "s") -> sql.Composable:
-        cols = self.layout.columns
-        return sql.SQL(" AND ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(a, cols[i]), sql.Identifier(b, cols[i]))
-            for i in self.layout.key_pos)
-
-    def stmt(self, what, kinds: str | None = None, code: int = UPDATE
-             ) -> sql.Composable | None:
-        """The statement for ``what`` (cached): create_stage, copy_table, copy_stage,
-        insert_staged, delete, update, patch (kinds, code), multiset_delete, move (kinds).
-        Parameters are literals, so several can go to the server in one message."""
-        cache_key = (what, kinds, code)
-        if cache_key in self._stmts:
-            return self._stmts[cache_key]
-        cols = self.layout.columns
-        cols_sql = sql.SQL(", ").join(map(sql.Identifier, cols))
-        key = set(self.layout.key_pos)
-
-        def set_list(positions) -> sql.Composable:
-            return sql.SQL(", ").join(sql.SQL("{} = s.{}").format(
-                sql.Identifier(cols[i]), sql.Identifier(cols[i])) for i in positions)
-
-        s: sql.Composable | None
-        if what == "create_stage":
-            s = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT "
-                        "0::int4 AS {}, 0::int4 AS {}, {} FROM {} WITH NO DATA").format(
-                self.stage, sql.Identifier(OP),
-                sql.Identifier(N), cols_sql, self.ident)
-        elif what == "copy_table":
-            s = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(self.ident, cols_sql)
-        elif what == "copy_stage":
-            s = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(self.stage)
-        elif what == "delete":
-            s = sql.SQL("DELETE FROM {} t USING {} s WHERE s.{} = {} AND {}").format(
-                self.ident, self.stage, sql.Identifier(OP), sql.Literal(DELETE), self._on())
-        elif what in ("update", "patch"):
-            positions = [i for i in range(len(cols)) if i not in key
-                         and (kinds is None or kinds[i] != "u")]
-            s = None if not positions else sql.SQL(
-                "UPDATE {} t SET {} FROM {} s WHERE s.{} = {} AND {}").format(
-                self.ident, set_list(positions), self.stage, sql.Identifier(OP),
-                sql.Literal(code), self._on())
-        elif what == "insert_staged":
-            s = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} s WHERE s.{} = {}").format(
-                self.ident, cols_sql, sql.SQL(", ").join(sql.Identifier("s", c) for c in cols),
-                self.stage, sql.Identifier(OP), sql.Literal(FRESH))
-        elif what == "multiset_delete":
-            row_t = sql.SQL(", ").join(sql.Identifier("t2", c) for c in cols)
-            row_s = sql.SQL(", ").join(sql.Identifier("s", c) for c in cols)
-            s = sql.SQL(
-                "DELETE FROM {t} t USING (SELECT x.tid FROM (SELECT t2.ctid AS tid, s.{n} AS n,"
-                " row_number() OVER (PARTITION BY s.ctid) AS rn FROM {t} t2 JOIN {s} s"
-                " ON s.{op} = {d} AND ROW({rt})::text = ROW({rs})::text) x"
-                " WHERE x.rn <= x.n) d WHERE t.ctid = d.tid").format(
-                t=self.ident, s=self.stage, n=sql.Identifier(N), op=sql.Identifier(OP),
-                d=sql.Literal(DELETE), rt=row_t, rs=row_s)
-        elif what == "move":
-            positions = [i for i in range(len(cols)) if kinds[i] != "u"]
-            s = sql.SQL("UPDATE {} t SET {} FROM {} f, {} s WHERE f.{op} = {} AND s.{op} = {}"
-                        " AND {}").format(
-                self.ident, set_list(positions), self.stage, self.stage, sql.Literal(MOVE_FROM),
-                sql.Literal(MOVE_TO), self._on("t", "f"), op=sql.Identifier(OP))
-        else:
-            raise ValueError(what)
-        self._stmts[cache_key] = s
-        return s
+def apply_change(msg: Message, table: MirroredTable, batch: TableBatch,
+                 writer: TargetWriter) -> None:
+    """How one change joins a table's run - the one rule for ordinary transactions and for
+    streamed ones replayed at their commit. An update that moves a row's key to a key the
+    run cannot net (batch.py) is written to the target at once, in order."""
+    kind = type(msg)
+    if kind is Insert:
+        batch.insert(msg.new_tuple)
+    elif kind is Update:
+        old = msg.old_tuple or msg.key_tuple
+        if not batch.update(msg.new_tuple, old, msg.old_tuple is not None):
+            writer.move(table, batch, old.raw, msg.new_tuple.raw, msg.new_tuple.kinds)
+    elif kind is Delete:
+        batch.delete(msg.old_tuple or msg.key_tuple)
+    else:  # Truncate
+        batch.truncate()
 
 
 class TargetWriter:
@@ -145,11 +76,11 @@ class TargetWriter:
         self._stages_new: set[int] = set()  # created in the open transaction
         self._dirty: set[int] = set()  # stages holding rows in the open transaction
         # written, not yet committed: relation id -> (table, [insert, update, delete, truncate])
-        self._ops: dict[int, tuple[TableWriter, list[int]]] = {}
+        self._ops: dict[int, tuple[MirroredTable, list[int]]] = {}
 
     # -- background writing -------------------------------------------------------------
 
-    def submit(self, tw: TableWriter, b: TableBatch) -> None:
+    def submit(self, tw: MirroredTable, b: TableBatch) -> None:
         """Write ``b`` in the background; the caller must not touch ``b`` again."""
         if self._error is not None:
             self.sync()
@@ -180,7 +111,7 @@ class TargetWriter:
             finally:
                 self._queue.task_done()
 
-    def forget_stage(self, tw: TableWriter) -> None:
+    def forget_stage(self, tw: MirroredTable) -> None:
         """The table's columns changed: its stage must be built again."""
         self.sync()
         if tw.relation_id in self._stages_ready or tw.relation_id in self._stages_new:
@@ -190,13 +121,13 @@ class TargetWriter:
         self._dirty.discard(tw.relation_id)
         tw._stmts.clear()
 
-    def flush(self, tw: TableWriter, b: TableBatch | None = None) -> int:
+    def flush(self, tw: MirroredTable, b: TableBatch | None = None) -> int:
         """Write a run of the table (its own by default) into the open transaction, in this
         thread, after what was submitted; return the row images sent."""
         self.sync()
         return self._flush(tw, tw.batch if b is None else b)
 
-    def _flush(self, tw: TableWriter, b: TableBatch) -> int:
+    def _flush(self, tw: MirroredTable, b: TableBatch) -> int:
         if b.empty:
             self._count(tw, b.ops)
             b.ops = [0, 0, 0, 0]
@@ -220,12 +151,12 @@ class TargetWriter:
         self.busy_seconds += time.perf_counter() - t0
         return sent
 
-    def _count(self, tw: TableWriter, ops: list[int]) -> None:
+    def _count(self, tw: MirroredTable, ops: list[int]) -> None:
         mine = self._ops.setdefault(tw.relation_id, (tw, [0, 0, 0, 0]))[1]
         for i, n in enumerate(ops):
             mine[i] += n
 
-    def _write(self, tw: TableWriter, b: TableBatch) -> int:
+    def _write(self, tw: MirroredTable, b: TableBatch) -> int:
         """COPY into the stage (and, for a big run, new rows straight into the table), then
         every set operation in one round trip (a multi-statement without parameters)."""
         conn = self.conn
@@ -252,7 +183,7 @@ class TargetWriter:
             conn.execute(tw.stmt("multiset_delete"))
         return len(staged) + len(fresh)
 
-    def _stage(self, tw: TableWriter, data: bytes) -> None:
+    def _stage(self, tw: MirroredTable, data: bytes) -> None:
         rid = tw.relation_id
         if rid not in self._stages_ready and rid not in self._stages_new:
             self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tw.stage))
@@ -264,7 +195,7 @@ class TargetWriter:
             cp.write(data)
         self._dirty.add(rid)
 
-    def move(self, tw: TableWriter, b: TableBatch, old_raw: tuple, new_raw: tuple,
+    def move(self, tw: MirroredTable, b: TableBatch, old_raw: tuple, new_raw: tuple,
              kinds: str) -> None:
         """A key change whose new image keeps unchanged-TOAST values only the target has:
         write the run ``b`` so far, then move the row on the target."""

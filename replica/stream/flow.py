@@ -11,6 +11,10 @@ The rules:
   before it has been received and applied, so an idle slot does not pin WAL.
 - Reply at once when the server asks, at least every ``status_interval`` seconds, and soon
   after the flush position moves (at most every ``min_gap`` seconds).
+- Silence from the source: after half of ``receive_timeout`` without a message, ask the
+  server for a reply; after all of it, the connection is dead (a half-open TCP path looks
+  exactly like a quiet source otherwise) and is reopened - PostgreSQL's own subscriber does
+  the same with ``wal_receiver_timeout``.
 - A batch (one target transaction) is committed at a source commit boundary once it holds
   ``batch_max_rows`` changes or is ``batch_max_seconds`` old, and whenever the socket has
   nothing more to read - so lag stays low when the load is light and batches grow under load.
@@ -124,3 +128,27 @@ class FlowControl:
         if self.pending_txns and self.batch_started is not None:
             wait = min(wait, self.batch_started + self.batch_max_seconds - now)
         return max(0.0, min(wait, 1.0))
+
+
+PING, DEAD = "ping", "dead"
+
+
+def on_silence(silent: float, timeout: float, pinged: bool) -> str | None:
+    """What ``silent`` seconds without a message from the source call for (see above)."""
+    if silent >= timeout:
+        return DEAD
+    if silent >= timeout / 2 and not pinged:
+        return PING
+    return None
+
+
+@dataclass
+class ReadPacing:
+    """When the socket runs dry in the middle of a burst, pause a moment before deciding the
+    stream is idle. Reading the moment a message arrives costs the walsender a send() and us
+    a wakeup per message; a short pause lets a burst collect instead. Measured with 100-row
+    transactions: walsender CPU 6.0 -> 2.7 us per message, a bare reader 156k -> 340k
+    messages/s (docs/sidecar.md, "Reading")."""
+
+    pause: float = 0.0002
+    hot: bool = False  # the last read found data

@@ -23,17 +23,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from decoder import Delete, Insert, Message, StreamAbort, Update
-from replica.stream.apply import TableWriter, TargetWriter
+from decoder import Message, Relation, StreamAbort
+from replica.stream.apply import TargetWriter, apply_change
 from replica.stream.batch import TableBatch
+from replica.stream.relations import Relations
+from replica.stream.tables import MirroredTable
 
 
 @dataclass
 class StreamedTxn:
     xid: int
     writer: TargetWriter
-    batches: dict[int, tuple[TableWriter, TableBatch]] = field(default_factory=dict)
+    batches: dict[int, tuple[MirroredTable, TableBatch]] = field(default_factory=dict)
     subxid: int = -1  # xid of the changes in the in-memory batches
     savepoints: list[int] = field(default_factory=list)  # subxids, in the order set
     deferred: list[Message] | None = None  # None: applying as they come; else kept
@@ -51,22 +54,36 @@ class StreamedTxn:
                 self.writer.submit(tw, b)
         self.unwritten = 0
 
-    def replay(self, m: Message, tw: TableWriter) -> None:
+    def replay(self, m: Message, tw: MirroredTable) -> None:
         """A change kept until the commit LSN was known."""
-        b = self.batch(tw)
         self.rows += 1
-        if isinstance(m, Insert):
-            b.insert(m.new_tuple)
-        elif isinstance(m, Update):
-            old = m.old_tuple or m.key_tuple
-            if not b.update(m.new_tuple, old, m.old_tuple is not None):
-                self.writer.move(tw, b, old.raw, m.new_tuple.raw, m.new_tuple.kinds)
-        elif isinstance(m, Delete):
-            b.delete(m.old_tuple or m.key_tuple)
-        else:
-            b.truncate()
+        apply_change(m, tw, self.batch(tw), self.writer)
 
-    def batch(self, tw: TableWriter) -> TableBatch:
+    def replay_kept(self, relations: Relations, commit_lsn: int,
+                    others: list[TargetWriter]) -> None:
+        """At Stream Commit: the changes kept in memory go in by the ordinary rule, now that
+        the commit LSN is known; kept Relation messages re-shape their table in order."""
+        if not self.deferred:
+            return
+        relations.wait_visible(self.xid)
+        for m in self.deferred:
+            if type(m) is Relation:
+                self.write()
+                self.writer.sync()
+                relations.on_relation(m, self.writer, commit_lsn, [self.writer, *others])
+            elif commit_lsn >= (table := relations.tables[m.relation_id]).sync_lsn:
+                self.replay(m, table)
+
+    def install_kept_relations(self, relations: Relations, commit_lsn: int,
+                               writers: list[TargetWriter]) -> None:
+        """The transaction is skipped (the target has it already); the Relation messages it
+        kept still define how later changes of their tables are laid out."""
+        for m in self.deferred or ():
+            if type(m) is Relation:
+                writers[0].sync()
+                relations.on_relation(m, writers[0], commit_lsn, writers)
+
+    def batch(self, tw: MirroredTable) -> TableBatch:
         entry = self.batches.get(tw.relation_id)
         if entry is None or entry[0] is not tw:  # first use, or the table was re-shaped
             if entry is not None:
@@ -95,8 +112,8 @@ class StreamedApply:
     def stop(self) -> None:
         self.current = None
 
-    def route(self, msg: Message, tw: TableWriter, decided_lsn: int
-              ) -> tuple[TableWriter, TableBatch, TargetWriter] | None:
+    def route(self, msg: Message, tw: MirroredTable, decided_lsn: int
+              ) -> tuple[MirroredTable, TableBatch, TargetWriter] | None:
         """Where a change inside a streamed block goes, or None when it was kept for the
         commit. ``decided_lsn``: every transaction committing from here on is past it."""
         txn = self.current
@@ -129,6 +146,24 @@ class StreamedApply:
             return False
         txn.deferred.append(msg)
         return True
+
+    def relation(self, rel: Relation, relations: Relations, decided_lsn: int,
+                 writers: list[TargetWriter]) -> None:
+        """A Relation inside a streamed block. Kept if the transaction already keeps its
+        changes; else applied now, unless the table's shape on the source is not what the
+        catalog shows yet - then this transaction changed the table itself, and from here on
+        it is kept until its commit, when the source's catalog shows what it did."""
+        if self.defer(rel):
+            return
+        if relations.on_relation(rel, self.current.writer, decided_lsn, writers,
+                                 may_alter=False) is None:
+            self.defer(rel, start=True)
+
+    def commit(self, txn: StreamedTxn, end_lsn: int, commit_time: datetime) -> None:
+        """Write what is left and commit with the end LSN in the progress row."""
+        txn.write(background=False)
+        txn.writer.commit(end_lsn, commit_time)
+        self.release(txn)
 
     def abort(self, msg: StreamAbort) -> None:
         txn = self.in_flight.get(msg.xid)

@@ -23,7 +23,6 @@ routes each message, and keeps the per-table rules:
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -46,27 +45,23 @@ from decoder import (
     Truncate,
     Update,
     format_lsn,
-    parse_copy_data,
+    split_frame,
     standby_status_update,
-    xlogdata_payload,
 )
 from replica import metrics
 from replica.config import Settings
+from replica.connect import connect
 from replica.errors import ProtocolError, TransientError, UnsupportedError
 from replica.source.catalog import TableKey
 from replica.source.replconn import ReplicationConnection
 from replica.state import Phase, SidecarState
-from replica.stream.apply import TableWriter, TargetWriter
+from replica.stream.apply import TargetWriter, apply_change
 from replica.stream.batch import TableBatch
-from replica.stream.flow import FlowControl
+from replica.stream.flow import DEAD, PING, FlowControl, ReadPacing, on_silence
 from replica.stream.inflight import StreamedApply
 from replica.stream.relations import Relations
+from replica.stream.tables import MirroredTable
 
-# Reading the moment a message arrives costs the walsender a send() and us a wakeup per
-# message; pausing this long whenever the buffer runs dry lets a burst collect instead.
-# Measured with 100-row transactions: walsender CPU 6.0 -> 2.7 us per message, a bare
-# reader 156k -> 340k messages/s (docs/sidecar.md, "Reading").
-PACE_SECONDS = 0.0002
 log = logging.getLogger("pgml_replica")
 
 
@@ -89,28 +84,27 @@ class Stream:
         self.decoder = Decoder(protocol_version=settings.protocol)
         self.streamed = StreamedApply(self._new_writer, settings.segment_rows)
         self.last_commit_lsn = start_lsn  # transactions committing from now on are past it
-        self.relations = Relations(source, synced)
-        self.tables = self.relations.tables  # relation id -> TableWriter
-        self.dirty: dict[int, TableWriter] = {}  # tables with absorbed, unwritten changes
+        self.relations = Relations(source, synced, applied_lsn=start_lsn)
+        self.tables = self.relations.tables  # relation id -> MirroredTable
+        self.dirty: dict[int, MirroredTable] = {}  # tables with absorbed, unwritten changes
         self.final_lsn = 0
         self.xid = 0
         self.skip_txn = False
         self.txn_rows = 0
         self.unwritten = 0
         self.next_poll = time.monotonic() + settings.publication_poll_seconds
+        self.pacing = ReadPacing()
+        self.last_heard = time.monotonic()  # when the source last sent anything
+        self.pinged = False
         self._handlers = {Begin: self._begin, Commit: self._commit, Relation: self._relation,
-                          Insert: self._insert, Update: self._update, Delete: self._delete,
+                          Insert: self._change, Update: self._change, Delete: self._change,
                           Truncate: self._truncate, StreamStart: self._stream_start,
                           StreamStop: self._stream_stop, StreamCommit: self._stream_commit,
                           StreamAbort: self._stream_abort}
 
     def _new_writer(self) -> TargetWriter:
-        try:
-            conn = psycopg.connect(self.settings.target, autocommit=False, connect_timeout=15,
-                                   application_name="pgml-replica stream")
-            conn.execute("SET lock_timeout = '60s'")
-        except psycopg.OperationalError as exc:
-            raise TransientError(f"cannot connect to the target: {exc}", "target") from None
+        conn = connect(self.settings.target, "target", "stream", autocommit=False)
+        conn.execute("SET lock_timeout = '60s'")
         return TargetWriter(conn, self.settings.slot)
 
     # -- the loop ------------------------------------------------------------------------
@@ -129,8 +123,7 @@ class Stream:
         metrics.CONNECTED.labels("source").set(1)
         metrics.CONNECTED.labels("target").set(1)
         read, handlers, flow = self.repl.read, self._handlers, self.flow
-        decode, fds = self.decoder.decode, (self.repl.fileno(),)
-        hot = False
+        decode = self.decoder.decode
         stop_deadline = None
         try:
             while True:
@@ -142,33 +135,23 @@ class Stream:
                         break
                 data = read(0)
                 if data is None:
-                    wait = 0.01  # the socket has data: read() returns at once
-                    if not select.select(fds, (), (), 0)[0]:  # the socket is dry too
-                        if hot:  # let the walsender fill it, then take a burst at once
-                            time.sleep(PACE_SECONDS)
-                        if not hot or not select.select(fds, (), (), 0)[0]:
-                            hot = False  # nothing for a while: commit, reply, look around
-                            self._idle()
-                            wait = max(flow.wait_seconds(time.monotonic()), 0.001)
-                    data = read(wait)
+                    data = self._next()
                     if data is None:
                         continue
-                    hot = True
-                if data[0] == 0x77:  # 'w' XLogData
-                    try:
-                        msg = decode(xlogdata_payload(data))
-                    except DecodeError as exc:
-                        raise ProtocolError(f"undecodable replication message: {exc}") \
-                            from exc
+                try:
+                    frame = split_frame(data)  # XLogData's payload, or a keepalive
+                    msg = decode(frame) if type(frame) is bytes else None
+                except DecodeError as exc:
+                    raise ProtocolError(f"undecodable replication message: {exc}") from exc
+                if msg is not None:
                     handler = handlers.get(type(msg))
                     if handler is not None:
                         handler(msg)
                 else:
-                    ka = parse_copy_data(data)
-                    flow.keepalive(ka.wal_end, ka.reply_requested)
+                    flow.keepalive(frame.wal_end, frame.reply_requested)
                     self.state.received_lsn = flow.received_lsn
                     self.state.last_message_at = time.monotonic()
-                    if ka.reply_requested:
+                    if frame.reply_requested:
                         self._feedback(time.monotonic())
         except BaseException:
             self._rollback()
@@ -185,14 +168,50 @@ class Stream:
             self.writer.shutdown()
         self._feedback(time.monotonic(), force=True)
 
+    def _next(self) -> bytes | None:
+        """The socket had nothing at once: let a burst collect (pacing), else do the idle
+        work and wait until something is due. The only place the loop waits."""
+        repl, pacing = self.repl, self.pacing
+        wait = 0.01  # the socket has data: read() returns at once
+        if not repl.readable(0):
+            if pacing.hot:  # let the walsender fill it, then take a burst at once
+                self.last_heard = time.monotonic()
+                time.sleep(pacing.pause)
+            if not pacing.hot or not repl.readable(0):
+                pacing.hot = False  # nothing for a while: commit, reply, look around
+                self._idle()
+                wait = max(self.flow.wait_seconds(time.monotonic()), 0.001)
+        data = repl.read(wait)
+        if data is not None:
+            pacing.hot, self.pinged = True, False
+            self.last_heard = time.monotonic()
+        return data
+
     def _idle(self) -> None:
-        """Nothing to read: commit what is in hand, copy waiting tables, send feedback."""
+        """Nothing to read: commit what is in hand, copy waiting tables, send feedback, and
+        notice a source that fell silent."""
         now = time.monotonic()
+        self._silence(now)
         if self.flow.batch_due(now, idle=True):
             self._commit_batch()
         self._boundary(now)
         if self.flow.feedback_due(now):
             self._feedback(now)
+
+    def _silence(self, now: float) -> None:
+        silent = now - self.last_heard
+        action = on_silence(silent, self.settings.receive_timeout, self.pinged)
+        if action == PING:
+            written, flushed, applied = self.flow.feedback(now)
+            self.repl.send(standby_status_update(written, flushed, applied,
+                                                 reply_requested=True))
+            self.pinged = True
+        elif action == DEAD:
+            raise TransientError(
+                f"no message from the source for {silent:.0f} s (receive timeout "
+                f"{self.settings.receive_timeout:g} s, a reply was asked for at half of it): "
+                "the connection or the network path to the source is dead; reconnecting",
+                "source")
 
     def _boundary(self, now: float) -> None:
         """Between target transactions: look at the source, copy tables that wait (not while
@@ -283,7 +302,7 @@ class Stream:
     # -- changes -------------------------------------------------------------------------
 
     def _route(self, relation_id: int, msg: Message
-               ) -> tuple[TableWriter, TableBatch, TargetWriter] | None:
+               ) -> tuple[MirroredTable, TableBatch, TargetWriter] | None:
         """Where a change goes (table, run, writer), or None when it must be dropped (or, in
         a streamed transaction, is kept for its commit)."""
         tw = self.tables.get(relation_id)
@@ -301,30 +320,16 @@ class Stream:
             self._write_all(background=True)
         return tw, tw.batch, self.writer
 
-    def _insert(self, msg: Insert) -> None:
+    def _change(self, msg: Insert | Update | Delete) -> None:
         to = self._route(msg.relation_id, msg)
         if to is not None:
-            to[1].insert(msg.new_tuple)
-
-    def _update(self, msg: Update) -> None:
-        to = self._route(msg.relation_id, msg)
-        if to is None:
-            return
-        tw, batch, writer = to
-        old = msg.old_tuple or msg.key_tuple
-        if not batch.update(msg.new_tuple, old, msg.old_tuple is not None):
-            writer.move(tw, batch, old.raw, msg.new_tuple.raw, msg.new_tuple.kinds)
-
-    def _delete(self, msg: Delete) -> None:
-        to = self._route(msg.relation_id, msg)
-        if to is not None:
-            to[1].delete(msg.old_tuple or msg.key_tuple)
+            apply_change(msg, *to)
 
     def _truncate(self, msg: Truncate) -> None:
         for rid in msg.relation_ids:
             to = self._route(rid, msg)
             if to is not None:
-                to[1].truncate()
+                apply_change(msg, *to)
 
     # -- streamed transactions (protocol 2, streamed.py) --------------------------------
 
@@ -346,24 +351,15 @@ class Stream:
         txn = self.streamed.finish(msg.xid)
         if txn is None:  # nothing of it was published
             return
-        if msg.commit_lsn < self.start_lsn:  # applied before a restart
+        if msg.commit_lsn < self.start_lsn:  # applied before a restart: its changes go,
+            # but its Relation messages stand - the walsender will not send them again
+            txn.install_kept_relations(self.relations, msg.commit_lsn, self._writers())
             self.streamed.rollback_txn(txn)
             metrics.TRANSACTIONS_SKIPPED.inc()
             return
-        if txn.deferred:
-            self.relations.wait_visible(msg.xid)
-        for m in txn.deferred or ():
-            if isinstance(m, Relation):
-                txn.write()
-                txn.writer.sync()
-                self.relations.on_relation(m, txn.writer, msg.commit_lsn,
-                                           [txn.writer, *self._writers()])
-            elif msg.commit_lsn >= self.tables[m.relation_id].sync_lsn:
-                txn.replay(m, self.tables[m.relation_id])
-        txn.write(background=False)
+        txn.replay_kept(self.relations, msg.commit_lsn, self._writers())
         self.flow.wal(msg.end_lsn)
-        txn.writer.commit(msg.end_lsn, msg.commit_time)
-        self.streamed.release(txn)
+        self.streamed.commit(txn, msg.end_lsn, msg.commit_time)
         self.flow.streamed_committed(msg.end_lsn, msg.commit_time)
         self._applied(1, txn.rows)
         now = time.monotonic()
@@ -383,11 +379,8 @@ class Stream:
             self.writer.sync()
             self.relations.wait_visible(self.xid)
             self.relations.on_relation(rel, self.writer, self.final_lsn, self._writers())
-        elif not self.streamed.defer(rel) and self.relations.on_relation(
-                rel, txn.writer, self.last_commit_lsn, self._writers(), may_alter=False) is None:
-            # the streamed transaction changed the table: finish it at its commit, when the
-            # source's catalog shows what it did
-            self.streamed.defer(rel, start=True)
+        else:
+            self.streamed.relation(rel, self.relations, self.last_commit_lsn, self._writers())
 
     def _writers(self) -> list[TargetWriter]:
         return [self.writer, *(t.writer for t in self.streamed.in_flight.values())]

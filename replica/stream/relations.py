@@ -9,6 +9,10 @@ Why here: a Relation message is where three rules meet (docs/sidecar.md):
   the stream's next boundary, where the table is copied beside a temporary slot and
   ``joined`` at that slot's LSN.
 - The run layout (column order, key positions, target types) every change is absorbed with.
+- A Relation message inside a transaction the target already holds (replayed after a
+  restart, below ``applied_lsn``) installs the layout but never alters the target: the
+  target is already at the shape of ``applied_lsn``, which may be newer than the message
+  (re-shaping it back would drop a column added later).
 """
 
 from __future__ import annotations
@@ -21,20 +25,23 @@ from decoder import Relation
 from replica import metrics
 from replica.errors import ConfigError
 from replica.source.catalog import ColumnDef, TableKey, TypeResolver
-from replica.stream.apply import TableWriter, TargetWriter
+from replica.stream.apply import TargetWriter
 from replica.stream.batch import Layout
+from replica.stream.tables import MirroredTable
 from replica.target import schema
 
 NEVER = 1 << 64  # sync LSN of a table waiting to be copied: none of its changes apply
 
 
 class Relations:
-    def __init__(self, source: psycopg.Connection, synced: dict[TableKey, int]) -> None:
+    def __init__(self, source: psycopg.Connection, synced: dict[TableKey, int],
+                 applied_lsn: int = 0) -> None:
         self.source = source  # the source's catalog (types, defaults, NOT NULL)
+        self.applied_lsn = applied_lsn  # the target holds every commit below this
         self.resolver = TypeResolver(source)
         self.synced = dict(synced)  # table -> sync LSN
         self.pending_sync: set[TableKey] = set()
-        self.tables: dict[int, TableWriter] = {}
+        self.tables: dict[int, MirroredTable] = {}
         self.relations: dict[int, Relation] = {}
 
     def wait_visible(self, xid: int, timeout: float = 10.0) -> None:
@@ -54,7 +61,7 @@ class Relations:
         self.pending_sync |= {k for k in keys if k not in self.synced}
 
     def on_relation(self, rel: Relation, writer: TargetWriter, position: int,
-                    writers: list[TargetWriter], may_alter: bool = True) -> TableWriter | None:
+                    writers: list[TargetWriter], may_alter: bool = True) -> MirroredTable | None:
         """Install the table for ``rel``; ``writer`` holds the transaction the message came
         in, ``position`` is an LSN every change that follows commits at or after. With
         ``may_alter`` False (a streamed transaction, whose DDL the source's catalog does not
@@ -68,7 +75,7 @@ class Relations:
         target = None if sync_lsn is None else schema.read_target(writer.conn, *key)
         if target is None or key in self.pending_sync:
             self.pending_sync.add(key)
-            tw = self.tables[rel.relation_id] = TableWriter(
+            tw = self.tables[rel.relation_id] = MirroredTable(
                 rel.relation_id, *key, Layout(qual, names, ("",) * len(names), ()), NEVER)
             return tw
         try:
@@ -79,9 +86,10 @@ class Relations:
             if may_alter:
                 raise
             return None  # a type created by the streamed transaction itself
-        if not may_alter and position >= sync_lsn and schema.diff(target, wanted):
+        newer = position >= sync_lsn and position >= self.applied_lsn
+        if not may_alter and newer and schema.diff(target, wanted):
             return None
-        if position >= sync_lsn:  # this message is newer than the table's copy
+        if newer:  # this message is newer than the table's copy and than the target
             target = self._reshape(key, target, wanted, writer)
             if target is None:  # now waiting for a re-copy
                 return self.on_relation(rel, writer, position, writers)
@@ -89,7 +97,7 @@ class Relations:
                                                                       strict=True))
         key_pos = tuple(names.index(k) for k in target.key) \
             if target.key and all(k in names for k in target.key) else ()
-        tw = TableWriter(rel.relation_id, *key, Layout(qual, names, types, key_pos), sync_lsn)
+        tw = MirroredTable(rel.relation_id, *key, Layout(qual, names, types, key_pos), sync_lsn)
         if old is None or old.layout != tw.layout:
             for w in writers:
                 w.forget_stage(tw)

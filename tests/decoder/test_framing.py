@@ -119,3 +119,15 @@ def test_status_update_moves_the_slot_and_asks_for_a_keepalive(source_db):
                 "WHERE slot_name = %s", (slot,))[0][0])
             time.sleep(0.05)
         assert confirmed == commit_end
+
+
+def test_the_loop_slices_xlogdata_exactly_as_the_decoder_frames_it():
+    from decoder import PrimaryKeepalive, split_frame
+
+    buf = b"w" + (7).to_bytes(8, "big") + (9).to_bytes(8, "big") + bytes(8) + b"Bpayload"
+    assert split_frame(buf) == parse_copy_data(buf).payload == b"Bpayload"
+    with pytest.raises(DecodeError):
+        split_frame(buf[:20])
+    keepalive = b"k" + (9).to_bytes(8, "big") + bytes(8) + b"\x01"
+    assert split_frame(keepalive) == parse_copy_data(keepalive)
+    assert isinstance(split_frame(keepalive), PrimaryKeepalive)

@@ -81,14 +81,3 @@ def test_wait_is_bounded_by_what_falls_due():
     f.begin(0.0)
     f.commit(10, T, rows=1)
     assert f.wait_seconds(0.2) <= 0.3 + 1e-9
-
-
-def test_the_loop_slices_xlogdata_exactly_as_the_decoder_frames_it():
-    import pytest
-
-    from decoder import DecodeError, parse_copy_data, xlogdata_payload
-
-    buf = b"w" + (7).to_bytes(8, "big") + (9).to_bytes(8, "big") + bytes(8) + b"Bpayload"
-    assert xlogdata_payload(buf) == parse_copy_data(buf).payload == b"Bpayload"
-    with pytest.raises(DecodeError):
-        xlogdata_payload(buf[:20])
