@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from tests.k8s.chart import CHART, EXISTING, ROOT, env_of, notes, only, render, render_files
-from tests.ops.helpers import sidecar_env_names
-from tests.ops.metric_names import exposed
+from tests.replica.operate.helpers import sidecar_env_names
+from tests.replica.operate.metric_names import exposed
 
 SECRET = "Sup3r$ecret-Pa55w0rd"
 # The chart ships copies of these deploy/ files (a chart copied alone must render).

@@ -11,7 +11,7 @@ from psycopg import sql
 from replica import metrics
 from replica.operate.api import HttpServer, create_app
 from replica.state import SidecarState
-from tests.ops.helpers import SECRET
+from tests.replica.operate.helpers import SECRET
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.ops.helpers import sidecar_env_names
-from tests.ops.metric_names import check_expr, exposed
+from tests.replica.operate.helpers import sidecar_env_names
+from tests.replica.operate.metric_names import check_expr, exposed
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

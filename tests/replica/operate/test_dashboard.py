@@ -16,7 +16,7 @@ from decoder import parse_lsn
 from replica import metrics
 from replica.operate import report
 from replica.operate.api import DASHBOARD_DIR
-from tests.ops.helpers import (
+from tests.replica.operate.helpers import (
     CHROMIUM,
     SECRET,
     dump_dom,

@@ -17,7 +17,7 @@ from replica.errors import HttpServerError
 from replica.operate import report
 from replica.operate.api import HttpServer, create_app
 from replica.state import SidecarState
-from tests.ops.helpers import SECRET, database_provider, streaming_state
+from tests.replica.operate.helpers import SECRET, database_provider, streaming_state
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
