@@ -81,3 +81,14 @@ def test_wait_is_bounded_by_what_falls_due():
     f.begin(0.0)
     f.commit(10, T, rows=1)
     assert f.wait_seconds(0.2) <= 0.3 + 1e-9
+
+
+def test_silence_pings_at_half_the_timeout_then_declares_the_source_dead():
+    """Issue 10: a half-open connection looks like a quiet source; ask, then give up."""
+    from replica.stream.flow import DEAD, PING, on_silence
+
+    assert on_silence(10, 60, pinged=False) is None
+    assert on_silence(30, 60, pinged=False) == PING
+    assert on_silence(45, 60, pinged=True) is None  # asked once; wait for the answer
+    assert on_silence(60, 60, pinged=True) == DEAD
+    assert on_silence(61, 60, pinged=False) == DEAD
