@@ -22,7 +22,7 @@ import threading
 import psycopg
 from pydantic import ValidationError
 
-from replica.config import ENV_PREFIX, Settings
+from replica.config import ENV_PREFIX, WRITEBACK_FIELDS, Settings
 from replica.errors import ReplicaError
 from replica.secrets import scrub, secrets_of
 
@@ -68,7 +68,7 @@ def add_run_parser(sub) -> None:
                        description="Checks the source, creates the publication and slot when "
                        "missing, copies the tables when the target has no progress yet, then "
                        "streams until SIGTERM/SIGINT.")
-    add_settings_flags(p, list(Settings.model_fields))
+    add_settings_flags(p, [f for f in Settings.model_fields if f not in WRITEBACK_FIELDS])
     p.add_argument("--log-level", default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
                    help=f"logging level [{ENV_PREFIX}LOG_LEVEL, default INFO]")
     p.add_argument("--no-pgml-install", action="store_true",
