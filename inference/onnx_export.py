@@ -105,9 +105,19 @@ def export(
     from inference.onnx_graph import fold_imputation_into_trees
 
     folded = fold_imputation_into_trees(model)
+    model.producer_name = "pgml-replica"
+    return stamp(model, task=task, classes=classes, has_proba=has_proba,
+                 error_columns=error_columns, feature_names=feature_names,
+                 **{"pgml.imputation": "folded into trees" if folded else "graph"})
+
+
+def stamp(model, *, task: str, classes, has_proba: bool, error_columns, feature_names,
+          **extra: str) -> bytes:
+    """Write the ``pgml.*`` metadata every graph carries - the scorer reads its task, classes
+    and columns from the graph itself, whichever exporter made it - and serialize."""
     props = {
         "pgml.task": task,
-        "pgml.imputation": "folded into trees" if folded else "graph",
+        **extra,
         "pgml.classes": json.dumps(None if classes is None else [float(c) for c in classes]),
         "pgml.has_proba": "true" if has_proba else "false",
         "pgml.error_columns": json.dumps([int(j) for j in error_columns]),
@@ -116,7 +126,6 @@ def export(
     for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    model.producer_name = "pgml-replica"
     return model.SerializeToString()
 
 

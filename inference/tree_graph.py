@@ -31,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from inference.errors import NotExportable
+from inference.onnx_export import stamp
 from inference.tree_graph_models import Ensemble, Tree, ensemble_of
 
 OPSET = 17
@@ -157,19 +158,11 @@ def tensor_graph(pipeline, *, task: str, n_features: int, classes: list | None,
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="pgml-replica")
     model.ir_version = min(model.ir_version, 9)
-    props = {
-        "pgml.task": task, "pgml.graph": "tensor", "pgml.tree_formulation": formulation,
-        "pgml.trees": str(len(ens.trees)), "pgml.max_depth": str(ens.max_depth()),
-        "pgml.imputation": "graph",
-        "pgml.classes": json.dumps(None if classes is None else [float(c) for c in classes]),
-        "pgml.has_proba": "true" if has_proba else "false",
-        "pgml.error_columns": json.dumps([int(j) for j in error_columns]),
-        "pgml.feature_names": json.dumps(list(feature_names)),
-    }
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return model.SerializeToString()
+    return stamp(model, task=task, classes=classes, has_proba=has_proba,
+                 error_columns=error_columns, feature_names=feature_names,
+                 **{"pgml.graph": "tensor", "pgml.tree_formulation": formulation,
+                    "pgml.trees": str(len(ens.trees)), "pgml.max_depth": str(ens.max_depth()),
+                    "pgml.imputation": "graph"})
 
 
 class _Builder:
