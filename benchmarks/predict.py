@@ -212,7 +212,7 @@ def make_app():
     """The model server: FastAPI holding the same ONNX model, scored by the same Scorer."""
     from fastapi import FastAPI
 
-    from inference.runtime import load_scorer
+    from inference.routing import load_scorer
 
     scorer = load_scorer("onnx", Path(os.environ["PGML_BENCH_ONNX"]).read_bytes(), None,
                          "regression", 10)

@@ -55,7 +55,7 @@ def loaded(model_id: int) -> Loaded:
     if found is not None:
         _LOADED.move_to_end(model_id)
         return found
-    from inference.runtime import load_scorer
+    from inference.routing import load_scorer
 
     stored = store.stored_model(model_id)
     onnx, native = (stored.data, None) if stored.runtime == "onnx" else (None, stored.data)

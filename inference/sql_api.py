@@ -273,11 +273,11 @@ def runtime_info(project_name=None) -> str:
     """What onnxruntime offers here and which providers sessions in this backend really got."""
     import onnxruntime as ort
 
-    from inference import runtime
+    from inference import routing, runtime
 
     info = {
         "onnxruntime": ort.__version__,
-        "gpu_min_rows": runtime.GPU_MIN_ROWS,
+        "gpu_min_rows": routing.GPU_MIN_ROWS,
         "available_providers": ort.get_available_providers(),
         "requested_providers": runtime.providers(),
         "probe_session_providers": runtime.probe_providers(runtime.providers()),
@@ -326,8 +326,8 @@ BULK_THREAD_ROWS = 1 << 30  # predict_relation always asks for Postgres' per-que
 
 
 def _batch_graph(scorer) -> dict:
-    """Which graph and providers score one row and a large batch (runtime.choose_graph)."""
-    from inference.runtime import GPU_MIN_ROWS
+    """Which graph and providers score one row and a large batch (routing.choose_graph)."""
+    from inference.routing import GPU_MIN_ROWS
 
     routed = getattr(scorer, "tensor", None)
     default = getattr(scorer, "default", scorer)

@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 
 from inference import algorithms
 from inference.parity import RTOL
-from inference.runtime import load_scorer
+from inference.routing import load_scorer
 from inference.training import train
 from tests.inference.conftest import split
 

@@ -14,7 +14,7 @@ import pytest
 
 from inference import parity, runtime
 from inference.errors import InvalidData
-from inference.runtime import load_scorer
+from inference.routing import load_scorer
 from inference.training import train
 
 CASES = [

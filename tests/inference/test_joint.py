@@ -18,7 +18,7 @@ from sklearn.base import clone
 from inference import algorithms
 from inference.errors import PgmlError
 from inference.parity import RTOL
-from inference.runtime import load_scorer
+from inference.routing import load_scorer
 from inference.training import train
 from tests.inference.conftest import split
 

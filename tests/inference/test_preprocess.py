@@ -15,7 +15,7 @@ from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, Stan
 
 from inference.errors import InvalidData, PgmlError
 from inference.preprocess import IMPUTE, SCALE, apply_preprocessor, fit_preprocessor
-from inference.runtime import load_scorer
+from inference.routing import load_scorer
 from inference.training import train
 
 NAMES = ["a", "b", "c"]

@@ -13,7 +13,8 @@ import pytest
 
 from inference import runtime
 from inference.errors import InvalidData, PgmlError
-from inference.runtime import load_scorer, providers
+from inference.routing import load_scorer
+from inference.runtime import providers
 from inference.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,9 +141,9 @@ def test_importing_and_scoring_prints_nothing_in_a_fresh_interpreter(xgb_model, 
     model = tmp_path / "model.onnx"
     model.write_bytes(xgb_model.onnx)
     code = (
-        "import numpy as np, inference.runtime as r\n"
+        "import numpy as np, inference.routing as r\n"
         f"s = r.load_scorer('onnx', open({str(model)!r}, 'rb').read(), None, 'regression', 10)\n"
-        "s.predict(np.zeros(10)); r.providers()\n"
+        "s.predict(np.zeros(10)); import inference.runtime; inference.runtime.providers()\n"
         "import sys; assert 'sklearn' not in sys.modules, 'scoring ONNX must not load sklearn'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

@@ -173,7 +173,7 @@ def test_depth_chooses_the_formulation(diabetes):
 
 
 def test_choose_graph_sends_only_large_batches_to_the_gpu():
-    from inference.runtime import GPU_MIN_ROWS, choose_graph
+    from inference.routing import GPU_MIN_ROWS, choose_graph
 
     assert choose_graph(1, cuda=True, has_tensor=True) == "default"
     assert choose_graph(GPU_MIN_ROWS - 1, cuda=True, has_tensor=True) == "default"
@@ -197,32 +197,32 @@ def _xgb_graphs(diabetes):
 
 
 def test_without_a_cuda_device_the_tensor_graph_is_not_loaded(diabetes, monkeypatch):
-    from inference import runtime
+    from inference import routing, runtime
 
     r, tensor = _xgb_graphs(diabetes)
     n = len(diabetes.feature_names)
     assert runtime.providers() == [runtime.CPU]  # no /dev/nvidia* here
-    scorer = runtime.load_scorer("onnx", r.onnx, None, "regression", n, tensor=tensor)
+    scorer = routing.load_scorer("onnx", r.onnx, None, "regression", n, tensor=tensor)
     assert type(scorer) is runtime.OnnxScorer and scorer.graph == "default"
     # CUDA offered (onnxruntime-gpu always lists it) but the session cannot get it: a broken
     # or absent device must leave the default graph in charge, not a tensor graph on the CPU.
     monkeypatch.setattr(runtime, "providers", lambda: [runtime.CUDA, runtime.CPU])
-    scorer = runtime.load_scorer("onnx", r.onnx, None, "regression", n, tensor=tensor)
+    scorer = routing.load_scorer("onnx", r.onnx, None, "regression", n, tensor=tensor)
     assert type(scorer) is runtime.OnnxScorer and scorer.providers == [runtime.CPU]
 
 
 def test_routed_scorer_routes_by_batch_size(diabetes):
-    from inference import runtime
+    from inference import routing, runtime
 
     r, tensor = _xgb_graphs(diabetes)
     n = len(diabetes.feature_names)
-    routed = runtime.RoutedScorer(runtime.OnnxScorer(r.onnx, "regression", n),
+    routed = routing.RoutedScorer(runtime.OnnxScorer(r.onnx, "regression", n),
                                   runtime.OnnxScorer(tensor, "regression", n))
     routed.cuda = True  # as if the tensor session had got CUDA
-    X = np.repeat(diabetes.X_test, -(-runtime.GPU_MIN_ROWS // len(diabetes.X_test)), axis=0)
+    X = np.repeat(diabetes.X_test, -(-routing.GPU_MIN_ROWS // len(diabetes.X_test)), axis=0)
     small = routed.predict(X[:5])
     assert routed.last_graph == "default"
-    big = routed.predict(X[: runtime.GPU_MIN_ROWS])
+    big = routed.predict(X[: routing.GPU_MIN_ROWS])
     assert routed.last_graph == "tensor"
     np.testing.assert_allclose(big[:5], small, rtol=tree_graph.RTOL)
     assert routed.predict_one(X[0].tolist()) == small[0]
