@@ -46,8 +46,8 @@ from decoder.framing import (
     format_lsn,
     parse_copy_data,
     parse_lsn,
-    standby_status_update,
     split_frame,
+    standby_status_update,
 )
 from decoder.messages import (
     Begin,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import final
 
 from decoder._construct import fast_constructor
 from decoder.errors import DecodeError
@@ -83,6 +84,7 @@ def parse_lsn(text: str) -> int:
     return (int(hi, 16) << 32) | int(lo, 16)
 
 
+@final  # split_frame tells the frames apart by ``type(frame) is XLogData``
 @dataclass(frozen=True, slots=True)
 class XLogData:
     """One WAL data message; ``payload`` is the pgoutput message for ``Decoder.decode``."""

@@ -51,8 +51,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from decoder.tuples import TupleData
+
+if TYPE_CHECKING:
+    from decoder.types.registry import LoaderPlan
 
 
 class Message:
@@ -111,7 +115,7 @@ class Relation(Message):
     replica_identity: str
     columns: tuple[Column, ...]
     # The loaders per column, filled on first TupleData.values() (see tuples._plan).
-    _loaders: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _loaders: LoaderPlan | None = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

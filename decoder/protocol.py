@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from decoder._construct import fast_constructor
 from decoder.errors import DecodeError
@@ -276,7 +277,7 @@ class Decoder:
 
     # -- transactions ----------------------------------------------------------------
 
-    def _fixed(self, buf: bytes, layout: struct.Struct, mtype: str) -> tuple:
+    def _fixed(self, buf: bytes, layout: struct.Struct, mtype: str) -> tuple[Any, ...]:
         """Unpack a message that is exactly the tag plus ``layout``."""
         if len(buf) != 1 + layout.size:
             raise DecodeError(mtype, min(len(buf), 1 + layout.size),
@@ -342,7 +343,7 @@ class Decoder:
 
     # -- two-phase (protocol 3+) -----------------------------------------------------
 
-    def _gid_message(self, buf: bytes, layout: struct.Struct, mtype: str) -> tuple:
+    def _gid_message(self, buf: bytes, layout: struct.Struct, mtype: str) -> tuple[Any, ...]:
         _need(buf, 1, layout.size, mtype, "header")
         head = layout.unpack_from(buf, 1)
         gid, pos = _string(buf, 1 + layout.size, mtype, "gid")

@@ -30,6 +30,7 @@ from decoder.types.registry import describe
 
 if TYPE_CHECKING:
     from decoder.messages import Relation
+    from decoder.types.registry import LoaderPlan
 
 _INT32 = struct.Struct(">i").unpack_from
 _KIND_LENGTH = struct.Struct(">ci").unpack_from
@@ -64,7 +65,7 @@ class TupleData:
     kinds: str  # one char per column: 'n' null, 'u' unchanged TOAST, 't' text, 'b' binary
     raw: tuple[bytes | None, ...]  # each column's bytes exactly as sent; None for 'n'/'u'
 
-    def values(self, relation: Relation) -> tuple:
+    def values(self, relation: Relation) -> tuple[Any, ...]:
         """Python values by the relation's column type OIDs.
 
         None for NULL, UNCHANGED_TOAST for 'u'. Raises ValueConversionError (a DecodeError)
@@ -72,28 +73,33 @@ class TupleData:
         """
         plan = relation._loaders or _plan(relation)
         kinds = self.kinds
+        # The type: ignores below: a 't' or 'b' column's raw is always bytes (None only for
+        # 'n'/'u'), which the kind check proves and mypy cannot see; no per-value narrowing
+        # is added to the hot path to tell it.
         try:  # fast path: every column sent in one form (the usual row)
             if kinds == plan[2]:
-                return tuple([load(raw) for load, raw in zip(plan[0], self.raw, strict=True)])
+                return tuple([load(raw) for load, raw in  # type: ignore[arg-type]
+                              zip(plan[0], self.raw, strict=True)])
             if kinds == plan[3]:
-                return tuple([load(raw) for load, raw in zip(plan[1], self.raw, strict=True)])
+                return tuple([load(raw) for load, raw in  # type: ignore[arg-type]
+                              zip(plan[1], self.raw, strict=True)])
         except CONVERSION_ERRORS:
             pass  # the column-by-column path below names the failing column
         return self._values_by_column(relation, plan)
 
-    def _values_by_column(self, relation: Relation, plan: tuple) -> tuple:
+    def _values_by_column(self, relation: Relation, plan: LoaderPlan) -> tuple[Any, ...]:
         if len(plan[0]) != len(self.raw):
             raise DecodeError("TupleData", 0, f"row has {len(self.raw)} columns but relation "
                               f"{relation.namespace}.{relation.name} has {len(plan[0])}")
-        out: list = []
+        out: list[Any] = []
         append = out.append
         try:
             for kind, raw, text, binary in zip(self.kinds, self.raw, plan[0], plan[1],
                                                strict=True):
                 if kind == "t":
-                    append(text(raw))
+                    append(text(raw))  # type: ignore[arg-type]  # 't': raw is bytes
                 elif kind == "b":
-                    append(binary(raw))
+                    append(binary(raw))  # type: ignore[arg-type]  # 'b': raw is bytes
                 elif kind == "n":
                     append(None)
                 else:
@@ -105,12 +111,12 @@ class TupleData:
         return tuple(out)
 
 
-def _plan(relation: Relation) -> tuple:
+def _plan(relation: Relation) -> LoaderPlan:
     """(text loaders, binary loaders, 't' * ncols, 'b' * ncols), cached on the Relation
     because a relation's column types are fixed for its lifetime."""
     pairs = [REGISTRY.loaders(c.type_oid) for c in relation.columns]
     ncols = len(pairs)
-    plan = (tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), "t" * ncols, "b" * ncols)
+    plan: LoaderPlan = (tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), "t" * ncols, "b" * ncols)
     object.__setattr__(relation, "_loaders", plan)
     return plan
 

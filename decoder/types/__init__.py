@@ -25,6 +25,8 @@ anything else                  str (text form) / bytes (binary form), unconverte
 
 from __future__ import annotations
 
+from typing import Any
+
 from decoder.types import dates, numbers, oids, strings
 from decoder.types.dates import Interval
 from decoder.types.registry import CONVERSION_ERRORS, TypeRegistry
@@ -70,6 +72,6 @@ def _default_registry() -> TypeRegistry:
 REGISTRY = _default_registry()
 
 
-def to_python(type_oid: int, raw: bytes | None, binary: bool):
+def to_python(type_oid: int, raw: bytes | None, binary: bool) -> Any:
     """Convert one column value (its text or binary form) by type OID."""
     return REGISTRY.to_python(type_oid, raw, binary)

@@ -27,20 +27,20 @@ _MAXDIM = 6  # PostgreSQL's MAXDIM
 
 
 def text_array_loader(element: Loader) -> Loader:
-    def load(raw: bytes) -> list:
+    def load(raw: bytes) -> list[Any]:
         return _parse_text(raw, element)
 
     return load
 
 
 def binary_array_loader(element: Loader, element_oid: int) -> Loader:
-    def load(raw: bytes) -> list:
+    def load(raw: bytes) -> list[Any]:
         return _parse_binary(raw, element, element_oid)
 
     return load
 
 
-def _parse_text(raw: bytes, element: Loader) -> list:
+def _parse_text(raw: bytes, element: Loader) -> list[Any]:
     n = len(raw)
     i = 0
     if raw[:1] == b"[":  # explicit bounds, e.g. [0:2]={...}
@@ -49,14 +49,14 @@ def _parse_text(raw: bytes, element: Loader) -> list:
             raise ValueError("array bounds without '='")
     if raw[i:i + 1] != b"{":
         raise ValueError(f"array text must start with '{{', got {raw[:20]!r}")
-    root: list | None = None
-    stack: list[list] = []
+    root: list[Any] | None = None
+    stack: list[list[Any]] = []
     while i < n:
         c = raw[i]
         if c == 0x7B:  # {
             if not stack and root is not None:
                 raise ValueError("text after the end of the array")
-            new: list = []
+            new: list[Any] = []
             if stack:
                 stack[-1].append(new)
             else:
@@ -102,7 +102,7 @@ def _parse_text(raw: bytes, element: Loader) -> list:
     return root
 
 
-def _parse_binary(raw: bytes, element: Loader, element_oid: int) -> list:
+def _parse_binary(raw: bytes, element: Loader, element_oid: int) -> list[Any]:
     ndim, _flags, oid = _HEAD.unpack_from(raw)
     if ndim == 0:
         if len(raw) != 12:
@@ -125,7 +125,7 @@ def _parse_binary(raw: bytes, element: Loader, element_oid: int) -> list:
     n = len(raw)
     if total * 4 > n - pos:
         raise ValueError(f"{total} array elements cannot fit in {n - pos} bytes")
-    flat: list = []
+    flat: list[Any] = []
     append = flat.append
     for _ in range(total):
         (length,) = _I4(raw, pos)

@@ -15,14 +15,17 @@ represents NaN and ±Infinity, which float and int cannot all do.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from decimal import Decimal
 
-_I2 = struct.Struct(">h").unpack
-_I4 = struct.Struct(">i").unpack
-_I8 = struct.Struct(">q").unpack
-_U4 = struct.Struct(">I").unpack
-_F4 = struct.Struct(">f").unpack
-_F8 = struct.Struct(">d").unpack
+# Annotated with what each format unpacks to (struct's stubs say tuple[Any, ...]), so the
+# loaders type-check without a per-value cast.
+_I2: Callable[[bytes], tuple[int]] = struct.Struct(">h").unpack
+_I4: Callable[[bytes], tuple[int]] = struct.Struct(">i").unpack
+_I8: Callable[[bytes], tuple[int]] = struct.Struct(">q").unpack
+_U4: Callable[[bytes], tuple[int]] = struct.Struct(">I").unpack
+_F4: Callable[[bytes], tuple[float]] = struct.Struct(">f").unpack
+_F8: Callable[[bytes], tuple[float]] = struct.Struct(">d").unpack
 _NUMERIC_HEAD = struct.Struct(">hhHh")
 
 _NUMERIC_SPECIAL = {0xC000: Decimal("NaN"), 0xD000: Decimal("Infinity"),

@@ -17,6 +17,10 @@ from decoder.types.arrays import binary_array_loader, text_array_loader
 
 Loader = Callable[[bytes], Any]
 
+#: A relation's conversion plan, cached on it (see tuples._plan): (text loaders, binary
+#: loaders, 't' * ncols, 'b' * ncols).
+LoaderPlan = tuple[tuple[Loader, ...], tuple[Loader, ...], str, str]
+
 #: What a loader may raise on bytes that do not match its type; turned into
 #: ValueConversionError at the boundary so callers see one error class.
 CONVERSION_ERRORS = (ValueError, ArithmeticError, IndexError, KeyError, TypeError,

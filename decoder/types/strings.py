@@ -12,6 +12,7 @@ walsender converts text to.
 from __future__ import annotations
 
 import json
+from typing import Any
 from uuid import UUID
 
 
@@ -55,11 +56,11 @@ def uuid_binary(raw: bytes) -> UUID:
     return UUID(bytes=raw)
 
 
-def json_text(raw: bytes):
+def json_text(raw: bytes) -> Any:
     return json.loads(raw)
 
 
-def jsonb_binary(raw: bytes):
+def jsonb_binary(raw: bytes) -> Any:
     if raw[:1] != b"\x01":
         raise ValueError(f"unsupported jsonb binary version {raw[:1]!r} (expected 1)")
     return json.loads(raw[1:])
