@@ -19,8 +19,6 @@ from decoder import (
     parse_lsn,
     standby_status_update,
 )
-from replica.source.replconn import ReplicationConnection
-from tests.decoder.stream import create_slot
 
 T0 = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 T0_US = int((T0 - datetime(2000, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
@@ -91,13 +89,13 @@ def _read_until(conn, cls, timeout=30.0):
     raise TimeoutError(f"no {cls.__name__} within {timeout}s")
 
 
-def test_status_update_moves_the_slot_and_asks_for_a_keepalive(source_db):
+def test_status_update_moves_the_slot_and_asks_for_a_keepalive(source_db, stream):
     db = source_db
     db.execute("CREATE TABLE t (id int)")
     db.execute("CREATE PUBLICATION pub FOR TABLE t")
-    slot, start = create_slot(db)
+    slot, start = stream.create_slot(db)
     db.execute("INSERT INTO t VALUES (1)")
-    with ReplicationConnection(db.dsn) as conn:
+    with stream.connect(db.dsn) as conn:
         conn.start(slot, start, {"proto_version": "1", "publication_names": "pub"})
         data = _read_until(conn, XLogData)  # the Begin of the insert
         commit_end = None

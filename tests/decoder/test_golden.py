@@ -24,7 +24,6 @@ from decoder import (
     Update,
     parse_lsn,
 )
-from tests.decoder.stream import capture, create_slot, end_marker
 
 KIND = {False: "t", True: "b"}
 
@@ -33,12 +32,12 @@ def _oid(db, regclass: str) -> int:
     return db.execute("SELECT %s::regclass::oid", (regclass,))[0][0]
 
 
-def test_insert_update_delete_with_default_identity(source_db, binary):
+def test_insert_update_delete_with_default_identity(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE items (id int PRIMARY KEY, name varchar(10), price numeric(10,2),"
                " note text)")
     db.execute("CREATE PUBLICATION pub FOR TABLE items")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     with db.connect(autocommit=False) as conn:
         xid = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
         started = conn.execute("SELECT now()").fetchone()[0]
@@ -46,8 +45,8 @@ def test_insert_update_delete_with_default_identity(source_db, binary):
         conn.commit()
     db.execute("UPDATE items SET price = 3.25 WHERE id = 1")
     db.execute("DELETE FROM items WHERE id = 2")
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary)
 
     assert cap.names() == ["Begin", "Relation", "Insert", "Insert", "Commit",
                            "Begin", "Update", "Commit", "Begin", "Delete", "Commit"]
@@ -90,17 +89,17 @@ def test_insert_update_delete_with_default_identity(source_db, binary):
     assert delete.key_tuple.values(rel) == (2, None, None, None)
 
 
-def test_key_changing_update_sends_the_old_key(source_db, binary):
+def test_key_changing_update_sends_the_old_key(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE t (a int, b text, c int, PRIMARY KEY (a, b))")
     db.execute("CREATE PUBLICATION pub FOR TABLE t")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     db.execute("INSERT INTO t VALUES (1, 'one', 10)")
     db.execute("UPDATE t SET c = 11")  # key unchanged: no old key
     db.execute("UPDATE t SET b = 'uno'")  # key changed: 'K' with the old key
     db.execute("UPDATE t SET a = 2, c = 12")
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary)
     rel = cap.of(Relation)[0]
     assert [c.is_key for c in rel.columns] == [True, True, False]
     u1, u2, u3 = cap.of(Update)
@@ -112,17 +111,17 @@ def test_key_changing_update_sends_the_old_key(source_db, binary):
     assert u3.new_tuple.values(rel) == (2, "uno", 12)
 
 
-def test_replica_identity_full_sends_the_old_row(source_db, binary):
+def test_replica_identity_full_sends_the_old_row(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE f (id int, v text, w float8)")
     db.execute("ALTER TABLE f REPLICA IDENTITY FULL")
     db.execute("CREATE PUBLICATION pub FOR TABLE f")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     db.execute("INSERT INTO f VALUES (1, 'a', 0.5), (2, NULL, -1e300)")
     db.execute("UPDATE f SET v = 'b' WHERE id = 1")
     db.execute("DELETE FROM f WHERE id = 2")
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary)
     rel = cap.of(Relation)[0]
     assert rel.replica_identity == "f"
     assert all(c.is_key for c in rel.columns)
@@ -136,20 +135,20 @@ def test_replica_identity_full_sends_the_old_row(source_db, binary):
     assert delete.old_tuple.values(rel) == (2, None, -1e300)
 
 
-def test_replica_identity_using_index(source_db, binary):
+def test_replica_identity_using_index(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE u (id int PRIMARY KEY, code text NOT NULL, qty int)")
     db.execute("CREATE UNIQUE INDEX u_code ON u (code)")
     db.execute("ALTER TABLE u REPLICA IDENTITY USING INDEX u_code")
     db.execute("CREATE PUBLICATION pub FOR TABLE u")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     db.execute("INSERT INTO u VALUES (1, 'A-1', 5)")
     db.execute("UPDATE u SET qty = 6")  # identity unchanged
     db.execute("UPDATE u SET id = 7")  # the primary key is not the identity: still no K
     db.execute("UPDATE u SET code = 'A-2'")
     db.execute("DELETE FROM u")
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary)
     rel = cap.of(Relation)[0]
     assert rel.replica_identity == "i"
     assert [(c.name, c.is_key) for c in rel.columns] == [
@@ -163,18 +162,18 @@ def test_replica_identity_using_index(source_db, binary):
     assert delete.key_tuple.values(rel) == (None, "A-2", None)
 
 
-def test_unchanged_toast_value_is_a_sentinel(source_db, binary):
+def test_unchanged_toast_value_is_a_sentinel(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, n int)")
     db.execute("ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL")  # no compression
     db.execute("CREATE PUBLICATION pub FOR TABLE docs")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     big = "".join(chr(0x41 + i % 26) for i in range(5000))
     db.execute("INSERT INTO docs VALUES (1, %s, 0)", (big,))
     db.execute("UPDATE docs SET n = 1")  # body unchanged and stored out of line
     db.execute("UPDATE docs SET body = body || '!', n = 2")
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary)
     rel = cap.of(Relation)[0]
     (insert,) = cap.of(Insert)
     assert insert.new_tuple.values(rel) == (1, big, 0)
@@ -188,20 +187,20 @@ def test_unchanged_toast_value_is_a_sentinel(source_db, binary):
     assert u2.new_tuple.values(rel) == (1, big + "!", 2)
 
 
-def test_truncate_cascade_and_restart_identity(source_db, binary):
+def test_truncate_cascade_and_restart_identity(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE parent (id serial PRIMARY KEY)")
     db.execute("CREATE TABLE child (id int PRIMARY KEY, p int REFERENCES parent)")
     db.execute("CREATE TABLE solo (id bigserial PRIMARY KEY)")
     db.execute("CREATE PUBLICATION pub FOR TABLE parent, child, solo")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     db.execute("INSERT INTO parent DEFAULT VALUES")
     db.execute("INSERT INTO child VALUES (1, 1)")
     db.execute("TRUNCATE parent CASCADE")
     db.execute("TRUNCATE solo RESTART IDENTITY")
     db.execute("TRUNCATE parent, solo RESTART IDENTITY CASCADE")
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary)
     parent, child, solo = _oid(db, "parent"), _oid(db, "child"), _oid(db, "solo")
     t1, t2, t3 = cap.of(Truncate)
     assert t1.xid is None
@@ -213,10 +212,10 @@ def test_truncate_cascade_and_restart_identity(source_db, binary):
     assert {r.relation_id for r in cap.of(Relation)} == {parent, child, solo}
 
 
-def test_logical_messages_transactional_and_not(source_db, binary):
+def test_logical_messages_transactional_and_not(source_db, binary, stream):
     db = source_db
     db.execute("CREATE PUBLICATION pub FOR ALL TABLES")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     content = bytes(range(256))
     with db.connect(autocommit=False) as conn:
         xid = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
@@ -225,8 +224,8 @@ def test_logical_messages_transactional_and_not(source_db, binary):
         now_lsn = conn.execute("SELECT pg_logical_emit_message(false, 'app/now', 'héllo')"
                                ).fetchone()[0]
         conn.commit()
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary)
     # The non-transactional message is sent at once, before the transaction that emitted
     # it commits; the transactional one inside that transaction's Begin/Commit.
     assert cap.names() == ["LogicalMessage", "Begin", "LogicalMessage", "Commit"]
@@ -240,17 +239,17 @@ def test_logical_messages_transactional_and_not(source_db, binary):
     assert tx.lsn == parse_lsn(str(tx_lsn))
 
 
-def test_custom_enum_type_is_announced_by_a_type_message(source_db, binary):
+def test_custom_enum_type_is_announced_by_a_type_message(source_db, binary, stream):
     db = source_db
     db.execute("CREATE SCHEMA app")
     db.execute("CREATE TYPE app.mood AS ENUM ('sad', 'ok', 'happy')")
     db.execute("CREATE TABLE app.people (id int PRIMARY KEY, mood app.mood, "
                "history app.mood[])")
     db.execute("CREATE PUBLICATION pub FOR TABLE app.people")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     db.execute("INSERT INTO app.people VALUES (1, 'happy', '{sad,ok}')")
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary)
     mood, mood_array = (db.execute("SELECT 'app.mood'::regtype::oid, "
                                    "'app.mood[]'::regtype::oid")[0])
     assert cap.names() == ["Begin", "Type", "Type", "Relation", "Insert", "Commit"]
@@ -267,11 +266,11 @@ def test_custom_enum_type_is_announced_by_a_type_message(source_db, binary):
     assert row[2] == "{sad,ok}" if not binary else isinstance(row[2], bytes)
 
 
-def test_origin_message_follows_begin(source_db, binary):
+def test_origin_message_follows_begin(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")
     db.execute("CREATE PUBLICATION pub FOR TABLE t")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     origin = f"golden_origin_{db.name}"
     db.execute("SELECT pg_replication_origin_create(%s)", (origin,))
     try:
@@ -281,24 +280,24 @@ def test_origin_message_follows_begin(source_db, binary):
                 conn.execute("SELECT pg_replication_origin_xact_setup('1/ABCDEF', now())")
                 conn.execute("INSERT INTO t VALUES (1)")
             conn.execute("SELECT pg_replication_origin_session_reset()")
-        end_marker(db)
-        cap = capture(db, slot, lsn, binary=binary)
+        stream.end_marker(db)
+        cap = stream.capture(db, slot, lsn, binary=binary)
     finally:
         db.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
     assert cap.names() == ["Begin", "Origin", "Relation", "Insert", "Commit"]
     assert cap.messages[1] == Origin(parse_lsn("1/ABCDEF"), origin)
 
 
-def test_relation_message_is_resent_after_ddl(source_db, binary):
+def test_relation_message_is_resent_after_ddl(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE t (id int PRIMARY KEY, a int)")
     db.execute("CREATE PUBLICATION pub FOR TABLE t")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     db.execute("INSERT INTO t VALUES (1, 1)")
     db.execute("ALTER TABLE t ADD COLUMN b text DEFAULT 'new', ALTER COLUMN a TYPE bigint")
     db.execute("INSERT INTO t VALUES (2, 2)")
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary)
     r1, r2 = cap.of(Relation)
     assert r1.relation_id == r2.relation_id
     assert [(c.name, c.type_oid) for c in r1.columns] == [("id", 23), ("a", 23)]

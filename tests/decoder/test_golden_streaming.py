@@ -23,7 +23,6 @@ from decoder import (
     StreamStart,
     StreamStop,
 )
-from tests.decoder.stream import capture, create_slot, end_marker
 
 SMALL_WORK_MEM = "-c logical_decoding_work_mem=64kB"
 ROWS = "SELECT g, repeat('x', 100) FROM generate_series(%s::int, %s::int) g"
@@ -54,11 +53,11 @@ def _blocks(cap) -> list[list]:
     return blocks
 
 
-def test_streamed_transaction_with_an_aborted_subtransaction(source_db, binary):
+def test_streamed_transaction_with_an_aborted_subtransaction(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE big (id int PRIMARY KEY, pad text)")
     db.execute("CREATE PUBLICATION pub FOR TABLE big")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     with db.connect(autocommit=False) as conn:
         top = _xid(conn)
         conn.execute("INSERT INTO big " + ROWS, (1, 1500))
@@ -77,9 +76,9 @@ def test_streamed_transaction_with_an_aborted_subtransaction(source_db, binary):
         aborted = _xid(conn)
         conn.execute("INSERT INTO big " + ROWS, (5001, 8000))
         conn.rollback()
-    end_marker(db)
-    cap = capture(db, slot, lsn, proto=2, binary=binary, extra={"streaming": "on"},
-                  dsn_options=SMALL_WORK_MEM)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, proto=2, binary=binary, extra={"streaming": "on"},
+                         dsn_options=SMALL_WORK_MEM)
 
     starts = cap.of(StreamStart)
     assert len(starts) >= 2 and len(cap.of(StreamStop)) == len(starts)
@@ -113,11 +112,11 @@ def test_streamed_transaction_with_an_aborted_subtransaction(source_db, binary):
     assert cap.decoder.in_stream is False
 
 
-def test_two_phase_prepare_commit_and_rollback(source_db, binary):
+def test_two_phase_prepare_commit_and_rollback(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     db.execute("CREATE PUBLICATION pub FOR TABLE t")
-    slot, lsn = create_slot(db, two_phase=True)
+    slot, lsn = stream.create_slot(db, two_phase=True)
     xids = {}
     for gid, rows in (("gid-commit", (1, 2)), ("gid-rollback", (3, 4))):
         with db.connect(autocommit=True) as conn:
@@ -128,8 +127,8 @@ def test_two_phase_prepare_commit_and_rollback(source_db, binary):
             conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
     db.execute("COMMIT PREPARED 'gid-commit'")
     db.execute("ROLLBACK PREPARED 'gid-rollback'")
-    end_marker(db)
-    cap = capture(db, slot, lsn, proto=3, binary=binary, extra={"two_phase": "on"})
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, proto=3, binary=binary, extra={"two_phase": "on"})
 
     assert cap.names() == [
         "BeginPrepare", "Relation", "Insert", "Insert", "Prepare",
@@ -156,20 +155,20 @@ def test_two_phase_prepare_commit_and_rollback(source_db, binary):
         (1, "v1"), (2, "v2"), (3, "v3"), (4, "v4")]
 
 
-def test_streamed_two_phase_transaction_ends_with_stream_prepare(source_db, binary):
+def test_streamed_two_phase_transaction_ends_with_stream_prepare(source_db, binary, stream):
     db = source_db
     db.execute("CREATE TABLE big (id int PRIMARY KEY, pad text)")
     db.execute("CREATE PUBLICATION pub FOR TABLE big")
-    slot, lsn = create_slot(db, two_phase=True)
+    slot, lsn = stream.create_slot(db, two_phase=True)
     with db.connect(autocommit=True) as conn:
         conn.execute("BEGIN")
         xid = _xid(conn)
         conn.execute("INSERT INTO big " + ROWS, (1, 2000))
         conn.execute("PREPARE TRANSACTION 'big-gid'")
     db.execute("COMMIT PREPARED 'big-gid'")
-    end_marker(db)
-    cap = capture(db, slot, lsn, proto=3, binary=binary,
-                  extra={"two_phase": "on", "streaming": "on"}, dsn_options=SMALL_WORK_MEM)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, proto=3, binary=binary,
+                         extra={"two_phase": "on", "streaming": "on"}, dsn_options=SMALL_WORK_MEM)
     names = cap.names()
     assert names[0] == "StreamStart" and names[-2:] == ["StreamPrepare", "CommitPrepared"]
     assert "BeginPrepare" not in names and "Prepare" not in names

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 import pytest
 
 from decoder import Begin, Commit, Insert, Origin, StreamAbort, StreamCommit, StreamStart
-from tests.decoder.stream import capture, create_slot, end_marker
 
 pytestmark = pytest.mark.source_versions(min=16)
 
@@ -54,16 +53,16 @@ def _streamed_with_aborts(db) -> tuple[int, int, int, datetime]:
 
 @pytest.mark.parametrize("streaming", ["parallel", "on"])
 def test_protocol_4_stream_abort_carries_lsn_and_time_only_when_parallel(
-        source_db, source_version, streaming):
+        source_db, source_version, streaming, stream):
     db = source_db
     db.execute("CREATE TABLE big (id int PRIMARY KEY, pad text)")
     db.execute("CREATE PUBLICATION pub FOR TABLE big")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     top, sub, aborted, before = _streamed_with_aborts(db)
     (after,) = db.execute("SELECT clock_timestamp()")[0]
-    end_marker(db)
-    cap = capture(db, slot, lsn, proto=4, extra={"streaming": streaming},
-                  dsn_options=SMALL_WORK_MEM)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, proto=4, extra={"streaming": streaming},
+                         dsn_options=SMALL_WORK_MEM)
 
     # 18 no longer streams a transaction already known to have aborted when it outgrows
     # the work memory (it is decoded here after the fact): nothing of it is sent at all.
@@ -92,12 +91,12 @@ def test_protocol_4_stream_abort_carries_lsn_and_time_only_when_parallel(
     assert kept == list(range(1, 1501)) + list(range(3001, 4001))
 
 
-def test_origin_option_filters_or_labels_replicated_changes(source_db, source_version):
+def test_origin_option_filters_or_labels_replicated_changes(source_db, source_version, stream):
     db = source_db
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     db.execute("CREATE PUBLICATION pub FOR TABLE t")
-    slot_any, lsn_any = create_slot(db)
-    slot_none, lsn_none = create_slot(db)
+    slot_any, lsn_any = stream.create_slot(db)
+    slot_none, lsn_none = stream.create_slot(db)
     origin = f"upstream_{db.name}"
     db.execute("SELECT pg_replication_origin_create(%s)", (origin,))
     try:
@@ -108,9 +107,9 @@ def test_origin_option_filters_or_labels_replicated_changes(source_db, source_ve
                 conn.execute("INSERT INTO t VALUES (1, 'replicated')")
             conn.execute("SELECT pg_replication_origin_session_reset()")
         db.execute("INSERT INTO t VALUES (2, 'local')")
-        end_marker(db)
-        labelled = capture(db, slot_any, lsn_any, proto=4, extra={"origin": "any"})
-        local = capture(db, slot_none, lsn_none, proto=4, extra={"origin": "none"})
+        stream.end_marker(db)
+        labelled = stream.capture(db, slot_any, lsn_any, proto=4, extra={"origin": "any"})
+        local = stream.capture(db, slot_none, lsn_none, proto=4, extra={"origin": "none"})
     finally:  # (the slots go with the database)
         db.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
 

@@ -33,7 +33,6 @@ from decoder import (
     to_python,
 )
 from decoder.types import oids
-from tests.decoder.stream import capture, create_slot, end_marker
 from tests.decoder.test_values import CASES
 
 PROPERTY = settings(max_examples=400, deadline=None, derandomize=True,
@@ -62,7 +61,7 @@ def _record(cap, version: int) -> list[Sample]:
 
 
 @pytest.fixture(scope="module")
-def corpus(pg_source) -> list[Sample]:
+def corpus(pg_source, stream) -> list[Sample]:
     name = f"props_{os.getpid()}"
     pg_source.create_database(name)
     from tests.fix_pg import Database
@@ -77,8 +76,8 @@ def corpus(pg_source) -> list[Sample]:
         db.execute("CREATE TABLE t (id int PRIMARY KEY, m mood, body text)")
         db.execute("ALTER TABLE t ALTER COLUMN body SET STORAGE EXTERNAL")
         db.execute("CREATE PUBLICATION pub FOR ALL TABLES")
-        plain, plain_lsn = create_slot(db)
-        twophase, twophase_lsn = create_slot(db, two_phase=True)
+        plain, plain_lsn = stream.create_slot(db)
+        twophase, twophase_lsn = stream.create_slot(db, two_phase=True)
         literals = sql.SQL(", ").join(sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t))
                                       for t, v, _ in CASES)
         db.execute(sql.SQL("INSERT INTO vals VALUES (1, {})").format(literals))
@@ -114,15 +113,16 @@ def corpus(pg_source) -> list[Sample]:
             conn.execute("SELECT pg_replication_origin_session_setup('props_origin')")
             conn.execute("INSERT INTO t VALUES (9000, 'sad', 'o')")
             conn.execute("SELECT pg_replication_origin_session_reset()")
-        end_marker(db)
+        stream.end_marker(db)
         samples = []
         for binary in (False, True):
-            samples += _record(capture(db, plain, plain_lsn, binary=binary), 1)
-        samples += _record(capture(db, plain, plain_lsn, proto=2, extra={"streaming": "on"},
-                                   dsn_options="-c logical_decoding_work_mem=64kB"), 2)
-        samples += _record(capture(db, twophase, twophase_lsn, proto=3, binary=True,
-                                   extra={"streaming": "on", "two_phase": "on"},
-                                   dsn_options="-c logical_decoding_work_mem=64kB"), 3)
+            samples += _record(stream.capture(db, plain, plain_lsn, binary=binary), 1)
+        samples += _record(stream.capture(db, plain, plain_lsn, proto=2,
+                                          extra={"streaming": "on"},
+                                          dsn_options="-c logical_decoding_work_mem=64kB"), 2)
+        samples += _record(stream.capture(db, twophase, twophase_lsn, proto=3, binary=True,
+                                          extra={"streaming": "on", "two_phase": "on"},
+                                          dsn_options="-c logical_decoding_work_mem=64kB"), 3)
     finally:
         pg_source.drop_database(name)
         with pg_source.connect() as conn:

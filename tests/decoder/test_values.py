@@ -17,7 +17,6 @@ import pytest
 from psycopg import sql
 
 from decoder import Insert, Interval, Relation, ValueConversionError
-from tests.decoder.stream import capture, create_slot, end_marker
 
 BIG = "1" + "0" * 5000  # more digits than int() will parse from a string
 ALL_BYTES = bytes(range(256))
@@ -138,27 +137,28 @@ def same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _stream_rows(db, cases, binary, dsn_options="") -> tuple[Relation, list[tuple]]:
+def _stream_rows(stream, db, cases, binary,
+                 dsn_options="") -> tuple[Relation, list[tuple]]:
     columns = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(f"c{i}"), sql.SQL(typ))
         for i, (typ, _, _) in enumerate(cases))
     db.execute(sql.SQL("CREATE TABLE vals (id int PRIMARY KEY, {})").format(columns))
     db.execute("CREATE PUBLICATION pub FOR TABLE vals")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     literals = sql.SQL(", ").join(sql.SQL("{}::{}").format(sql.Literal(lit), sql.SQL(typ))
                                   for typ, lit, _ in cases)
     db.execute(sql.SQL("INSERT INTO vals VALUES (1, {})").format(literals))
     db.execute("INSERT INTO vals (id) VALUES (2)")
-    end_marker(db)
-    cap = capture(db, slot, lsn, binary=binary, dsn_options=dsn_options)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, binary=binary, dsn_options=dsn_options)
     rel = cap.of(Relation)[0]
     return rel, [m.new_tuple for m in cap.of(Insert)]
 
 
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
-def test_every_supported_type_decodes_in_text_and_binary(source_db, binary, zone):
+def test_every_supported_type_decodes_in_text_and_binary(source_db, binary, zone, stream):
     """TimeZone only changes timestamptz's text form (the offset): values stay the same."""
-    rel, (row, nulls) = _stream_rows(source_db, CASES, binary,
+    rel, (row, nulls) = _stream_rows(stream, source_db, CASES, binary,
                                      dsn_options=f"-c TimeZone={zone}")
     assert row.kinds == ("b" if binary else "t") * (len(CASES) + 1)
     assert [c.type_oid for c in rel.columns[1:]] == [
@@ -173,8 +173,8 @@ def test_every_supported_type_decodes_in_text_and_binary(source_db, binary, zone
     assert nulls.values(rel) == (2,) + (None,) * len(CASES)
 
 
-def test_float4_binary_is_the_exact_single_precision_value(source_db, binary):
-    rel, (row, _) = _stream_rows(source_db, [("float4", "0.1", None)], binary)
+def test_float4_binary_is_the_exact_single_precision_value(source_db, binary, stream):
+    rel, (row, _) = _stream_rows(stream, source_db, [("float4", "0.1", None)], binary)
     expected = struct.unpack(">f", struct.pack(">f", 0.1))[0] if binary else 0.1
     assert row.values(rel)[1] == expected
 
@@ -186,8 +186,8 @@ def test_float4_binary_is_the_exact_single_precision_value(source_db, binary):
     ("time", "24:00:00"),
 ])
 def test_values_python_cannot_hold_raise_value_conversion_error(source_db, binary, typ,
-                                                                 literal):
-    rel, (row, _) = _stream_rows(source_db, [(typ, literal, None)], binary)
+                                                                 literal, stream):
+    rel, (row, _) = _stream_rows(stream, source_db, [(typ, literal, None)], binary)
     with pytest.raises(ValueConversionError) as err:
         row.values(rel)
     assert err.value.column == "c0" and err.value.type_oid == rel.columns[1].type_oid

@@ -1,4 +1,7 @@
-"""ReplicationConnection against the real source: commands, the stream, errors, secrets."""
+"""ReplicationConnection against the real source: commands, the stream, errors, secrets.
+
+Streams are captured through ReplicationConnection itself (``stream.capture(...,
+connect=ReplicationConnection)``), so quoting and the pinned session settings are its own."""
 
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ from replica.errors import (
     TransientError,
 )
 from replica.source.replconn import ReplicationConnection
-from tests.decoder.stream import capture, create_slot, end_marker
 
 
 def _slot_row(db, slot):
@@ -88,16 +90,17 @@ def test_server_refusals_carry_the_sqlstate(source_db):
         conn.identify_system()  # the connection is still usable after a refusal
 
 
-def test_names_and_values_are_quoted(source_db):
+def test_names_and_values_are_quoted(source_db, stream):
     """A publication name with spaces, quotes and capitals; a hostile option value."""
     db = source_db
     db.execute('CREATE TABLE "Odd Table" (id int PRIMARY KEY)')
     db.execute('CREATE PUBLICATION "My ""Pub"" 1" FOR TABLE "Odd Table"')
     db.execute("CREATE PUBLICATION plain FOR TABLE \"Odd Table\"")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     db.execute('INSERT INTO "Odd Table" VALUES (7)')
-    end_marker(db)
-    cap = capture(db, slot, lsn, publication='My "Pub" 1, plain')
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, publication='My "Pub" 1, plain',
+                         connect=ReplicationConnection)
     assert [m.new_tuple.raw for m in cap.of(decoder.Insert)] == [(b"7",)]
     with ReplicationConnection(db.dsn) as conn:
         conn.start(slot, lsn, {"proto_version": "1",
@@ -111,10 +114,10 @@ def test_names_and_values_are_quoted(source_db):
         ReplicationConnection(db.dsn).start(slot, lsn, {"bad name": "1"})
 
 
-def test_read_times_out_with_none_and_commands_wait_for_the_stream(source_db):
+def test_read_times_out_with_none_and_commands_wait_for_the_stream(source_db, stream):
     db = source_db
     db.execute("CREATE PUBLICATION pub FOR ALL TABLES")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     with ReplicationConnection(db.dsn) as conn:
         with pytest.raises(ReplicationError, match="call start"):
             conn.read(0.1)
@@ -132,10 +135,10 @@ def test_read_times_out_with_none_and_commands_wait_for_the_stream(source_db):
         conn.identify_system()
 
 
-def test_terminated_walsender_is_a_transient_error(source_db):
+def test_terminated_walsender_is_a_transient_error(source_db, stream):
     db = source_db
     db.execute("CREATE PUBLICATION pub FOR ALL TABLES")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     with ReplicationConnection(db.dsn, application_name="doomed") as conn:
         conn.start(slot, lsn, {"proto_version": "1", "publication_names": "pub"})
         conn.read(0.2)
@@ -150,7 +153,7 @@ def test_terminated_walsender_is_a_transient_error(source_db):
     assert "terminating connection" in str(err.value)
 
 
-def test_server_settings_are_pinned_whatever_the_database_says(source_db):
+def test_server_settings_are_pinned_whatever_the_database_says(source_db, stream):
     """ALTER DATABASE settings reach the walsender; ours (DateStyle ISO, ...) override them,
     while the caller's own DSN options override ours."""
     db = source_db
@@ -159,13 +162,14 @@ def test_server_settings_are_pinned_whatever_the_database_says(source_db):
         db.execute(sql.SQL("ALTER DATABASE {} SET " + setting).format(sql.Identifier(db.name)))
     db.execute("CREATE TABLE t (d date, i interval, f float8)")
     db.execute("CREATE PUBLICATION pub FOR TABLE t")
-    slot, lsn = create_slot(db)
+    slot, lsn = stream.create_slot(db)
     db.execute("INSERT INTO t VALUES ('2024-03-04', '1 day 02:00:00', 0.1::float8 + 0.2::float8)")
-    end_marker(db)
-    cap = capture(db, slot, lsn)
+    stream.end_marker(db)
+    cap = stream.capture(db, slot, lsn, connect=ReplicationConnection)
     (insert,) = cap.of(decoder.Insert)
     assert insert.new_tuple.raw == (b"2024-03-04", b"1 day 02:00:00", b"0.30000000000000004")
-    cap = capture(db, slot, lsn, dsn_options="-c datestyle=German")
+    cap = stream.capture(db, slot, lsn, dsn_options="-c datestyle=German",
+                         connect=ReplicationConnection)
     assert cap.of(decoder.Insert)[0].new_tuple.raw[0] == b"04.03.2024"
 
 
