@@ -10,7 +10,11 @@ clean slate read deltas, never absolute values.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from replica.errors import ReplicaError
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -18,6 +22,21 @@ _NS = "pgml_replica"
 
 BUILD_INFO = Info("build", "pgml-replica version, slot and publication", namespace=_NS,
                   registry=REGISTRY)
+
+
+def package_version() -> str:
+    """The installed distribution's version ("unknown" when run from a tree never installed)."""
+    try:
+        return version("pgml-replica")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def set_build_info(slot: str = "", publication: str = "") -> None:
+    """``pgml_replica_build_info{version, slot, publication}``: always carries the version, so
+    an alert on ``absent(pgml_replica_build_info)`` and a dashboard's version panel work from
+    the first scrape, before the runner knows its slot."""
+    BUILD_INFO.info({"version": package_version(), "slot": slot, "publication": publication})
 
 CONNECTED = Gauge("connected", "1 while the connection is up", ["peer"], namespace=_NS,
                   registry=REGISTRY)  # peer: source | target
@@ -78,7 +97,33 @@ ERRORS = Counter("errors_total", "Errors by class (see replica.errors)", ["kind"
                  namespace=_NS, registry=REGISTRY)
 
 
+def error_kinds() -> list[str]:
+    """Every ``kind`` a ReplicaError subclass declares (replica.errors), sorted."""
+    kinds, todo = set(), [ReplicaError]
+    while todo:
+        cls = todo.pop()
+        kinds.add(cls.kind)
+        todo.extend(cls.__subclasses__())
+    return sorted(kinds)
+
+
+def zero_labelled_counters() -> None:
+    """Create every ``errors_total{kind}`` and ``reconnects_total{peer}`` series at 0.
+
+    Why: a series that first appears with value 1 has no earlier sample, so
+    ``increase(...[10m]) > 0`` never sees the first error; a series present at 0 from the
+    start turns that first error into an increase of 1."""
+    for kind in error_kinds():
+        ERRORS.labels(kind)
+    for peer in ("source", "target"):
+        RECONNECTS.labels(peer)
+
+
 def set_wal_status(status: str | None) -> None:
     """One-hot the slot's wal_status so a rule can alert on `slot_wal_status{status="lost"}`."""
     for s in ("reserved", "extended", "unreserved", "lost"):
         SLOT_WAL_STATUS.labels(s).set(1 if s == status else 0)
+
+
+set_build_info()
+zero_labelled_counters()

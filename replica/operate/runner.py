@@ -68,7 +68,7 @@ class Runner:
     def run(self) -> None:
         """Until stopped; raises the ReplicaError that ended it (never a transient one)."""
         s, state = self.settings, self.state
-        metrics.BUILD_INFO.info({"slot": s.slot, "publication": s.publication})
+        metrics.set_build_info(slot=s.slot, publication=s.publication)
         attempt, prepared = 0, False
         while not self.stop.is_set():
             started = time.monotonic()
@@ -157,7 +157,7 @@ class Runner:
         state.last_commit_time = prog.commit_time if prog else None
         state.error = None
         dsn = s.source
-        if s.decoding_work_mem and s.protocol >= 2:
+        if s.decoding_work_mem and s.protocol != 1:  # auto or 2+: large ones stream
             dsn = with_options(dsn, options=" ".join(filter(None, (
                 conninfo_to_dict(dsn).get("options"),
                 f"-c logical_decoding_work_mem={s.decoding_work_mem}"))))

@@ -147,6 +147,20 @@ ALERT_CASES = [
      [(f'pgml_replica_reconnects_total{{peer="target", {SERIES}}}', "0+1x20")], "16m",
      [("PgmlReplicaReconnecting", {"peer": "target", "job": "pgml-replica",
                                    "instance": "sidecar:8000"}, None)]),
+    # the first error of a kind: the series exists at 0 from the start (replica.metrics), so
+    # increase() sees 0 -> 1
+    ("PgmlReplicaErrors",
+     [(f'pgml_replica_errors_total{{kind="rejected", {SERIES}}}', "0 0 0 1 1 1")], "5m",
+     [("PgmlReplicaErrors", {"kind": "rejected", "job": "pgml-replica",
+                             "instance": "sidecar:8000"}, None)]),
+    # scraped, then gone (a ServiceMonitor that stopped matching): nothing before 10 minutes
+    ("PgmlReplicaMetricsAbsent",
+     [(f"pgml_replica_build_info{{version=\"1\", {SERIES}}}", "1 1 _x30")], "8m", []),
+    ("PgmlReplicaMetricsAbsent",
+     [(f"pgml_replica_build_info{{version=\"1\", {SERIES}}}", "1 1 _x30")], "20m",
+     [("PgmlReplicaMetricsAbsent", {}, None)]),
+    ("PgmlReplicaMetricsAbsent",
+     [(f"pgml_replica_build_info{{version=\"1\", {SERIES}}}", "1x30")], "20m", []),
 ]
 
 
@@ -169,6 +183,28 @@ def test_alerts_fire_as_documented(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tested = {case[0] for case in ALERT_CASES}
     assert tested == {r["alert"] for r in rules()}, "every alert has a case"
+
+
+def test_every_alert_has_a_runbook_entry():
+    """runbook_url names a heading of docs/operations.md's Runbooks section (GitHub's anchor:
+    the heading in lower case), one per alert, and the chart ships the same rules."""
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    runbooks = doc.split("\n## Runbooks\n", 1)[1].split("\n## ", 1)[0]
+    headings = {h.strip().lower(): body for h, body in
+                re.findall(r"^### (.+)\n((?:(?!^### ).*\n?)*)", runbooks, re.M)}
+    for rule in rules():
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"docs/operations.md#{rule['alert'].lower()}", url
+        body = headings.get(rule["alert"].lower())
+        assert body and len(body.split()) > 20, f"no runbook entry for {rule['alert']}"
+    assert set(headings) == {r["alert"].lower() for r in rules()}
+    assert (ROOT / "k8s/pgml-replica/files/rules.yml").read_bytes() == RULES.read_bytes()
+
+
+def test_absent_metrics_alert_and_first_error_are_covered():
+    exprs = {r["alert"]: r["expr"] for r in rules()}
+    assert any(e.startswith("absent(pgml_replica_build_info") for e in exprs.values())
+    assert "increase(pgml_replica_errors_total" in exprs["PgmlReplicaErrors"]
 
 
 # -- Grafana ------------------------------------------------------------------------------

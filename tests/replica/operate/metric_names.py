@@ -15,6 +15,10 @@ SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),
             "summary": ("", "_sum", "_count", "_created")}
 
 
+# Labels Prometheus adds to every scraped series (the target's), so selectors may match on them
+TARGET_LABELS = {"job", "instance"}
+
+
 def exposed() -> dict[str, set[str]]:
     """{sample name: label names} for every metric declared in replica.metrics."""
     out: dict[str, set[str]] = {}
@@ -55,7 +59,7 @@ def check_expr(expr: str, names: dict[str, set[str]]) -> list[str]:
             problems.append(f"{name} is not exported by replica.metrics")
             continue
         labels |= names[name]
-        for label in matched - names[name]:
+        for label in matched - names[name] - TARGET_LABELS:
             problems.append(f"{name} has no label {label!r}")
     if used:
         for label in grouping_labels(expr) - labels:
