@@ -25,7 +25,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psycopg
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from devtools.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, free_port, make_cluster
@@ -53,10 +55,18 @@ def _cli(*args: str, env: dict | None = None) -> str:
     return proc.stdout
 
 
+def shown_sql(conn, query, params=None) -> str:
+    """The statement as a person would type it: the values merged in client-side with
+    psycopg's own quoting (ClientCursor.mogrify), for display only - the statement itself
+    still travels with bound parameters."""
+    text = psycopg.ClientCursor(conn).mogrify(query, params)
+    return " ".join(text.split())
+
+
 def _sql(conn, query: str, params=None, show: bool = True):
     if show:
-        text = query if isinstance(query, str) else query.as_string(conn)
-        console.print(f"  [dim]{conn.info.host}:{conn.info.port}=# {text.strip()}[/]")
+        text = escape(shown_sql(conn, query, params))  # values are data, never rich markup
+        console.print(f"  [dim]{conn.info.host}:{conn.info.port}=# {text}[/]")
     cur = conn.execute(query, params)
     return cur.fetchall() if cur.description else []
 
