@@ -63,6 +63,25 @@ class Settings(BaseSettings):
         "16MB", description="logical_decoding_work_mem for the walsender; with protocol 2 "
         "a transaction bigger than this streams before its commit")
 
+    # Where passwords come from, asked at every connect (replica/credentials.py); none of
+    # them: the DSN's password, PGPASSWORD or ~/.pgpass.
+    source_password_file: str | None = Field(None, description="file holding the source's "
+                                             "password, re-read at each connect")
+    source_password_command: str | None = Field(
+        None, repr=False, description="command printing the source's password, run at each "
+        "connect (its output is never logged)")
+    source_iam: str | None = Field(None, description="AWS region: log in to the source with "
+                                   "RDS IAM tokens, one per connection (needs the aws extra)")
+    source_iam_host: str | None = Field(None, description="RDS instance host the IAM token "
+                                        "is signed for (default: the source DSN's host)")
+    source_iam_port: int | None = Field(None, ge=1, le=65535, description="RDS instance port "
+                                        "for the IAM token (default: the source DSN's)")
+    target_password_file: str | None = Field(None, description="file holding the target's "
+                                             "password, re-read at each connect")
+    target_password_command: str | None = Field(
+        None, repr=False, description="command printing the target's password, run at each "
+        "connect (its output is never logged)")
+
     # `writeback`: postgres_fdw on the source over the replica's pgml_out views
     # (docs/writeback.md). Only that verb reads these (WRITEBACK_FIELDS).
     project: str | None = Field(None, description="pgml project whose exposed views to read")

@@ -82,18 +82,18 @@ def _install_pgml(target: str) -> None:
     """`run` installs pgml like `install` does (issue 4), but replication does not depend
     on it: a target without PL/Python still gets its mirror, with a warning saying why."""
     from replica.errors import ReplicaError
-    from replica.target.pgml_install import install
+    from replica.target.pgml_install import install, installed_state
 
     log = logging.getLogger("replica.operate.cli")
     try:
         # Keep the python path an earlier install chose (the ML replica's image knows where
         # its environment is; this process's site-packages may not exist on that host).
-        paths = None
+        # Skip the install (~2 s: PL/Python imports scikit-learn) when it is current.
         with psycopg.connect(target, autocommit=True, connect_timeout=15) as conn:
-            if conn.execute("SELECT to_regclass('pgml.settings')").fetchone()[0]:
-                row = conn.execute("SELECT value FROM pgml.settings"
-                                   " WHERE name = 'python_path'").fetchone()
-                paths = row[0] if row else None
+            paths, current = installed_state(conn)
+        if current:
+            log.info("pgml is current on the target")
+            return
         log.info("pgml %s installed on the target", install(target, python_path=paths))
     except psycopg.Error as exc:
         log.warning("pgml was not installed: cannot read the target's pgml settings (%s)",

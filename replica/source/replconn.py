@@ -29,7 +29,7 @@ from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from decoder import format_lsn, parse_lsn
-from replica.connect import with_pinned_options
+from replica.connect import resolve_password, with_pinned_options
 from replica.errors import (
     ReplicationConnectionError,
     ReplicationDsnError,
@@ -77,7 +77,8 @@ class ReplicationConnection:
             raise ReplicationDsnError("the source connection string cannot be parsed; check "
                                       "its key=value quoting or URI escaping") from None
         params.update(replication="database", application_name=application_name,
-                      client_encoding="UTF8", options=with_pinned_options(params))
+                      client_encoding="UTF8", options=with_pinned_options(params),
+                      **resolve_password("source", params))
         self._pgconn = pq.PGconn.connect(make_conninfo("", **params).encode())
         if self._pgconn.status != pq.ConnStatus.OK:
             message = self._server_message()

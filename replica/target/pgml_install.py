@@ -15,10 +15,17 @@ python3.11, so the environment must be built with it).
 
 Idempotent: every file is CREATE ... IF NOT EXISTS / CREATE OR REPLACE, so installing again
 upgrades in place and keeps projects, snapshots, models and deployments.
+
+Why a fingerprint: `pgml-replica run` installs on every start, and the full install (DDL plus
+PL/Python importing scikit-learn and onnxruntime in a fresh backend) costs ~2 s before the
+first row is copied. The install records ``fingerprint()`` (the version and a digest of the
+SQL it ran) as the comment on ``pgml.settings``; ``installed_state`` reads it back in one round trip, and
+``run`` skips the install when it matches. ``pgml-replica install`` always does the full job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.resources
 import json
@@ -27,6 +34,7 @@ import sysconfig
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from replica.errors import InstallError
@@ -34,6 +42,7 @@ from replica.secrets import describe, scrub, secrets_of
 
 CORE_FILES = ("10_pgml_schema.sql", "20_pgml_api.sql")
 PACKAGE = "pgml-replica"
+FINGERPRINT_PREFIX = "pgml-replica installed: "
 
 
 def package_version() -> str:
@@ -61,6 +70,27 @@ def sql_files() -> list[tuple[str, str]]:
     return [(name, found[name].read_text(encoding="utf-8")) for name in order]
 
 
+def fingerprint(files: list[tuple[str, str]] | None = None) -> str:
+    """The version plus a digest of the SQL files: equal means nothing to upgrade."""
+    digest = hashlib.sha256()
+    for name, text in files if files is not None else sql_files():
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return f"{package_version()}+{digest.hexdigest()[:16]}"
+
+
+def installed_state(conn: psycopg.Connection) -> tuple[list[str] | None, bool]:
+    """(the python path an earlier install chose, whether that install is current), in one
+    round trip on an autocommit connection; (None, False) where pgml is not installed."""
+    try:
+        row = conn.execute(
+            "SELECT (SELECT value FROM pgml.settings WHERE name = 'python_path'),"
+            " obj_description('pgml.settings'::regclass, 'pg_class')").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None, False
+    paths, found = row if row else (None, None)
+    return paths, paths is not None and found == FINGERPRINT_PREFIX + fingerprint()
+
+
 def install(target_dsn: str, python_path: list[str] | None = None) -> str:
     """Install or upgrade pgml on ``target_dsn``; returns the installed version."""
     version = package_version()
@@ -71,7 +101,8 @@ def install(target_dsn: str, python_path: list[str] | None = None) -> str:
         with psycopg.connect(target_dsn, autocommit=False, connect_timeout=15) as conn:
             # Two installers at once would race on CREATE ... IF NOT EXISTS.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgml-replica install'))")
-            for name, text in sql_files():
+            files = sql_files()
+            for name, text in files:
                 try:
                     conn.execute(text)
                 except psycopg.Error as exc:
@@ -85,6 +116,9 @@ def install(target_dsn: str, python_path: list[str] | None = None) -> str:
             env = _verify(conn, paths, where, secrets)
             if python_path is None:
                 _same_python(env, where)
+            # Written last, in the same transaction: only a verified install is current.
+            conn.execute(sql.SQL("COMMENT ON TABLE pgml.settings IS {}").format(
+                sql.Literal(FINGERPRINT_PREFIX + fingerprint(files))))
     except psycopg.OperationalError as exc:
         raise InstallError(f"cannot install pgml on {where}: "
                            f"{scrub(_message(exc), secrets)}") from None
