@@ -7,6 +7,8 @@ ISO dates, ``postgres`` intervals, floats that round-trip, UTF8, UTC. Options se
 startup packet outrank role and database settings (PGC_S_CLIENT), so pinning them here is
 enough; the replication connection pins the same ones (``SESSION_OPTIONS``). Failures go
 through ``errors.translate``, so a refused password stops and a reset connection retries.
+The password is asked of ``replica.credentials`` at every connect (``resolve_password``): a
+rotated file, a secret command or an IAM token that expires is read anew each time.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from replica import credentials
 from replica.errors import ConfigError, translate
+from replica.secrets import register
 
 PINNED = {"datestyle": "ISO", "intervalstyle": "postgres", "extra_float_digits": "3",
           "timezone": "UTC"}
@@ -39,14 +43,26 @@ def with_pinned_options(params: dict) -> str:
     return f"{SESSION_OPTIONS} {params.get('options') or ''}".strip()
 
 
+def resolve_password(peer: str, params: dict) -> dict:
+    """``{"password": ...}`` from the peer's credential provider (registered with the scrubbing
+    before it is used), or ``{}`` when the DSN, PGPASSWORD or .pgpass decide."""
+    password = credentials.password(peer, params)
+    if password is None:
+        return {}
+    register(password)
+    return {"password": password}
+
+
 def connect(dsn: str, peer: str, purpose: str, *, autocommit: bool = True,
             timeout: float = CONNECT_TIMEOUT) -> psycopg.Connection:
     """A connection to ``peer`` ("source"/"target") for ``purpose`` (its application_name
     says it too, so the source's pg_stat_activity shows what each session is for)."""
-    options = with_pinned_options(parse_dsn(dsn, peer))
+    params = parse_dsn(dsn, peer)
+    options = with_pinned_options(params)
+    extra = resolve_password(peer, params)
     try:
         return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=max(1, int(timeout)),
                                application_name=f"pgml-replica {purpose}",
-                               options=options, client_encoding="UTF8")
+                               options=options, client_encoding="UTF8", **extra)
     except psycopg.Error as exc:
         raise translate(exc, peer, f"connecting to the {peer} for {purpose}") from None

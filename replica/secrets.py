@@ -47,9 +47,19 @@ def secrets_of(*dsns: str | None) -> list[str]:
     return found
 
 
+_REGISTERED: set[str] = set()
+
+
+def register(secret: str | None) -> None:
+    """Remember a secret this process obtained outside a DSN (a password file or command, an
+    IAM token: replica.credentials) so ``scrub`` and ``redact`` mask it everywhere."""
+    if secret and len(secret) >= 4:  # masking "ab" everywhere would mangle every message
+        _REGISTERED.add(secret)
+
+
 def scrub(text: str, secrets: list[str]) -> str:
-    """Mask each known secret value wherever it appears in ``text``."""
-    for secret in sorted(secrets, key=len, reverse=True):
+    """Mask each known secret value (those given and those registered) wherever it appears."""
+    for secret in sorted({*secrets, *_REGISTERED}, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
 
@@ -74,7 +84,8 @@ _SECRET_NAMES = re.compile(r"(^|_)(password|passwd|pgpassword|secret|token)$", r
 
 
 def redact_text(text: str) -> str:
-    """Mask passwords in anything that looks like a libpq DSN or a URI."""
+    """Mask registered secrets, and passwords in anything that looks like a DSN or a URI."""
+    text = scrub(text, [])
     text = _URI_USERINFO.sub(lambda m: m["head"] + MASK + m["tail"], text)
     text = _URI_PARAM.sub(lambda m: m["head"] + MASK, text)
     return _KV_PASSWORD.sub(lambda m: m["head"] + MASK, text)

@@ -56,8 +56,12 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: list[str]) -> No
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from replica import credentials
+
     given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
-    return Settings(**given)
+    settings = Settings(**given)
+    credentials.install_from(settings)  # every later connect asks them for its password
+    return settings
 
 
 # -- run -------------------------------------------------------------------------------
