@@ -372,3 +372,27 @@ def float8_array(buf: bytes) -> np.ndarray:
             (out[i],) = struct.unpack_from(">d", buf, pos)
             pos += length
     return out
+
+
+# -- history (inference/history.py, sql/50_history.sql) -----------------------------------
+
+
+@_entry
+def history_as_of(relation_name, as_of, into):
+    from inference import history
+
+    return history.as_of(relation_name, as_of, into)
+
+
+@_entry
+def history_point_in_time(spine, event_time_column, features, into, ttl):
+    from inference import history
+
+    return history.point_in_time(spine, event_time_column, features, into, ttl)
+
+
+@_entry
+def history_info():
+    from inference import history
+
+    return history.info()

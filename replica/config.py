@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from replica.errors import ConfigError
@@ -59,6 +59,11 @@ class Settings(BaseSettings):
                                             "tables added to the publication")
     protocol: int = Field(2, ge=1, le=2, description="pgoutput protocol version; 2 streams "
                           "large transactions as they happen")
+    history: str | None = Field(None, description="keep every version of these tables on the "
+                                "replica (comma list of schema.table, or all; docs/history.md); "
+                                "decodes with protocol 1")
+    history_retention: str | None = Field(None, description="drop history versions replaced "
+                                          "longer ago than this (90d, 12h; default: keep)")
     decoding_work_mem: str | None = Field(
         "16MB", description="logical_decoding_work_mem for the walsender; with protocol 2 "
         "a transaction bigger than this streams before its commit")
@@ -111,6 +116,14 @@ class Settings(BaseSettings):
             if name and name.count(".") > 1:
                 raise ValueError(f"table {name!r}: expected schema.table or table")
         return v
+
+    @model_validator(mode="after")
+    def _history_decodes_whole_transactions(self) -> Settings:
+        # history records a transaction's changes with its commit time and LSN, known at
+        # Begin with protocol 1; streamed transactions (2+) are not recorded yet
+        if self.history and self.protocol != 1:
+            self.protocol = 1
+        return self
 
     def table_list(self) -> list[tuple[str, str]]:
         """``--tables`` as (schema, table) pairs; unqualified names are in ``public``."""

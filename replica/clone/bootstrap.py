@@ -31,6 +31,7 @@ from replica.clone.snapshot import Snapshot
 from replica.config import Settings
 from replica.connect import connect
 from replica.errors import ConfigError, ResnapshotNeeded
+from replica.history.recorder import recorder_for
 from replica.source.catalog import TableDef, TableKey
 from replica.source.publication import publication_defs
 from replica.source.replconn import ReplicationConnection
@@ -104,7 +105,7 @@ class Bootstrap:
         try:
             Snapshot(s.source, s.target, slot=s.slot, state=self.state,
                      workers=s.snapshot_workers, chunk_pages=s.snapshot_chunk_pages,
-                     stop=self.stop).run(tables, snapshot_name, lsn)
+                     stop=self.stop, history=recorder_for(s)).run(tables, snapshot_name, lsn)
         finally:
             self.state.phase = prev
 

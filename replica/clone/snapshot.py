@@ -29,6 +29,7 @@ from replica import metrics
 from replica.clone.relay import relay_copy
 from replica.connect import connect
 from replica.errors import SnapshotInterrupted, translate
+from replica.history import store as history_store
 from replica.source.catalog import TableDef
 from replica.state import SidecarState
 from replica.target import progress, schema
@@ -99,8 +100,10 @@ class Snapshot:
 
     def __init__(self, source_dsn: str, target_dsn: str, *, slot: str, state: SidecarState,
                  workers: int = 2, chunk_pages: int = 8192,
-                 stop: threading.Event | None = None, show_progress: bool | None = None):
+                 stop: threading.Event | None = None, show_progress: bool | None = None,
+                 history=None):
         self.source_dsn, self.target_dsn, self.slot = source_dsn, target_dsn, slot
+        self.history = history  # replica.history.recorder.Recorder: seed versions at finish
         self.state, self.workers, self.chunk_pages = state, workers, chunk_pages
         self.stop = stop or threading.Event()
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
@@ -131,6 +134,9 @@ class Snapshot:
             with conn.transaction():
                 if needs_key[table.qualname]:
                     schema.add_key(conn, table)
+                if self.history is not None and self.history.wants(table.qualname):
+                    history_store.seed(conn, table.schema, table.name, table.column_names,
+                                       list(table.key), sync_lsn, self.history.retention)
                 progress.mark_synced(conn, self.slot, table.schema, table.name, sync_lsn,
                                      rows[table.qualname])
             conn.execute(sql.SQL("ANALYZE {}").format(table.ident))

@@ -77,6 +77,7 @@ class TargetWriter:
         self._dirty: set[int] = set()  # stages holding rows in the open transaction
         # written, not yet committed: relation id -> (table, [insert, update, delete, truncate])
         self._ops: dict[int, tuple[MirroredTable, list[int]]] = {}
+        self.history = None  # replica.history.recorder.Recorder: versions written at commit
 
     # -- background writing -------------------------------------------------------------
 
@@ -225,6 +226,8 @@ class TargetWriter:
         """Commit everything written, with the source position it reaches."""
         self.sync()
         t0 = time.perf_counter()
+        if self.history is not None:
+            self._write_history()
         try:  # one round trip: the progress row and the COMMIT
             self.conn.execute(progress.advance_sql(self.slot, end_lsn, commit_time)
                               + sql.SQL("; COMMIT"))
@@ -240,7 +243,21 @@ class TargetWriter:
         self._stages_ready |= self._stages_new
         self._reset()
 
+    def _write_history(self) -> None:
+        """The versions of the changes applied, in this transaction (replica/history)."""
+        try:
+            self.history.write(self.conn)
+        except psycopg.OperationalError as exc:
+            self._reset()
+            raise TransientError(f"target connection lost writing history: {exc}",
+                                 "target") from exc
+        except psycopg.Error as exc:
+            raise ApplyError(f"the target rejected history rows: "
+                             f"{exc.diag.message_primary or exc}") from exc
+
     def rollback(self) -> None:
+        if self.history is not None:
+            self.history.forget()
         try:
             self.sync()
         except BaseException:

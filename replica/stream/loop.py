@@ -52,6 +52,7 @@ from replica import metrics
 from replica.config import Settings
 from replica.connect import connect
 from replica.errors import ProtocolError, TransientError, UnsupportedError
+from replica.history.recorder import record_change, recorder_for
 from replica.source.catalog import TableKey
 from replica.source.replconn import ReplicationConnection
 from replica.state import Phase, SidecarState
@@ -78,6 +79,8 @@ class Stream:
         self.stop = stop
         self.sync_tables, self.poll = sync_tables, poll
         self.writer = TargetWriter(target, settings.slot)
+        self.history = recorder_for(settings)  # None unless --history
+        self.writer.history = self.history
         self.flow = FlowControl(applied_lsn=start_lsn, status_interval=settings.status_interval,
                                 batch_max_rows=settings.batch_max_rows,
                                 batch_max_seconds=settings.batch_max_seconds)
@@ -243,6 +246,8 @@ class Stream:
         self.xid = msg.xid
         self.skip_txn = msg.final_lsn < self.start_lsn
         self.txn_rows = 0
+        if self.history is not None:
+            self.history.begin(msg.final_lsn, msg.commit_time)
         self.flow.begin(time.monotonic())
 
     def _commit(self, msg: Commit) -> None:
@@ -324,12 +329,16 @@ class Stream:
         to = self._route(msg.relation_id, msg)
         if to is not None:
             apply_change(msg, *to)
+            if self.history is not None and self.history.wants(to[0].qualname):
+                record_change(self.history, to[0], msg)
 
     def _truncate(self, msg: Truncate) -> None:
         for rid in msg.relation_ids:
             to = self._route(rid, msg)
             if to is not None:
                 apply_change(msg, *to)
+                if self.history is not None and self.history.wants(to[0].qualname):
+                    self.history.truncate(to[0])
 
     # -- streamed transactions (protocol 2, streamed.py) --------------------------------
 

@@ -1,0 +1,301 @@
+"""pgml.as_of, pgml.point_in_time, pgml.history_info: the mirrored tables as they were.
+
+The sidecar appends every version of a history-enabled table to ``pgml_history."<schema>__<table>"``
+in the transaction that applies it (replica/history/store.py has the layout). Here, inside
+PL/Python, DuckDB does the time travel in-process:
+
+1. Load. One scan of the history table through plpy, every data column as text (the result
+   is cast back to the column's type on the way out, so any type travels), commit time as
+   microseconds, the version order (commit LSN, seq), the op, and one flag per column that
+   was ever sent as unchanged TOAST.
+2. Order. Versions are ordered by (commit LSN, seq); a version's time is the latest commit
+   time up to it in that order, so times never go backwards (a re-copy's seed, stamped when
+   the copy finished, is not overtaken by changes that committed during the copy).
+3. Resolve. Unchanged-TOAST values (stored NULL) take the value of the key's latest earlier
+   version that carried one (``last_value ... IGNORE NULLS`` over a struct, so a real NULL
+   still counts as a value).
+4. Query. as_of: per key, the latest version committed at or before the instant, after the
+   last truncate, unless it is a delete. point_in_time: DuckDB's ASOF LEFT JOIN of the spine
+   on each feature relation's key, ``event_time >= commit_time``; a delete, a later truncate
+   or ``ttl`` make the features NULL.
+5. Write. ``INSERT ... SELECT casts FROM unnest($1::text[], ...)`` into a new table, in the
+   caller's transaction (an error leaves nothing behind).
+
+"At or before" is by source commit time; versions committed at the same instant are ordered
+by commit LSN. Times before the table's history starts are refused (they would silently
+read a table that did not exist yet).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import plpy
+
+from inference.errors import PgmlError, UnknownColumn
+
+SCHEMA = "pgml_history"
+
+
+def _q(name: str) -> str:
+    return plpy.quote_ident(name)
+
+
+def _qual(schema: str, name: str) -> str:
+    return f"{_q(schema)}.{_q(name)}"
+
+
+def _micros(ts) -> int:
+    row = plpy.execute(plpy.prepare(
+        "SELECT (extract(epoch FROM $1::timestamptz) * 1000000)::int8 AS m", ["timestamptz"]),
+        [ts])
+    return row[0]["m"]
+
+
+def _stamp(m: int) -> str:
+    return datetime.fromtimestamp(m / 1e6, UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+class History:
+    """One table's history: its catalog row and columns."""
+
+    def __init__(self, relation_name: str) -> None:
+        if not plpy.execute("SELECT to_regclass('pgml_history.tables') IS NOT NULL AS x")[0]["x"]:
+            raise PgmlError(f"relation {relation_name!r} has no history: start the sidecar "
+                            f"with --history {relation_name} (no table has history yet)")
+        name = relation_name if "." in relation_name else f"public.{relation_name}"
+        rows = plpy.execute(plpy.prepare(
+            "SELECT relation_name, history_table, key_columns,"
+            " (extract(epoch FROM started_at) * 1000000)::int8 AS started, started_at::text"
+            " AS started_text FROM pgml_history.tables WHERE relation_name = $1", ["text"]),
+            [name])
+        if not rows.nrows() or rows[0]["started"] is None:
+            raise PgmlError(f"relation {relation_name!r} has no history: start the sidecar "
+                            f"with --history {name}")
+        r = rows[0]
+        self.relation_name, self.table = r["relation_name"], _qual(SCHEMA, r["history_table"])
+        self.short = self.relation_name.split(".", 1)[1]
+        self.keys: list[str] = list(r["key_columns"])
+        self.started, self.started_text = r["started"], r["started_text"]
+        if not self.keys:
+            raise PgmlError(f"{self.relation_name} has no primary key: history is kept per "
+                            "key, a key-less table cannot be read as of a time")
+        meta = {"_pgml_commit_time", "_pgml_commit_lsn", "_pgml_seq", "_pgml_op",
+                "_pgml_unchanged"}
+        self.columns: list[tuple[str, str]] = [
+            (c["attname"], c["t"]) for c in plpy.execute(plpy.prepare(
+                "SELECT attname, format_type(atttypid, atttypmod) AS t FROM pg_attribute"
+                " WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped"
+                " ORDER BY attnum", ["text"]), [self.table]) if c["attname"] not in meta]
+
+    def check_time(self, m: int, what: str) -> None:
+        if m < self.started:
+            raise PgmlError(f"{what} is before the history of {self.relation_name} starts "
+                            f"({self.started_text}, when the sidecar copied it)")
+
+    def load(self, con, view: str) -> None:
+        """Register the resolved versions as DuckDB view ``view``: data columns (text), _t
+        (commit time, µs), _ord (version order by time, then LSN), _op."""
+        import pandas as pd
+
+        names = [c for c, _ in self.columns]
+        unchanged = [r["c"] for r in plpy.execute(
+            f"SELECT DISTINCT unnest(_pgml_unchanged) AS c FROM {self.table}")]  # noqa: S608
+        flags = [c for c in names if c in unchanged]
+        sel = [f"{_q(c)}::text AS c{i}" for i, c in enumerate(names)]
+        sel += ["(extract(epoch FROM _pgml_commit_time) * 1000000)::int8 AS _t",
+                "(_pgml_commit_lsn - '0/0')::int8 AS _lsn", "_pgml_seq AS _seq",
+                "_pgml_op::text AS _op"]
+        sel += [f"coalesce({plpy.quote_literal(c)} = ANY(_pgml_unchanged), false) AS u{i}"
+                for i, c in enumerate(flags)]
+        data: dict[str, list] = {}
+        cur = plpy.cursor(f"SELECT {', '.join(sel)} FROM {self.table}")  # noqa: S608
+        while True:
+            chunk = cur.fetch(100_000)
+            if not chunk:
+                break
+            for row in chunk:
+                for k, v in row.items():
+                    data.setdefault(k, []).append(v)
+        cols = [f"c{i}" for i in range(len(names))] + ["_t", "_lsn", "_seq", "_op"] + [
+            f"u{i}" for i in range(len(flags))]
+        frame = pd.DataFrame({k: data.get(k, []) for k in cols})
+        for k in cols:  # an empty or all-NULL column still needs its type
+            if k.startswith("c") or k == "_op":
+                frame[k] = frame[k].astype(object)
+            elif k.startswith("u"):
+                frame[k] = frame[k].astype(bool)
+            else:
+                frame[k] = frame[k].astype("int64")
+        con.register(f"{view}_raw", frame)
+        keyc = ", ".join(f"c{names.index(k)}" for k in self.keys)
+        out = []
+        for i, c in enumerate(names):
+            if c in flags:
+                j = flags.index(c)
+                out.append(f"(last_value(CASE WHEN NOT u{j} THEN struct_pack(v := c{i}) END"
+                           f" IGNORE NULLS) OVER w).v AS c{i}")
+            else:
+                out.append(f"c{i}")
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {view} AS SELECT {', '.join(out)}, _op,"  # noqa: S608
+            " max(_t) OVER (ORDER BY _lsn, _seq) AS _t,"
+            f" row_number() OVER (ORDER BY _lsn, _seq) AS _ord FROM {view}_raw"
+            f" WINDOW w AS (PARTITION BY {keyc} ORDER BY _lsn, _seq"
+            " ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
+
+
+def _duck():
+    import duckdb
+
+    return duckdb.connect(config={"threads": "1"})
+
+
+def _target(into: str | None, default: str, replace_default: bool) -> str:
+    if into:
+        parts = into.split(".")
+        if len(parts) > 2:
+            raise PgmlError(f"into {into!r}: expected table or schema.table")
+        qual = ".".join(_q(p) for p in parts)
+        if plpy.execute(f"SELECT to_regclass({plpy.quote_literal(qual)}) IS NOT NULL AS x"
+                        )[0]["x"]:
+            raise PgmlError(f"into {into!r} already exists")
+        return qual
+    plpy.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(SCHEMA)}")
+    qual = _qual(SCHEMA, default[:63])
+    if replace_default:
+        plpy.execute(f"DROP TABLE IF EXISTS {qual}")
+    return qual
+
+
+def _write(qual: str, columns: list[tuple[str, str]], rows: list[tuple]) -> None:
+    """CREATE TABLE ``qual`` (columns) and insert ``rows`` (text values) in one statement."""
+    plpy.execute(f"CREATE TABLE {qual} ({', '.join(f'{_q(c)} {t}' for c, t in columns)})")
+    if not rows:
+        return
+    n = len(columns)
+    arrays = [[r[i] for r in rows] for i in range(n)]
+    args = ", ".join(f"${i + 1}" for i in range(n))
+    casts = ", ".join(f"u.a{i}::{t}" for i, (_, t) in enumerate(columns))
+    alias = ", ".join(f"a{i}" for i in range(n))
+    plan = plpy.prepare(f"INSERT INTO {qual} SELECT {casts} FROM unnest({args}) AS u({alias})",  # noqa: S608
+                        ["text[]"] * n)
+    plpy.execute(plan, arrays)
+
+
+def as_of(relation_name: str, when, into: str | None) -> str:
+    if not relation_name:
+        raise PgmlError("relation_name must name a table with history")
+    if when is None:
+        raise PgmlError("as_of must be a time")
+    h = History(relation_name)
+    m = _micros(when)
+    h.check_time(m, f"as_of {when}")
+    con = _duck()
+    h.load(con, "v")
+    keyc = ", ".join(f"c{[c for c, _ in h.columns].index(k)}" for k in h.keys)
+    cols = ", ".join(f"c{i}" for i in range(len(h.columns)))
+    rows = con.execute(
+        f"WITH cut AS (SELECT * FROM v WHERE _t <= {m}),"  # noqa: S608
+        " lt AS (SELECT coalesce(max(_ord), 0) AS o FROM cut WHERE _op = 'T'),"
+        f" latest AS (SELECT cut.* FROM cut, lt WHERE _op <> 'T' AND _ord > lt.o"
+        f" QUALIFY row_number() OVER (PARTITION BY {keyc} ORDER BY _ord DESC) = 1)"
+        f" SELECT {cols} FROM latest WHERE _op <> 'D' ORDER BY {keyc}").fetchall()
+    qual = _target(into, f"{h.short}_as_of_{_stamp(m)}", replace_default=True)
+    _write(qual, h.columns, rows)
+    return qual
+
+
+def point_in_time(spine: str, event_time_column: str, features: list[str] | None,
+                  into: str | None, ttl) -> str:
+    if not spine or not event_time_column:
+        raise PgmlError("spine and event_time_column must be given")
+    if not features:
+        raise PgmlError("features must name at least one relation with history")
+    oid = plpy.execute(plpy.prepare("SELECT to_regclass($1)::oid AS o", ["text"]), [spine])
+    if oid[0]["o"] is None:
+        raise PgmlError(f"spine relation {spine!r} does not exist")
+    spine_cols = [(r["attname"], r["t"]) for r in plpy.execute(
+        f"SELECT attname, format_type(atttypid, atttypmod) AS t FROM pg_attribute WHERE"  # noqa: S608
+        f" attrelid = {int(oid[0]['o'])} AND attnum > 0 AND NOT attisdropped ORDER BY attnum")]
+    names = [c for c, _ in spine_cols]
+    if event_time_column not in names:
+        raise UnknownColumn(f"event_time_column {event_time_column!r} is not a column of "
+                            f"{spine} (it has {', '.join(names)})")
+    hists = [History(f) for f in features]
+    for h in hists:
+        missing = [k for k in h.keys if k not in names]
+        if missing:
+            raise UnknownColumn(f"the spine {spine} has no column {', '.join(missing)}: the "
+                                f"key of {h.relation_name} ({', '.join(h.keys)}), which "
+                                "point_in_time joins on")
+    ttl_us = None
+    if ttl is not None:
+        ttl_us = plpy.execute(plpy.prepare(
+            "SELECT (extract(epoch FROM $1::interval) * 1000000)::int8 AS m", ["interval"]),
+            [ttl])[0]["m"]
+    sel = ", ".join(f"{_q(c)}::text" for c in names)
+    et = _q(event_time_column)
+    srows = plpy.execute(f"SELECT {sel}, (extract(epoch FROM {et}::timestamptz) * 1000000)"  # noqa: S608
+                         f"::int8 AS _et FROM {spine_qual(int(oid[0]['o']))}")
+    first = min((r["_et"] for r in srows if r["_et"] is not None), default=None)
+    for h in hists:
+        if first is not None:
+            h.check_time(first, f"spine event time {_stamp(first)} (the earliest)")
+    import pandas as pd
+
+    con = _duck()
+    frame = pd.DataFrame({f"s{i}": pd.Series([r[c] for r in srows], dtype=object)
+                          for i, c in enumerate(names)})
+    frame["_et"] = pd.Series([r["_et"] for r in srows], dtype="Int64")
+    frame["_rid"] = range(len(frame))
+    con.register("spine", frame)
+    out_cols = list(spine_cols)
+    select = [f"spine.s{i}" for i in range(len(names))]
+    joins = []
+    for n, h in enumerate(hists):
+        view = f"f{n}"
+        h.load(con, view)
+        hn = [c for c, _ in h.columns]
+        con.execute(  # one version per key and instant; the next truncate after each
+            f"CREATE TEMP TABLE {view}v AS SELECT x.*, (SELECT min(t._t) FROM {view} t WHERE"  # noqa: S608
+            f" t._op = 'T' AND t._ord > x._ord) AS _tend FROM {view} x WHERE x._op <> 'T'"
+            f" QUALIFY row_number() OVER (PARTITION BY "
+            f"{', '.join(f'c{hn.index(k)}' for k in h.keys)}, _t ORDER BY _ord DESC) = 1")
+        on = " AND ".join(f"spine.s{names.index(k)} = {view}v.c{hn.index(k)}" for k in h.keys)
+        joins.append(f"ASOF LEFT JOIN {view}v ON {on} AND spine._et >= {view}v._t")
+        ok = (f"({view}v._op <> 'D' AND ({view}v._tend IS NULL OR {view}v._tend > spine._et)"
+              + (f" AND spine._et - {view}v._t <= {ttl_us}" if ttl_us is not None else "")
+              + ")")
+        for i, (c, t) in enumerate(h.columns):
+            if c in h.keys:
+                continue
+            select.append(f"CASE WHEN {ok} THEN {view}v.c{i} END")
+            out_cols.append((f"{h.short}__{c}", t))
+    rows = con.execute(f"SELECT {', '.join(select)} FROM spine {' '.join(joins)}"  # noqa: S608
+                       " ORDER BY spine._rid").fetchall()
+    spine_short = spine.split(".")[-1].strip('"')
+    now = plpy.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS m"
+                       )[0]["m"]
+    qual = _target(into, f"{spine_short}_pit_{_stamp(now)}", replace_default=False)
+    _write(qual, out_cols, rows)
+    return qual
+
+
+def spine_qual(oid: int) -> str:
+    return plpy.execute(f"SELECT {oid}::regclass::text AS n")[0]["n"]
+
+
+def info() -> list[tuple]:
+    """(relation, versions, bytes, oldest, newest, retention) per table with history."""
+    if not plpy.execute("SELECT to_regclass('pgml_history.tables') IS NOT NULL AS x")[0]["x"]:
+        return []
+    out = []
+    for r in plpy.execute("SELECT relation_name, history_table, retention::text AS ret"
+                          " FROM pgml_history.tables ORDER BY relation_name"):
+        t = _qual(SCHEMA, r["history_table"])
+        s = plpy.execute(f"SELECT count(*) AS n, min(_pgml_commit_time)::text AS lo,"  # noqa: S608
+                         f" max(_pgml_commit_time)::text AS hi,"
+                         f" pg_total_relation_size({plpy.quote_literal(t)}) AS b FROM {t}")[0]
+        out.append((r["relation_name"], s["n"], s["b"], s["lo"], s["hi"], r["ret"]))
+    return out

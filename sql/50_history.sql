@@ -1,0 +1,63 @@
+-- pgml-replica: history on the ML replica (docs/history.md).
+--
+-- The sidecar, started with --history, appends every version of a table's rows to
+-- pgml_history."<schema>__<table>" in the transaction that applies them. These functions
+-- read them through DuckDB inside PL/Python (inference/history.py). Idempotent.
+--
+-- pgml.train gains one named argument, as_of: train on the relation as it was then (the
+-- snapshot records the as_of table's name). It is redefined here, after 20_pgml_api.sql:
+-- the old signature is dropped first, so an install or re-install leaves one pgml.train.
+
+CREATE OR REPLACE FUNCTION pgml.as_of(
+    relation_name text,
+    as_of         timestamptz,
+    "into"        text DEFAULT NULL)
+RETURNS text LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].history_as_of(relation_name, as_of, into)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.point_in_time(
+    spine             text,
+    event_time_column text,
+    features          text[],
+    "into"            text DEFAULT NULL,
+    ttl               interval DEFAULT NULL)
+RETURNS text LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].history_point_in_time(spine, event_time_column, features, into, ttl)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.history_info()
+RETURNS TABLE (relation_name text, versions bigint, bytes bigint, oldest timestamptz,
+               newest timestamptz, retention interval)
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].history_info()
+$$;
+
+DROP FUNCTION IF EXISTS pgml.train(text, text, text, text, text, jsonb, text, jsonb, jsonb,
+                                   real, text, boolean, jsonb);
+
+CREATE OR REPLACE FUNCTION pgml.train(
+    project_name     text,
+    task             text DEFAULT NULL,
+    relation_name    text DEFAULT NULL,
+    y_column_name    text DEFAULT NULL,
+    algorithm        text DEFAULT 'linear',
+    hyperparams      jsonb DEFAULT '{}',
+    search           text DEFAULT NULL,
+    search_params    jsonb DEFAULT '{}',
+    search_args      jsonb DEFAULT '{}',
+    test_size        real DEFAULT 0.25,
+    test_sampling    text DEFAULT 'random',
+    automatic_deploy boolean DEFAULT true,
+    preprocess       jsonb DEFAULT '{}',
+    as_of            timestamptz DEFAULT NULL)
+RETURNS TABLE (project_name text, task text, algorithm_name text, status text)
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+if as_of is not None:
+    relation_name = GD["pgml"].history_as_of(relation_name, as_of, None)
+return GD["pgml"].train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess)
+$$;

@@ -1,0 +1,139 @@
+"""History end to end: a sidecar with --history, a serial workload on the source, and
+pgml.as_of / pgml.point_in_time on the replica compared with a brute-force replay of the
+workload's log (the state after each transaction, kept in Python)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from replica.target.pgml_install import install
+from tests.replica.conftest import wait_for
+
+BIG = 3000  # > the TOAST threshold, incompressible: updates that skip it send 'u'
+
+
+def _big(rng: random.Random) -> str:
+    return "".join(f"{rng.getrandbits(64):016x}" for _ in range(BIG // 16))
+
+
+def _workload(src, rng: random.Random, steps: int):
+    """Run ``steps`` transactions one at a time; return [(source time after it, state)]."""
+    state: dict[int, tuple] = {100: (100, "seed", 1, "x")}  # copied before the stream
+    log = []
+    for _ in range(steps):
+        with src.transaction():
+            for _ in range(rng.randint(1, 3)):
+                r = rng.random()
+                k = rng.randint(1, 8)
+                if r < 0.45:
+                    if k in state:
+                        continue
+                    row = (k, rng.choice(["a", "b", None]), rng.randint(0, 9), _big(rng))
+                    src.execute("INSERT INTO cust VALUES (%s, %s, %s, %s)", row)
+                    state[k] = row
+                elif r < 0.75 and k in state:  # score only: big goes as unchanged TOAST
+                    v = rng.choice([rng.randint(0, 9), None])
+                    src.execute("UPDATE cust SET score = %s WHERE id = %s", (v, k))
+                    state[k] = (*state[k][:2], v, state[k][3])
+                elif r < 0.85 and k in state:
+                    name = rng.choice(["c", None])
+                    src.execute("UPDATE cust SET name = %s WHERE id = %s", (name, k))
+                    state[k] = (k, name, *state[k][2:])
+                else:  # no TRUNCATE: the sidecar re-copies a truncated table (new filenode)
+                    src.execute("DELETE FROM cust WHERE id = %s", (k,))
+                    state.pop(k, None)
+        (t,) = src.execute("SELECT clock_timestamp()").fetchone()
+        log.append((t, dict(state)))
+    return log
+
+
+def _rows(conn, table: str) -> dict[int, tuple]:
+    return {r[0]: r for r in conn.execute(f"SELECT id, name, score, big FROM {table}")}
+
+
+@pytest.fixture
+def history_setup(source_db, replica_db, sidecars, plpython_path):
+    install(replica_db.dsn, python_path=plpython_path)
+    source_db.execute("CREATE TABLE cust (id int PRIMARY KEY, name text, score int, big text)")
+    source_db.execute("ALTER TABLE cust ALTER big SET STORAGE EXTERNAL")
+    source_db.execute("INSERT INTO cust VALUES (100, 'seed', 1, 'x')")
+    sc = sidecars("thread", source=source_db.dsn, target=replica_db.dsn, tables="public.cust",
+                  history="public.cust", batch_max_seconds=0.1).wait_streaming()
+    return sc
+
+
+def _caught_up(sc, source_db, replica_db):
+    sc.wait_same(source_db, replica_db, ["public.cust"])
+
+
+def test_as_of_and_point_in_time_equal_a_replay(source_db, replica_db, history_setup):
+    sc = history_setup
+    rng = random.Random(5)
+    with source_db.connect() as src:
+        src.autocommit = True
+        log = _workload(src, rng, 40)
+    _caught_up(sc, source_db, replica_db)
+    with replica_db.connect() as r:
+        r.autocommit = True
+        # exact commit times (the boundaries) with the state after that transaction:
+        # transaction i committed between log[i-1] and log[i]
+        commits = [t for (t,) in r.execute(
+            "SELECT DISTINCT _pgml_commit_time FROM pgml_history.public__cust"
+            " WHERE _pgml_op <> 'S' AND _pgml_seq >= 0 ORDER BY 1")]
+        instants = [(t, s) for t, s in log]
+        for c in commits:
+            after = [i for i, (t, _) in enumerate(log) if t >= c]
+            if after:
+                instants.append((c, log[after[0]][1]))
+        for when, state in instants[::3] + instants[-6:]:
+            (name,) = r.execute("SELECT pgml.as_of('public.cust', %s)", (when,)).fetchone()
+            assert _rows(r, name) == state, when
+        # point in time: a spine of (id, event time) over instants and keys, NULL times too
+        r.execute("CREATE TABLE spine (id int, at timestamptz, label int)")
+        spine = []
+        for when, state in instants:
+            for k in (1, 3, 5, 100, 99):
+                spine.append((k, when, rng.randint(0, 1)))
+        spine.append((1, None, 0))
+        with r.cursor().copy("COPY spine FROM STDIN") as cp:
+            for row in spine:
+                cp.write_row(row)
+        (pit,) = r.execute("SELECT pgml.point_in_time('spine', 'at', ARRAY['public.cust'])"
+                           ).fetchone()
+        got = r.execute(f"SELECT id, at, label, cust__name, cust__score, cust__big FROM {pit}"
+                        ).fetchall()
+        assert len(got) == len(spine)
+        states = {when: st for when, st in instants}
+        for (k, at, label, name, score, big) in got:
+            if at is None:
+                assert (name, score, big) == (None, None, None)
+                continue
+            want = states[at].get(k)
+            assert (name, score, big) == ((want[1], want[2], want[3]) if want else
+                                          (None, None, None)), (k, at)
+        # no leakage: every value came from a version committed at or before the event time
+        leaks = r.execute(
+            f"SELECT count(*) FROM {pit} p WHERE p.cust__big IS NOT NULL AND NOT EXISTS ("
+            " SELECT 1 FROM pgml_history.public__cust h WHERE h.id = p.id"
+            " AND h._pgml_commit_time <= p.at)").fetchone()
+        assert leaks == (0,)
+
+
+def test_errors_are_clear(source_db, replica_db, history_setup):
+    with replica_db.connect() as r:
+        r.autocommit = True
+        r.execute("CREATE TABLE plain (id int PRIMARY KEY)")
+        with pytest.raises(Exception, match="start the sidecar with --history"):
+            r.execute("SELECT pgml.as_of('public.plain', now())")
+        with pytest.raises(Exception, match="before the history of public.cust starts"):
+            r.execute("SELECT pgml.as_of('public.cust', now() - interval '1 day')")
+        r.execute("CREATE TABLE sp (cid int, at timestamptz)")
+        with pytest.raises(Exception, match="no column id"):
+            r.execute("SELECT pgml.point_in_time('sp', 'at', ARRAY['public.cust'])")
+        with pytest.raises(Exception, match="event_time_column 'nope'"):
+            r.execute("SELECT pgml.point_in_time('sp', 'nope', ARRAY['public.cust'])")
+        info = wait_for(lambda: r.execute("SELECT * FROM pgml.history_info()").fetchall(),
+                        10, "history_info")
+        assert info[0][0] == "public.cust" and info[0][1] >= 1
