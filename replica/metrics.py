@@ -93,6 +93,10 @@ SNAPSHOT_PROGRESS = Gauge("snapshot_progress_ratio",
                           "Fraction of the table copied (estimated from pg_class.reltuples)",
                           ["table"], namespace=_NS, registry=REGISTRY)
 
+WAIT_SECONDS = Gauge("wait_seconds", "How long a step has waited for source sessions "
+                     "(open transactions, locks); 0 when nothing waits", ["what"],
+                     namespace=_NS, registry=REGISTRY)  # what: slot | copy
+
 ERRORS = Counter("errors_total", "Errors by class (see replica.errors)", ["kind"],
                  namespace=_NS, registry=REGISTRY)
 

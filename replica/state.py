@@ -20,6 +20,7 @@ class Phase(StrEnum):
     """Where the sidecar is; the values are what /status, /readyz and the dashboard show."""
 
     STARTING = "starting"
+    WAITING_FOR_TRANSACTIONS = "waiting_for_transactions"  # source sessions block a step
     COPYING = "copying"  # the initial copy (or a table re-copied mid-stream)
     STREAMING = "streaming"
     RECONNECTING = "reconnecting"
@@ -56,6 +57,7 @@ class SidecarState:
     last_message_at: float = 0.0  # monotonic time of the last message from the source
     snapshot: dict[str, dict[str, Any]] = field(default_factory=dict)  # table -> {rows, total}
     error: str | None = None  # secret-free text of the error that stopped or is retrying
+    waiting: dict[str, Any] | None = None  # what waits on which source sessions (activity.py)
     started_at: float = field(default_factory=time.time)
     status_provider: Callable[[], dict[str, Any]] | None = None
 
@@ -96,5 +98,6 @@ class SidecarState:
             else None,
             "snapshot": self.snapshot,
             "error": self.error,
+            "waiting": self.waiting,
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

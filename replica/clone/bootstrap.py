@@ -32,6 +32,7 @@ from replica.config import Settings
 from replica.connect import connect
 from replica.errors import ConfigError, ResnapshotNeeded
 from replica.history.recorder import recorder_for
+from replica.source.activity import COPY, SLOT_CREATION, WaitWatcher
 from replica.source.catalog import TableDef, TableKey
 from replica.source.publication import publication_defs
 from replica.source.replconn import ReplicationConnection
@@ -83,12 +84,18 @@ class Bootstrap:
 
         def work() -> dict[TableKey, int]:
             name = f"{s.slot}_sync_{os.getpid()}"[:63]
-            with ReplicationConnection(s.source, application_name="pgml-replica sync") as rc:
+            with ReplicationConnection(s.source, application_name="pgml-replica sync") as rc, \
+                    self._watch("slot", SLOT_CREATION):
                 created = rc.create_slot(name, snapshot="export", temporary=True)
                 self._copy(tables, created["snapshot_name"], created["consistent_point"])
             return {(t.schema, t.name): created["consistent_point"] for t in tables}
 
         return run_with_ticks(work, tick)
+
+    def _watch(self, what: str, applications: tuple[str, ...]) -> WaitWatcher:
+        """Says out loud (phase, /status, log, metric) whom the step waits for on the source
+        (CREATE_REPLICATION_SLOT waits for every open transaction; a COPY for a lock)."""
+        return WaitWatcher(self.settings.source, self.state, what, applications)
 
     def sync_keys(self, keys: set[TableKey], tick: Callable[[], None]) -> dict[TableKey, int]:
         """Mid-stream: copy these tables of the publication (new or to be re-copied)."""
@@ -102,11 +109,13 @@ class Bootstrap:
                  ", ".join(t.qualname for t in tables))
         prev = self.state.phase
         self.state.phase = Phase.COPYING
+        watcher = self._watch("copy", COPY).__enter__()
         try:
             Snapshot(s.source, s.target, slot=s.slot, state=self.state,
                      workers=s.snapshot_workers, chunk_pages=s.snapshot_chunk_pages,
                      stop=self.stop, history=recorder_for(s)).run(tables, snapshot_name, lsn)
         finally:
+            watcher.__exit__(None, None, None)
             self.state.phase = prev
 
     def prepare(self, source: psycopg.Connection, target: psycopg.Connection
@@ -142,7 +151,8 @@ class Bootstrap:
         self.state.tables = [t.qualname for t in tables]
         synced = progress.synced_tables(target, s.slot)
         if prog is None and slot is None:
-            with ReplicationConnection(s.source, application_name="pgml-replica") as rc:
+            with ReplicationConnection(s.source, application_name="pgml-replica") as rc, \
+                    self._watch("slot", SLOT_CREATION):
                 created = rc.create_slot(s.slot, snapshot="export")
                 todo = tables
                 self._copy(todo, created["snapshot_name"], created["consistent_point"])

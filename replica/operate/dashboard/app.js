@@ -156,6 +156,26 @@ function renderErrors(s) {
   $("no-errors").hidden = Boolean(s.error || queryErrors.length || kinds.length);
 }
 
+function renderWaiting(s) {
+  // phase waiting_for_transactions: which source sessions hold the sidecar up (activity.py)
+  const w = s.waiting;
+  $("waiting").hidden = !w;
+  if (!w) return;
+  setText("waiting-what", (w.what === "slot" ? "Creating the slot" : "The " + w.what) +
+    " has waited " + humanSeconds(w.seconds) + " s for these source sessions to end " +
+    "(commit or roll them back):");
+  const list = $("waiting-blockers");
+  list.replaceChildren();
+  for (const b of w.blockers || []) {
+    const li = document.createElement("li");
+    li.textContent = "pid " + b.pid + " · " + (b.user || "?") + " · " + (b.application || "") +
+      " · " + (b.state || "") + " · transaction " +
+      (b.transaction_seconds === null ? "–" : humanSeconds(b.transaction_seconds) + " s") +
+      " · " + b.query;
+    list.appendChild(li);
+  }
+}
+
 function slotName(s) {
   if (s.slot && typeof s.slot === "object") return s.slot.slot_name || s.slot.name;
   return s.slot_name || s.slot;
@@ -168,6 +188,7 @@ function render(s) {
         { streaming: "good", failed: "bad", reconnecting: "warn", copying: "info" }[s.phase]);
   badge("ready", s.ready ? "ready" : "not ready", s.ready ? "good" : "warn");
   setText("not-ready", s.not_ready_reason ? "not ready: " + s.not_ready_reason : "");
+  renderWaiting(s);
 
   const known = (v) => v !== undefined && v !== null;
   setText("lag-seconds", humanSeconds(s.lag_seconds));
