@@ -72,6 +72,8 @@ _PA_REG = {"loss": "epsilon_insensitive", "penalty": None, "learning_rate": "pa1
 _PA_CLS = {"loss": "hinge", "penalty": None, "learning_rate": "pa1", "eta0": 1.0}
 _XGB_QUIET = {"verbosity": 1}  # warnings only: they surface as Python warnings, which train records
 _LGBM_QUIET = {"verbosity": -1}
+# CatBoost: silent, and no catboost_info/ directory written into the server's data directory.
+_CATBOOST_QUIET = {"verbose": False, "allow_writing_files": False}
 
 REGISTRY: dict[str, dict[str, Spec]] = {
     "linear": {
@@ -145,6 +147,10 @@ REGISTRY: dict[str, dict[str, Spec]] = {
     "lightgbm": {
         "regression": Spec("lightgbm:LGBMRegressor", defaults=_LGBM_QUIET),
         "classification": Spec("lightgbm:LGBMClassifier", defaults=_LGBM_QUIET),
+    },
+    "catboost": {
+        "regression": Spec("catboost:CatBoostRegressor", defaults=_CATBOOST_QUIET),
+        "classification": Spec("catboost:CatBoostClassifier", defaults=_CATBOOST_QUIET),
     },
     "kernel_ridge": {"regression": Spec("sklearn.kernel_ridge:KernelRidge", joint="native")},
     "gaussian_process": {
@@ -299,7 +305,8 @@ class LabelEncodedClassifier(ClassifierMixin, BaseEstimator):
         return wrapper
 
     def predict(self, X):
-        return self.classes_[np.asarray(self.estimator_.predict(X), dtype=np.int64)]
+        # ravel: CatBoostClassifier answers (n, 1)
+        return self.classes_[np.asarray(self.estimator_.predict(X), dtype=np.int64).ravel()]
 
     @available_if(lambda self: has_proba(self.estimator_))
     def predict_proba(self, X):

@@ -1,7 +1,8 @@
 """Export a fitted Pipeline (preprocessing + estimator) to one ONNX graph.
 
-skl2onnx converts the scikit-learn estimators; onnxmltools' XGBoost and LightGBM converters are
-registered with skl2onnx so a Pipeline holding them converts in one piece; the Preprocessor
+skl2onnx converts the scikit-learn estimators; onnxmltools' XGBoost and LightGBM converters, and
+CatBoost's own exporter, are registered with skl2onnx so a Pipeline holding them converts in one
+piece; the Preprocessor
 (inference.preprocess) gets a converter here that writes its fitted numbers as constants:
 ``Where(IsNaN(x), fill, x)`` then ``(x - offset) * factor`` — standard ONNX operators, so the
 same graph works on any execution provider.
@@ -56,6 +57,22 @@ def register_converters() -> None:
                 cls, f"XGBoost{cls.__name__}", calculate_linear_classifier_output_shapes,
                 _convert_xgboost_classifier, options=classifier_options,
             )
+    try:
+        import catboost
+    except ImportError:  # catboost is optional (the ml extra)
+        pass
+    else:
+        update_registered_converter(
+            catboost.CatBoostRegressor, "CatBoostCatBoostRegressor",
+            calculate_linear_regressor_output_shapes, _convert_catboost)
+        update_registered_converter(
+            catboost.CatBoostClassifier, "CatBoostCatBoostClassifier",
+            calculate_linear_classifier_output_shapes, _convert_catboost,
+            options=classifier_options)
+        from skl2onnx._supported_operators import sklearn_classifier_list
+
+        if catboost.CatBoostClassifier not in sklearn_classifier_list:  # label + probabilities
+            sklearn_classifier_list.append(catboost.CatBoostClassifier)
     try:
         import lightgbm as lgb
         from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
@@ -208,6 +225,27 @@ def _convert_xgboost_with_tree_info(scope, operator, container, op_type, tree_ke
         tree_ids = list(attrs[tree_key].ints)
         del attrs[out_key].ints[:]
         attrs[out_key].ints.extend(int(tree_info[t]) for t in tree_ids)
+
+
+def _convert_catboost(scope, operator, container) -> None:
+    """CatBoost's own ONNX export (``save_model(format="onnx")``'s graph): one TreeEnsemble
+    node, copied into the pipeline's graph. Its ZipMap, if any, is dropped: classifiers here
+    give probabilities as a tensor, the node's second output."""
+    from catboost.utils import convert_to_onnx_object
+    from onnx.helper import get_attribute_value
+
+    graph = convert_to_onnx_object(operator.raw_operator)
+    opsets = {d.domain: d.version for d in graph.opset_import}
+    trees = [n for n in graph.graph.node if n.op_type.startswith("TreeEnsemble")]
+    others = [n.op_type for n in graph.graph.node if n.op_type not in ("ZipMap",)]
+    if len(trees) != 1 or len(others) != 1 or len(graph.graph.initializer):
+        raise NotExportable(f"CatBoost exported an unexpected graph: {', '.join(others)}")
+    node = trees[0]
+    outputs = [v.full_name for v in operator.outputs][:len(node.output)]
+    container.add_node(node.op_type, [operator.inputs[0].full_name], outputs,
+                       op_domain=node.domain, op_version=opsets.get(node.domain),
+                       name=scope.get_unique_operator_name("CatBoost"),
+                       **{a.name: get_attribute_value(a) for a in node.attribute})
 
 
 def _preprocessor_shape(operator) -> None:

@@ -30,6 +30,7 @@ from tests.inference.conftest import split
 
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")
+cb = pytest.importorskip("catboost")
 
 # PostgresML's _ALGORITHM_MAP (pgml-extension/src/bindings/sklearn/sklearn.py), by hand.
 REFERENCE = {
@@ -80,13 +81,15 @@ REFERENCE = {
     ("xgboost_random_forest", "classification"): xgb.XGBRFClassifier,
     ("lightgbm", "regression"): lgb.LGBMRegressor,
     ("lightgbm", "classification"): lgb.LGBMClassifier,
+    ("catboost", "regression"): cb.CatBoostRegressor,
+    ("catboost", "classification"): cb.CatBoostClassifier,
 }
 
 # Documented fallbacks (docs/inference.md): no converter, or a graph onnxruntime cannot run.
 NATIVE_ONLY = {("kernel_ridge", "regression"), ("gaussian_process", "classification")}
 
 ENSEMBLES = {"ada_boost", "bagging", "extra_trees", "gradient_boosting_trees", "random_forest",
-             "xgboost", "xgboost_random_forest", "lightgbm"}
+             "xgboost", "xgboost_random_forest", "lightgbm", "catboost"}
 
 
 def test_registry_matches_postgresml():
@@ -108,7 +111,9 @@ def _hyperparams(algorithm: str) -> dict:
 def _reference(algorithm: str, task: str, hyperparams: dict, scale: bool):
     cls = REFERENCE[(algorithm, task)]
     params = dict(hyperparams)
-    if "random_state" in cls._get_param_names():
+    if cls.__module__.startswith("catboost"):  # no _get_param_names; quiet, no files
+        params.update(random_state=0, verbose=False, allow_writing_files=False)
+    elif "random_state" in cls._get_param_names():
         params["random_state"] = 0
     if cls.__module__.startswith("lightgbm"):
         params["verbosity"] = -1
@@ -147,7 +152,7 @@ def test_train_export_parity_predict(algorithm, task, dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference.fit(data.X_train, data.y_train)
-        y_ref = reference.predict(data.X_test)
+        y_ref = np.ravel(reference.predict(data.X_test))  # CatBoostClassifier: (n, 1)
         proba_ref = reference.predict_proba(data.X_test) if hasattr(reference, "predict_proba") else None
     expected = _metrics(task, data.y_test, y_ref, proba_ref, np.unique(data.y_train))
     metrics = {k: v for k, v in result.metrics.items() if k not in ("fit_time", "score_time")}
