@@ -32,6 +32,7 @@ SUBCOMMANDS = (
     "replica.operate.cli:add_drop_parser",
     "replica.operate.cli:add_install_parser",
     "replica.operate.writeback_verb:add_parser",
+    "replica.operate.check_verb:add_parser",
 )
 
 _FLAG = {"schema_name": "schema"}  # field -> flag where the field name had to differ

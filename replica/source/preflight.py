@@ -8,6 +8,8 @@ REPLICATION (``rds_replication`` on RDS) and SELECT on the published tables.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import psycopg
 
 from replica.errors import PreflightError, UnsupportedError
@@ -85,3 +87,62 @@ def preflight(conn: psycopg.Connection, *, publication: str, slot: str,
                             " REPLICA IDENTITY FULL")
     if problems:
         raise PreflightError(problems)
+
+
+# -- the same checks as data, for `pgml-replica check` ---------------------------------
+
+#: area -> words that mark a preflight problem as belonging to it (first match wins);
+#: the areas are the rows `check` prints, in this order
+AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("parameters", ("wal_level",)),
+    ("slots", ("replication slot",)),
+    ("senders", ("WAL sender",)),
+    ("failover", ("failover", "synchronized_standby_slots")),
+    ("privileges", ("may not replicate", "no SELECT", "GRANT CREATE")),
+    ("publication", ("publication",)),
+    ("replica identity", ("primary key", "REPLICA IDENTITY")),
+    ("types", ("type",)),
+    ("tables", ("table",)),
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One row of ``check``: an area, whether it is ready, what was found, how to fix it."""
+
+    area: str
+    ok: bool
+    found: str
+    fix: str = ""
+    warning: bool = False
+
+
+def area_of(problem: str) -> str:
+    return next((area for area, words in AREAS if any(w in problem for w in words)), "other")
+
+
+def _split(problem: str) -> tuple[str, str]:
+    """"<what is wrong>: <what to change>" - the shape every preflight message has."""
+    found, sep, fix = problem.partition(": ")
+    return (found, fix) if sep else (problem, "")
+
+
+def findings(conn: psycopg.Connection, *, publication: str, slot: str,
+             tables: list[tuple[str, str]], failover_slot: bool = False) -> list[Finding]:
+    """Every check ``run``'s preflight makes, as data: one failed Finding per problem (with
+    its fix), one passed Finding per area without a problem, and the warnings. Runs the very
+    ``preflight`` that ``run`` runs, so the two cannot disagree; reads only."""
+    try:
+        wanted = {"failover_slot": True} if failover_slot else {}
+        warnings = preflight(conn, publication=publication, slot=slot, tables=tables,
+                             **wanted) or []
+        problems: list[str] = []
+    except PreflightError as exc:
+        problems, warnings = list(exc.problems), []
+    out = [Finding(area_of(p), False, *_split(p)) for p in problems]
+    failed = {f.area for f in out}
+    out += [Finding(area, True, "ready") for area, _ in AREAS
+            if area not in failed and area != "failover"]
+    out += [Finding(area_of(w), True, *_split(w), warning=True) for w in warnings]
+    order = [a for a, _ in AREAS] + ["other"]
+    return sorted(out, key=lambda f: (order.index(f.area), f.ok))
