@@ -9,6 +9,9 @@ DSNs are excluded from ``repr`` so a settings object can be logged.
 from __future__ import annotations
 
 import os
+from typing import Literal
+from typing import Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,8 +60,16 @@ class Settings(BaseSettings):
                                    "own wal_receiver_timeout")
     publication_poll_seconds: float = Field(10.0, gt=0, description="how often to look for "
                                             "tables added to the publication")
-    protocol: int = Field(2, ge=1, le=2, description="pgoutput protocol version; 2 streams "
-                          "large transactions as they happen")
+    protocol: Literal["auto"] | int = Field(
+        "auto", description="pgoutput protocol version: auto (4 with streaming 'parallel' "
+        "on PostgreSQL 16+, 2 with streaming 'on' on 14-15, 1 before), or 1-4 to force one; "
+        "2+ streams large transactions as they happen")
+    origin: Literal["any", "none"] | None = Field(
+        None, description="pgoutput origin option (PostgreSQL 16+): 'none' publishes only "
+        "changes made on the source itself, 'any' also those it replicated from elsewhere; "
+        "unset: not sent (the server publishes every change)")
+    failover_slot: bool = Field(False, description="create the slot with FAILOVER so a "
+                                "standby synchronizes it (PostgreSQL 17+, docs/sidecar.md)")
     history: str | None = Field(None, description="keep every version of these tables on the "
                                 "replica (comma list of schema.table, or all; docs/history.md); "
                                 "decodes with protocol 1")
@@ -106,6 +117,51 @@ class Settings(BaseSettings):
                             "source")
     materialize: bool = Field(False, description="keep predictions in a table on the replica, "
                               "scored as rows replicate, instead of scoring on every read")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_auto_or_version(cls, v: object) -> object:
+        text = str(v).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text not in ("1", "2", "3", "4"):
+            raise ValueError(f"protocol must be auto or 1-4, not {v!r}")
+        return int(text)
+
+    @field_validator("origin", mode="before")
+    @classmethod
+    def _origin_unset(cls, v: object) -> object:
+        return None if v in ("", None) else str(v).strip().lower()
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_auto_or_version(cls, v: object) -> object:
+        text = str(v).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text not in ("1", "2", "3", "4"):
+            raise ValueError(f"protocol must be auto or 1-4, not {v!r}")
+        return int(text)
+
+    @field_validator("origin", mode="before")
+    @classmethod
+    def _origin_unset(cls, v: object) -> object:
+        return None if v in ("", None) else str(v).strip().lower()
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_auto_or_version(cls, v: object) -> object:
+        text = str(v).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text not in ("1", "2", "3", "4"):
+            raise ValueError(f"protocol must be auto or 1-4, not {v!r}")
+        return int(text)
+
+    @field_validator("origin", mode="before")
+    @classmethod
+    def _origin_unset(cls, v: object) -> object:
+        return None if v in ("", None) else str(v).strip().lower()
 
     @field_validator("tables")
     @classmethod

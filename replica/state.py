@@ -58,6 +58,8 @@ class SidecarState:
     snapshot: dict[str, dict[str, Any]] = field(default_factory=dict)  # table -> {rows, total}
     error: str | None = None  # secret-free text of the error that stopped or is retrying
     waiting: dict[str, Any] | None = None  # what waits on which source sessions (activity.py)
+    protocol: int | None = None  # pgoutput proto_version this session negotiated
+    stream_options: dict[str, str] = field(default_factory=dict)  # streaming, origin, ...
     started_at: float = field(default_factory=time.time)
     status_provider: Callable[[], dict[str, Any]] | None = None
 
@@ -99,5 +101,7 @@ class SidecarState:
             "snapshot": self.snapshot,
             "error": self.error,
             "waiting": self.waiting,
+            "protocol": self.protocol,
+            "stream_options": dict(self.stream_options),
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

@@ -36,7 +36,7 @@ from replica.source.activity import COPY, SLOT_CREATION, WaitWatcher
 from replica.source.catalog import TableDef, TableKey
 from replica.source.publication import publication_defs
 from replica.source.replconn import ReplicationConnection
-from replica.source.slots import drop_slot, slot_info, system_id
+from replica.source.slots import drop_slot, invalidation_advice, slot_info, system_id
 from replica.state import Phase, SidecarState
 from replica.target import progress
 
@@ -136,9 +136,9 @@ class Bootstrap:
                               "choose another --slot")
         if slot is not None and slot.wal_status == "lost":
             raise ResnapshotNeeded(
-                f"slot {s.slot} was invalidated (wal_status = lost: the source removed WAL it "
-                "still needed, see max_slot_wal_keep_size); the changes since are gone, so a "
-                "new snapshot is needed: run again with --resnapshot")
+                f"slot {s.slot} was invalidated (wal_status = lost, "
+                f"{invalidation_advice(slot.invalidation_reason)}); the changes since are "
+                "gone, so a new snapshot is needed: run again with --resnapshot")
         if prog is not None and prog.source_system not in (None, sysid):
             raise ResnapshotNeeded(
                 f"the target's progress for slot {s.slot} came from another source system "
@@ -153,12 +153,16 @@ class Bootstrap:
         if prog is None and slot is None:
             with ReplicationConnection(s.source, application_name="pgml-replica") as rc, \
                     self._watch("slot", SLOT_CREATION):
-                created = rc.create_slot(s.slot, snapshot="export")
+                created = rc.create_slot(s.slot, snapshot="export", failover=s.failover_slot)
                 todo = tables
                 self._copy(todo, created["snapshot_name"], created["consistent_point"])
             start = created["consistent_point"]
             progress.start(target, s.slot, start, sysid)
             return start, progress.synced_tables(target, s.slot)
+        if s.failover_slot and slot.failover is False:  # a slot made before, or by a DBA
+            with ReplicationConnection(s.source, application_name="pgml-replica") as rc:
+                rc.alter_slot_failover(s.slot)
+            log.info("slot %s is a failover slot now", s.slot)
         todo = [t for t in tables if (t.schema, t.name) not in synced]
         self.copy_beside_temporary_slot(todo)
         if prog is None:

@@ -36,7 +36,7 @@ SUBCOMMANDS = (
 )
 
 _FLAG = {"schema_name": "schema"}  # field -> flag where the field name had to differ
-_BOOL_FIELDS = {"resnapshot"}
+_BOOL_FIELDS = {"resnapshot", "failover_slot"}
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, fields: list[str]) -> None:

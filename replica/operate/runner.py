@@ -109,7 +109,7 @@ class Runner:
         with connect(s.source, "source", "preflight") as src:
             preflight(src, publication=s.publication, slot=s.slot,
                       tables=candidate_tables(src, s.publication, s.table_list(),
-                                              s.schema_name))
+                                              s.schema_name), failover_slot=s.failover_slot)
             self.state.tables = [f"{a}.{b}" for a, b in ensure_publication(src, s)]
 
     def _relax(self, exc: NullRejected) -> bool:

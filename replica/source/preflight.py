@@ -8,6 +8,7 @@ REPLICATION (``rds_replication`` on RDS) and SELECT on the published tables.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import psycopg
@@ -16,11 +17,73 @@ from replica.errors import PreflightError, UnsupportedError
 from replica.source.catalog import TypeResolver, read_table
 from replica.source.slots import free_slots, slot_info
 
+log = logging.getLogger("pgml_replica")
+
+FAILOVER_SINCE = 170000
+#: what only the standby can show; the primary cannot see these settings
+STANDBY_SIDE = ("on the standby that may take over: sync_replication_slots = on, "
+                "hot_standby_feedback = on, primary_slot_name = <its physical slot> and a "
+                "dbname in primary_conninfo (RDS Multi-AZ DB clusters on 17+: set "
+                "sync_replication_slots and hot_standby_feedback in the cluster parameter "
+                "group)")
+
+
+def failover_readiness(conn: psycopg.Connection, slot: str, wanted: bool
+                       ) -> tuple[list[str], list[str]]:
+    """(problems, warnings) about a failover slot: problems stop the run (it cannot be made),
+    warnings say what is missing for the slot to survive a failover. What the primary can
+    show: its version, the slot's ``failover`` flag, ``synchronized_standby_slots`` and the
+    physical slots it names (held with hot_standby_feedback: an xmin)."""
+    version = conn.info.server_version
+    if version < FAILOVER_SINCE:
+        if wanted:
+            return [f"--failover-slot needs a PostgreSQL 17+ source (this one is "
+                    f"{version // 10000}): before 17 a logical slot never survives a "
+                    "failover - leave it off and plan a --resnapshot after one "
+                    "(docs/sidecar.md, Failover)"], []
+        return [], []
+    info = slot_info(conn, slot)
+    standby_slots = conn.execute("SELECT current_setting('synchronized_standby_slots')"
+                                 ).fetchone()[0].strip()
+    warnings: list[str] = []
+    if not wanted:
+        if info is not None and info.failover:
+            warnings.append(f"slot {slot} is a failover slot, but --failover-slot is not "
+                            "set (it stays one)")
+        elif standby_slots:
+            warnings.append(f"this source syncs slots to standbys ({standby_slots}) but slot "
+                            f"{slot} would not follow a failover: pass --failover-slot")
+        return [], warnings
+    if info is not None and info.failover is False:
+        warnings.append(f"slot {slot} exists without failover: it is made a failover slot "
+                        "(ALTER_REPLICATION_SLOT ... (FAILOVER true)) before streaming")
+    if not standby_slots:
+        warnings.append("synchronized_standby_slots is empty: set it to the physical slot of "
+                        "each standby that may take over, so the sidecar is never sent a "
+                        "change the standby's copy of the slot has not reached (else, after "
+                        "a failover, the new primary may resend or lack changes the sidecar "
+                        "already has)")
+    for name in (n.strip().strip('"') for n in standby_slots.split(",") if n.strip()):
+        row = conn.execute("SELECT slot_type, xmin IS NOT NULL, active FROM pg_replication_slots"
+                           " WHERE slot_name = %s", (name,)).fetchone()
+        if row is None or row[0] != "physical":
+            warnings.append(f"synchronized_standby_slots names {name}, which is not a physical "
+                            "slot here: create it (pg_create_physical_replication_slot) and "
+                            "set primary_slot_name on the standby")
+        elif not row[2]:
+            warnings.append(f"physical slot {name} is not in use: no standby streams from it")
+        elif not row[1]:
+            warnings.append(f"physical slot {name} holds no xmin: set hot_standby_feedback = "
+                            "on on its standby")
+    warnings.append("cannot be checked from the primary - " + STANDBY_SIDE)
+    return [], warnings
+
 
 def preflight(conn: psycopg.Connection, *, publication: str, slot: str,
-              tables: list[tuple[str, str]]) -> None:
-    """Raise PreflightError listing every problem found; return quietly when ready."""
-    problems: list[str] = []
+              tables: list[tuple[str, str]], failover_slot: bool = False) -> list[str]:
+    """Raise PreflightError listing every problem found; when ready, return the warnings
+    (logged here too: what works now but not in every case, such as a failover)."""
+    problems, warnings = failover_readiness(conn, slot, failover_slot)
     settings = dict(conn.execute(
         "SELECT name, setting FROM pg_settings WHERE name IN ('wal_level',"
         " 'max_replication_slots', 'max_wal_senders')").fetchall())
@@ -87,6 +150,9 @@ def preflight(conn: psycopg.Connection, *, publication: str, slot: str,
                             " REPLICA IDENTITY FULL")
     if problems:
         raise PreflightError(problems)
+    for warning in warnings:
+        log.warning("preflight: %s", warning)
+    return warnings
 
 
 # -- the same checks as data, for `pgml-replica check` ---------------------------------

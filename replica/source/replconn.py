@@ -100,16 +100,25 @@ class ReplicationConnection:
                 "dbname": row[3]}
 
     def create_slot(self, name: str, *, snapshot: str = "export", temporary: bool = False,
-                    two_phase: bool = False) -> dict:
+                    two_phase: bool = False, failover: bool = False) -> dict:
         """CREATE_REPLICATION_SLOT ... LOGICAL pgoutput. The exported snapshot stays valid
-        only while this connection stays open and runs no other command."""
+        only while this connection stays open and runs no other command. ``failover``
+        (PostgreSQL 17+, not for a temporary slot): standbys with sync_replication_slots
+        keep a copy of the slot, so it survives a failover to one of them."""
         if snapshot not in _SNAPSHOT_ACTIONS:
             raise ValueError(f"snapshot must be one of {_SNAPSHOT_ACTIONS}, not {snapshot!r}")
-        options = f"SNAPSHOT {_literal(snapshot)}" + (", TWO_PHASE" if two_phase else "")
+        options = (f"SNAPSHOT {_literal(snapshot)}" + (", TWO_PHASE" if two_phase else "")
+                   + (", FAILOVER" if failover else ""))
         row = self._command(f"CREATE_REPLICATION_SLOT {_ident(name)}"
                             f"{' TEMPORARY' if temporary else ''} LOGICAL pgoutput ({options})")[0]
         return {"slot_name": row[0], "consistent_point": parse_lsn(row[1]),
                 "snapshot_name": row[2], "output_plugin": row[3]}
+
+    def alter_slot_failover(self, name: str, failover: bool = True) -> None:
+        """ALTER_REPLICATION_SLOT (PostgreSQL 17+): make an existing, inactive slot a
+        failover slot (or not)."""
+        self._command(f"ALTER_REPLICATION_SLOT {_ident(name)} "
+                      f"(FAILOVER {'true' if failover else 'false'})")
 
     def drop_slot(self, name: str, wait: bool = True) -> None:
         self._command(f"DROP_REPLICATION_SLOT {_ident(name)}{' WAIT' if wait else ''}")

@@ -60,6 +60,8 @@ from replica.stream.apply import TargetWriter, apply_change
 from replica.stream.batch import TableBatch
 from replica.stream.flow import DEAD, PING, FlowControl, ReadPacing, on_silence
 from replica.stream.inflight import StreamedApply
+from replica.stream.negotiate import negotiate
+from replica.stream.negotiate import negotiate
 from replica.stream.relations import Relations
 from replica.stream.tables import MirroredTable
 
@@ -84,7 +86,9 @@ class Stream:
         self.flow = FlowControl(applied_lsn=start_lsn, status_interval=settings.status_interval,
                                 batch_max_rows=settings.batch_max_rows,
                                 batch_max_seconds=settings.batch_max_seconds)
-        self.decoder = Decoder(protocol_version=settings.protocol)
+        self.negotiated = negotiate(source.info.server_version, settings.protocol,
+                                    settings.origin)
+        self.decoder = Decoder(protocol_version=self.negotiated.protocol)
         self.streamed = StreamedApply(self._new_writer, settings.segment_rows)
         self.last_commit_lsn = start_lsn  # transactions committing from now on are past it
         self.relations = Relations(source, synced, applied_lsn=start_lsn)
@@ -113,14 +117,13 @@ class Stream:
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> None:
-        s = self.settings
-        options = {"proto_version": str(s.protocol), "publication_names": s.publication,
-                   "binary": "true"}
-        if s.protocol >= 2:
-            options["streaming"] = "on"
-        self.repl.start(s.slot, self.start_lsn, options)
-        log.info("streaming slot %s from %s (protocol %s)", s.slot, format_lsn(self.start_lsn),
-                 s.protocol)
+        s, n = self.settings, self.negotiated
+        self.repl.start(s.slot, self.start_lsn, {"proto_version": str(n.protocol),
+                                                 "publication_names": s.publication,
+                                                 **n.options})
+        log.info("streaming slot %s from %s (%s)", s.slot, format_lsn(self.start_lsn),
+                 n.describe())
+        self.state.protocol, self.state.stream_options = n.protocol, dict(n.options)
         self.state.phase = Phase.STREAMING
         self.state.source_connected = self.state.target_connected = True
         metrics.CONNECTED.labels("source").set(1)
