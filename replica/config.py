@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 from typing import Literal
-from typing import Literal
-from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -117,36 +115,6 @@ class Settings(BaseSettings):
                             "source")
     materialize: bool = Field(False, description="keep predictions in a table on the replica, "
                               "scored as rows replicate, instead of scoring on every read")
-
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _protocol_auto_or_version(cls, v: object) -> object:
-        text = str(v).strip().lower()
-        if text == "auto":
-            return "auto"
-        if text not in ("1", "2", "3", "4"):
-            raise ValueError(f"protocol must be auto or 1-4, not {v!r}")
-        return int(text)
-
-    @field_validator("origin", mode="before")
-    @classmethod
-    def _origin_unset(cls, v: object) -> object:
-        return None if v in ("", None) else str(v).strip().lower()
-
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _protocol_auto_or_version(cls, v: object) -> object:
-        text = str(v).strip().lower()
-        if text == "auto":
-            return "auto"
-        if text not in ("1", "2", "3", "4"):
-            raise ValueError(f"protocol must be auto or 1-4, not {v!r}")
-        return int(text)
-
-    @field_validator("origin", mode="before")
-    @classmethod
-    def _origin_unset(cls, v: object) -> object:
-        return None if v in ("", None) else str(v).strip().lower()
 
     @field_validator("protocol", mode="before")
     @classmethod

@@ -61,7 +61,6 @@ from replica.stream.batch import TableBatch
 from replica.stream.flow import DEAD, PING, FlowControl, ReadPacing, on_silence
 from replica.stream.inflight import StreamedApply
 from replica.stream.negotiate import negotiate
-from replica.stream.negotiate import negotiate
 from replica.stream.relations import Relations
 from replica.stream.tables import MirroredTable
 
