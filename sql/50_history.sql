@@ -57,7 +57,6 @@ CREATE OR REPLACE FUNCTION pgml.train(
 RETURNS TABLE (project_name text, task text, algorithm_name text, status text)
 LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
-if as_of is not None:
-    relation_name = GD["pgml"].history_as_of(relation_name, as_of, None)
-return GD["pgml"].train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess)
+relation = relation_name if as_of is None else GD["pgml"].history_as_of(relation_name, as_of, None)
+return GD["pgml"].train(project_name, task, relation, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess)
 $$;
