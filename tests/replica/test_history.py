@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from psycopg import sql
 
 from replica.target.pgml_install import install
 from tests.replica.conftest import wait_for
@@ -41,7 +42,7 @@ def _workload(src, rng: random.Random, steps: int):
                     name = rng.choice(["c", None])
                     src.execute("UPDATE cust SET name = %s WHERE id = %s", (name, k))
                     state[k] = (k, name, *state[k][2:])
-                else:  # no TRUNCATE: the sidecar re-copies a truncated table (new filenode)
+                else:  # TRUNCATE: test_truncate_ends_every_version
                     src.execute("DELETE FROM cust WHERE id = %s", (k,))
                     state.pop(k, None)
         (t,) = src.execute("SELECT clock_timestamp()").fetchone()
@@ -50,7 +51,8 @@ def _workload(src, rng: random.Random, steps: int):
 
 
 def _rows(conn, table: str) -> dict[int, tuple]:
-    return {r[0]: r for r in conn.execute(f"SELECT id, name, score, big FROM {table}")}
+    return {r[0]: r for r in conn.execute(
+        sql.SQL("SELECT id, name, score, big FROM {}").format(sql.SQL(table)))}
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def test_as_of_and_point_in_time_equal_a_replay(source_db, replica_db, history_s
         # point in time: a spine of (id, event time) over instants and keys, NULL times too
         r.execute("CREATE TABLE spine (id int, at timestamptz, label int)")
         spine = []
-        for when, state in instants:
+        for when, _ in instants:
             for k in (1, 3, 5, 100, 99):
                 spine.append((k, when, rng.randint(0, 1)))
         spine.append((1, None, 0))
@@ -102,11 +104,11 @@ def test_as_of_and_point_in_time_equal_a_replay(source_db, replica_db, history_s
                 cp.write_row(row)
         (pit,) = r.execute("SELECT pgml.point_in_time('spine', 'at', ARRAY['public.cust'])"
                            ).fetchone()
-        got = r.execute(f"SELECT id, at, label, cust__name, cust__score, cust__big FROM {pit}"
-                        ).fetchall()
-        assert len(got) == len(spine)
+        got = r.execute(sql.SQL("SELECT id, at, label, cust__name, cust__score, cust__big"
+                                " FROM {}").format(sql.SQL(pit))).fetchall()
+        assert sorted(map(repr, (g[:3] for g in got))) == sorted(map(repr, spine))
         states = {when: st for when, st in instants}
-        for (k, at, label, name, score, big) in got:
+        for (k, at, _label, name, score, big) in got:
             if at is None:
                 assert (name, score, big) == (None, None, None)
                 continue
@@ -114,10 +116,10 @@ def test_as_of_and_point_in_time_equal_a_replay(source_db, replica_db, history_s
             assert (name, score, big) == ((want[1], want[2], want[3]) if want else
                                           (None, None, None)), (k, at)
         # no leakage: every value came from a version committed at or before the event time
-        leaks = r.execute(
-            f"SELECT count(*) FROM {pit} p WHERE p.cust__big IS NOT NULL AND NOT EXISTS ("
+        leaks = r.execute(sql.SQL(
+            "SELECT count(*) FROM {} p WHERE p.cust__big IS NOT NULL AND NOT EXISTS ("
             " SELECT 1 FROM pgml_history.public__cust h WHERE h.id = p.id"
-            " AND h._pgml_commit_time <= p.at)").fetchone()
+            " AND h._pgml_commit_time <= p.at)").format(sql.SQL(pit))).fetchone()
         assert leaks == (0,)
 
 
@@ -137,3 +139,25 @@ def test_errors_are_clear(source_db, replica_db, history_setup):
         info = wait_for(lambda: r.execute("SELECT * FROM pgml.history_info()").fetchall(),
                         10, "history_info")
         assert info[0][0] == "public.cust" and info[0][1] >= 1
+
+
+def test_truncate_ends_every_version(source_db, replica_db, history_setup):
+    sc = history_setup
+    with source_db.connect() as src:
+        src.autocommit = True
+        src.execute("INSERT INTO cust VALUES (1, 'a', 1, 'x'), (2, 'b', 2, 'y')")
+        _caught_up(sc, source_db, replica_db)
+        (t1,) = src.execute("SELECT clock_timestamp()").fetchone()
+        src.execute("TRUNCATE cust")
+        _caught_up(sc, source_db, replica_db)
+        (t2,) = src.execute("SELECT clock_timestamp()").fetchone()
+        src.execute("INSERT INTO cust VALUES (3, 'c', 3, 'z')")
+        _caught_up(sc, source_db, replica_db)
+        (t3,) = src.execute("SELECT clock_timestamp()").fetchone()
+    with replica_db.connect() as r:
+        r.autocommit = True
+        seen = {}
+        for t in (t1, t2, t3):
+            (name,) = r.execute("SELECT pgml.as_of('public.cust', %s)", (t,)).fetchone()
+            seen[t] = sorted(_rows(r, name))
+        assert seen == {t1: [1, 2, 100], t2: [], t3: [3]}
