@@ -5,13 +5,16 @@ workload's log (the state after each transaction, kept in Python)."""
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import pytest
 from psycopg import sql
 
 from replica.target.pgml_install import install
-from tests.replica.conftest import wait_for
+from tests.replica.conftest import same, wait_for
 
+_CHANGES = [0]  # row changes the last _workload made (one version each)
 BIG = 3000  # > the TOAST threshold, incompressible: updates that skip it send 'u'
 
 
@@ -23,6 +26,7 @@ def _workload(src, rng: random.Random, steps: int):
     """Run ``steps`` transactions one at a time; return [(source time after it, state)]."""
     state: dict[int, tuple] = {100: (100, "seed", 1, "x")}  # copied before the stream
     log = []
+    _CHANGES[0] = 0
     for _ in range(steps):
         with src.transaction():
             for _ in range(rng.randint(1, 3)):
@@ -33,17 +37,20 @@ def _workload(src, rng: random.Random, steps: int):
                         continue
                     row = (k, rng.choice(["a", "b", None]), rng.randint(0, 9), _big(rng))
                     src.execute("INSERT INTO cust VALUES (%s, %s, %s, %s)", row)
+                    _CHANGES[0] += 1
                     state[k] = row
                 elif r < 0.75 and k in state:  # score only: big goes as unchanged TOAST
                     v = rng.choice([rng.randint(0, 9), None])
                     src.execute("UPDATE cust SET score = %s WHERE id = %s", (v, k))
+                    _CHANGES[0] += 1
                     state[k] = (*state[k][:2], v, state[k][3])
                 elif r < 0.85 and k in state:
                     name = rng.choice(["c", None])
                     src.execute("UPDATE cust SET name = %s WHERE id = %s", (name, k))
+                    _CHANGES[0] += 1
                     state[k] = (k, name, *state[k][2:])
                 else:  # TRUNCATE: test_truncate_ends_every_version
-                    src.execute("DELETE FROM cust WHERE id = %s", (k,))
+                    _CHANGES[0] += src.execute("DELETE FROM cust WHERE id = %s", (k,)).rowcount
                     state.pop(k, None)
         (t,) = src.execute("SELECT clock_timestamp()").fetchone()
         log.append((t, dict(state)))
@@ -161,3 +168,54 @@ def test_truncate_ends_every_version(source_db, replica_db, history_setup):
             (name,) = r.execute("SELECT pgml.as_of('public.cust', %s)", (t,)).fetchone()
             seen[t] = sorted(_rows(r, name))
         assert seen == {t1: [1, 2, 100], t2: [], t3: [3]}
+
+
+def test_kill_9_neither_loses_nor_doubles_a_version(source_db, replica_db, sidecars, tmp_path,
+                                                    plpython_path):
+    """A real sidecar process with --history, killed twice during a workload: afterwards
+    there is exactly one version per change (no (LSN, seq) twice, as many as the workload
+    made) and as_of at instants between transactions equals the replay."""
+    install(replica_db.dsn, python_path=plpython_path)
+    source_db.execute("CREATE TABLE cust (id int PRIMARY KEY, name text, score int, big text)")
+    source_db.execute("INSERT INTO cust VALUES (100, 'seed', 1, 'x')")
+    log_file = tmp_path / "sidecar.log"
+    sc = sidecars("process", "--source", source_db.dsn, "--target", replica_db.dsn,
+                  "--tables", "public.cust", "--history", "public.cust",
+                  "--batch-max-seconds", "0.05", log=log_file)
+    wait_for(lambda: replica_db.execute(
+        "SELECT to_regclass('pgml_history.public__cust') IS NOT NULL")[0][0], 60, "the seed")
+    rng = random.Random(9)
+    result: list = []
+
+    def work() -> None:
+        with source_db.connect() as src:
+            src.autocommit = True
+            result.append(_workload(src, rng, 150))
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    for _ in range(2):
+        time.sleep(rng.uniform(0.3, 1.0))
+        assert sc.alive(), log_file.read_text()[-3000:]
+        sc.kill()
+        time.sleep(rng.uniform(0, 0.3))
+        sc.start()
+    worker.join(120)
+    assert result, "the workload did not finish"
+    log = result[0]
+    wait_for(lambda: same(source_db, replica_db, ["public.cust"]) or not sc.alive(), 120,
+             "the target to equal the source")
+    assert sc.alive(), log_file.read_text()[-3000:]
+    with replica_db.connect() as r:
+        r.autocommit = True
+        dup = r.execute("SELECT count(*) FROM (SELECT 1 FROM pgml_history.public__cust"
+                        " WHERE _pgml_seq >= 0 GROUP BY _pgml_commit_lsn, _pgml_seq"
+                        " HAVING count(*) > 1) d").fetchone()
+        assert dup == (0,)
+        (versions,) = r.execute("SELECT count(*) FROM pgml_history.public__cust"
+                                " WHERE _pgml_seq >= 0").fetchone()
+        assert versions == _CHANGES[0]
+        for when, state in log[::10] + log[-1:]:
+            (name,) = r.execute("SELECT pgml.as_of('public.cust', %s)", (when,)).fetchone()
+            assert _rows(r, name) == state, when
+    assert sc.terminate() == 0, log_file.read_text()[-3000:]
