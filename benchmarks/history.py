@@ -1,0 +1,155 @@
+"""History (issue 11): apply throughput with --history on vs off, bytes per change, and
+pgml.point_in_time against the same join written as a Postgres LATERAL query, in one run.
+
+    .venv/bin/python -m benchmarks.history [--keys K] [--changes N] [--spine S]
+
+1. Apply, catch-up: two sidecar processes (slots ``hist_on`` / ``hist_off``), each into its
+   own replica database, copy a table of K keys, then are stopped; the source makes N updates
+   (100-row transactions, the whole row rewritten) and a marker row; each sidecar is started
+   alone and timed from start until the marker is visible on its target.
+2. Bytes per change: the history table's total size (heap + TOAST) over its versions.
+3. Point in time: a spine of S rows (random key, random event time inside the history) on the
+   replica; ``pgml.point_in_time`` vs ``LEFT JOIN LATERAL (... ORDER BY commit LSN DESC
+   LIMIT 1)`` over the history table with an index on (id, commit time) - the index build is
+   timed apart; the two results are checked equal.
+
+Feast is not measured: see docs/benchmarks.md (History).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from devtools.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+DDL = "CREATE TABLE feat (id bigint PRIMARY KEY, x float8, y int, t text)"
+
+
+def wait(cond, timeout: float, what: str, every: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def sidecar(src, tgt, db: str, history: bool) -> subprocess.Popen:
+    args = [sys.executable, "-m", "replica", "run", "--source", src.dsn("bench"), "--target",
+            tgt.dsn(db), "--http-port", "0", "--log-level", "WARNING", "--slot", db,
+            "--tables", "public.feat,public.marker", "--no-pgml-install", "--protocol", "1"]
+    if history:
+        args += ["--history", "public.feat"]
+    log = open(tempfile.mkstemp(prefix=f"bench-{db}-", suffix=".log")[1], "ab")  # noqa: SIM115
+    return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def marker_seen(tgt, db: str, n: int) -> bool:
+    try:
+        with psycopg.connect(tgt.dsn(db), autocommit=True) as c:
+            return c.execute("SELECT count(*) FROM marker WHERE id = %s", (n,)).fetchone()[0] > 0
+    except psycopg.Error:
+        return False
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keys", type=int, default=20_000)
+    ap.add_argument("--changes", type=int, default=200_000)
+    ap.add_argument("--spine", type=int, default=50_000)
+    a = ap.parse_args()
+    with running_cluster("hsrc", SOURCE_SETTINGS) as src, \
+            running_cluster("hml", REPLICA_SETTINGS) as tgt:
+        src.create_database("bench")
+        for db in ("hist_on", "hist_off"):
+            tgt.create_database(db)
+        with psycopg.connect(src.dsn("bench"), autocommit=True) as s:
+            s.execute(DDL)
+            s.execute("CREATE TABLE marker (id int PRIMARY KEY)")
+            s.execute("INSERT INTO feat SELECT g, random(), (random() * 100)::int,"
+                      " md5(g::text) FROM generate_series(1, %s) g", (a.keys,))
+            s.execute("CREATE PUBLICATION pgml_replica FOR TABLE feat, marker")
+        from replica.target.pgml_install import install
+        install(tgt.dsn("hist_on"))
+        # 1. copy, stop, change, catch up
+        for db, hist in (("hist_on", True), ("hist_off", False)):
+            p = sidecar(src, tgt, db, hist)
+            with psycopg.connect(src.dsn("bench"), autocommit=True) as s:
+                s.execute("INSERT INTO marker VALUES (0) ON CONFLICT DO NOTHING")
+            wait(lambda db=db: marker_seen(tgt, db, 0), 300, f"{db} to copy")
+            p.terminate()
+            p.wait(60)
+        rng = random.Random(1)
+        changes = 0
+        with psycopg.connect(src.dsn("bench"), autocommit=True) as s:
+            for start in range(0, a.changes, 100):
+                with s.transaction():
+                    ids = [rng.randint(1, a.keys) for _ in range(min(100, a.changes - start))]
+                    changes += len(set(ids))
+                    s.execute("UPDATE feat SET x = random(), y = y + 1, t = md5(random()::text)"
+                              " WHERE id = ANY(%s)", (ids,))
+            s.execute("INSERT INTO marker VALUES (1)")
+        times = {}
+        for db, hist in (("hist_off", False), ("hist_on", True)):
+            t0 = time.perf_counter()
+            p = sidecar(src, tgt, db, hist)
+            wait(lambda db=db: marker_seen(tgt, db, 1), 900, f"{db} to catch up")
+            times[db] = time.perf_counter() - t0
+            p.terminate()
+            p.wait(60)
+        print(f"apply catch-up, {changes:,} row updates in 100-row transactions:")
+        for db in ("hist_off", "hist_on"):
+            print(f"  {db}: {times[db]:.2f} s  {changes / times[db]:,.0f} changes/s")
+        print(f"  history on is {100 * (times['hist_on'] / times['hist_off'] - 1):+.1f}% time")
+        with psycopg.connect(tgt.dsn("hist_on"), autocommit=True) as r:
+            versions, size = r.execute(
+                "SELECT count(*), pg_total_relation_size('pgml_history.public__feat')"
+                " FROM pgml_history.public__feat").fetchone()
+            print(f"history: {versions:,} versions, {size / 1e6:.1f} MB,"
+                  f" {size / versions:.0f} bytes per version")
+            # 3. point in time
+            lo, hi = r.execute("SELECT min(_pgml_commit_time), max(_pgml_commit_time) FROM"
+                               " pgml_history.public__feat WHERE _pgml_op <> 'S'").fetchone()
+            r.execute("CREATE TABLE spine (id bigint, at timestamptz, label int)")
+            r.execute("INSERT INTO spine SELECT (1 + random() * (%s - 1))::bigint,"
+                      " %s + random() * (%s - %s), (random() * 2)::int"
+                      " FROM generate_series(1, %s)", (a.keys, lo, hi, lo, a.spine))
+            t0 = time.perf_counter()
+            (pit,) = r.execute("SELECT pgml.point_in_time('spine', 'at', ARRAY['public.feat'],"
+                               " 'pit_out')").fetchone()
+            t_pit = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            r.execute("CREATE INDEX ON pgml_history.public__feat (id, _pgml_commit_time)")
+            t_idx = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            r.execute(
+                "CREATE TABLE lateral_out AS SELECT s.*, CASE WHEN h._pgml_op <> 'D' THEN h.x"
+                " END AS feat__x, CASE WHEN h._pgml_op <> 'D' THEN h.y END AS feat__y,"
+                " CASE WHEN h._pgml_op <> 'D' THEN h.t END AS feat__t FROM spine s"
+                " LEFT JOIN LATERAL (SELECT * FROM pgml_history.public__feat h WHERE h.id = s.id"
+                " AND h._pgml_commit_time <= s.at ORDER BY h._pgml_commit_time DESC,"
+                " h._pgml_commit_lsn DESC, h._pgml_seq DESC LIMIT 1) h ON true")
+            t_lat = time.perf_counter() - t0
+            (diff,) = r.execute(
+                "SELECT count(*) FROM ((SELECT * FROM pit_out EXCEPT ALL SELECT * FROM"
+                " lateral_out) UNION ALL (SELECT * FROM lateral_out EXCEPT ALL"
+                " SELECT * FROM pit_out)) d").fetchone()
+        print(f"point in time, spine {a.spine:,} rows over {versions:,} versions:")
+        print(f"  pgml.point_in_time (DuckDB ASOF): {t_pit:.2f} s")
+        print(f"  Postgres LATERAL (index):         {t_lat:.2f} s  (+{t_idx:.2f} s index build)")
+        print(f"  rows that differ: {diff}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
