@@ -175,3 +175,25 @@ def test_connection_refused_with_a_provided_password_does_not_quote_it(source_db
     with pytest.raises(ConnectionRejected) as err:
         connect(make_conninfo(source_db.dsn, user=role), "source", "test")
     assert "wrong-pw-88" not in str(err.value)
+
+
+def test_iam_token_is_asked_again_when_the_sidecar_reconnects(monkeypatch, source_db,
+                                                               replica_db, sidecars):
+    pytest.importorskip("boto3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    source_db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    settings = {"source_iam": "eu-west-1"}
+    credentials.install_from(Settings(**settings))
+    iam = credentials.provider("source")
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn, **settings).wait_streaming()
+    before, reconnects = iam.calls, metrics.RECONNECTS.labels("source")._value.get()
+    assert before >= 2  # the catalog and the replication connection, at least
+    source_db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE application_name LIKE 'pgml-replica%' AND datname ="
+                      " current_database() AND pid <> pg_backend_pid()")
+    wait_for(lambda: metrics.RECONNECTS.labels("source")._value.get() > reconnects, 30,
+             "a reconnect")
+    source_db.execute("INSERT INTO t VALUES (1)")
+    sc.wait_same(source_db, replica_db, ["public.t"], 60)
+    assert iam.calls >= before + 2  # a fresh token for each new connection
