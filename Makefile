@@ -29,7 +29,9 @@ bench: setup
 	@$(PY) -m benchmarks.writeback
 
 lint: setup
-	@$(PY) -m ruff check replica decoder inference tests benchmarks
+	@$(PY) -m ruff check replica decoder inference devtools tests benchmarks
+	@.venv/bin/lint-imports
+	@$(PY) -m mypy
 
 clean:
 	rm -rf .venv .pytest_cache build *.egg-info
