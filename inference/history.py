@@ -74,6 +74,7 @@ class History:
                             f"with --history {name}")
         r = rows[0]
         self.relation_name, self.table = r["relation_name"], _qual(SCHEMA, r["history_table"])
+        self.history_table = r["history_table"]
         self.short = self.relation_name.split(".", 1)[1]
         self.keys: list[str] = list(r["key_columns"])
         self.started, self.started_text = r["started"], r["started_text"]
@@ -127,7 +128,21 @@ class History:
                 frame[k] = frame[k].astype(bool)
             else:
                 frame[k] = frame[k].astype("int64")
-        con.register(f"{view}_raw", frame)
+        con.register(f"{view}_tail", frame)
+        tail = ", ".join([f"c{i}::VARCHAR AS c{i}" for i in range(len(names))]
+                         + ["_t", "_lsn", "_seq", "_op"] + [f"u{j}" for j in range(len(flags))])
+        raw = f"SELECT {tail} FROM {view}_tail"  # noqa: S608
+        segments = self.segments()
+        if segments:  # compacted versions: values already filled, never 'unchanged'
+            files = ", ".join(_duck_literal(p) for p in segments)
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {view}_seg AS SELECT * FROM"  # noqa: S608
+                        f" read_parquet([{files}], union_by_name = true)")
+            present = {r[0] for r in con.execute(f"DESCRIBE {view}_seg").fetchall()}
+            seg = ", ".join([f"{_duck_ident(c)}::VARCHAR AS c{i}" if c in present else
+                             f"NULL::VARCHAR AS c{i}" for i, c in enumerate(names)]
+                            + ["_t", "_lsn", "_seq", "_op"]
+                            + [f"false AS u{j}" for j in range(len(flags))])
+            raw += f" UNION ALL SELECT {seg} FROM {view}_seg"  # noqa: S608
         keyc = ", ".join(f"c{names.index(k)}" for k in self.keys)
         out = []
         for i, c in enumerate(names):
@@ -139,10 +154,23 @@ class History:
                 out.append(f"c{i}")
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {view} AS SELECT {', '.join(out)}, _op,"  # noqa: S608
-            " max(_t) OVER (ORDER BY _lsn, _seq) AS _t,"
-            f" row_number() OVER (ORDER BY _lsn, _seq) AS _ord FROM {view}_raw"
+            " max(_t) OVER (ORDER BY _lsn, _seq) AS _t, _t AS _traw, _lsn, _seq,"
+            f" row_number() OVER (ORDER BY _lsn, _seq) AS _ord FROM ({raw})"
             f" WINDOW w AS (PARTITION BY {keyc} ORDER BY _lsn, _seq"
             " ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
+
+    def segments(self) -> list[str]:
+        return [r["path"] for r in plpy.execute(plpy.prepare(
+            "SELECT path FROM pgml_history.segments WHERE relation_name = $1"
+            " ORDER BY lsn_from", ["text"]), [self.relation_name])]
+
+
+def _duck_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _duck_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _duck():
@@ -287,15 +315,23 @@ def spine_qual(oid: int) -> str:
 
 
 def info() -> list[tuple]:
-    """(relation, versions, bytes, oldest, newest, retention) per table with history."""
+    """(relation, versions, bytes, oldest, newest, retention, segments) per table with
+    history: the rows still in Postgres plus the compacted Parquet segment."""
     if not plpy.execute("SELECT to_regclass('pgml_history.tables') IS NOT NULL AS x")[0]["x"]:
         return []
     out = []
-    for r in plpy.execute("SELECT relation_name, history_table, retention::text AS ret"
-                          " FROM pgml_history.tables ORDER BY relation_name"):
+    for r in plpy.execute("SELECT relation_name, history_table, retention::text AS ret,"
+                          " started_at::text AS started FROM pgml_history.tables"
+                          " ORDER BY relation_name"):
         t = _qual(SCHEMA, r["history_table"])
         s = plpy.execute(f"SELECT count(*) AS n, min(_pgml_commit_time)::text AS lo,"  # noqa: S608
                          f" max(_pgml_commit_time)::text AS hi,"
                          f" pg_total_relation_size({plpy.quote_literal(t)}) AS b FROM {t}")[0]
-        out.append((r["relation_name"], s["n"], s["b"], s["lo"], s["hi"], r["ret"]))
+        g = plpy.execute(plpy.prepare(
+            "SELECT count(*) AS k, coalesce(sum(versions), 0) AS n, coalesce(sum(bytes), 0)"
+            " AS b, max(newest_commit_time)::text AS hi FROM pgml_history.segments"
+            " WHERE relation_name = $1", ["text"]), [r["relation_name"]])[0]
+        oldest = r["started"] if g["k"] else s["lo"]
+        out.append((r["relation_name"], s["n"] + g["n"], s["b"] + g["b"], oldest,
+                    s["hi"] or g["hi"], r["ret"], g["k"]))
     return out

@@ -396,3 +396,10 @@ def history_info():
     from inference import history
 
     return history.info()
+
+
+@_entry
+def history_compact(relation_name, older_than):
+    from inference import history_compact
+
+    return history_compact.compact(relation_name, older_than)

@@ -28,12 +28,24 @@ if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 return GD["pgml"].history_point_in_time(spine, event_time_column, features, into, ttl)
 $$;
 
+DROP FUNCTION IF EXISTS pgml.history_info();
 CREATE OR REPLACE FUNCTION pgml.history_info()
 RETURNS TABLE (relation_name text, versions bigint, bytes bigint, oldest timestamptz,
-               newest timestamptz, retention interval)
+               newest timestamptz, retention interval, segments bigint)
 LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 return GD["pgml"].history_info()
+$$;
+
+-- Old versions out of Postgres into an immutable Parquet segment (inference/history_compact.py);
+-- the sidecar's --history-retention is applied here.
+CREATE OR REPLACE FUNCTION pgml.history_compact(
+    relation_name text DEFAULT NULL,
+    older_than    interval DEFAULT '1 hour')
+RETURNS TABLE (relation_name text, versions bigint, path text, bytes bigint)
+LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].history_compact(relation_name, older_than)
 $$;
 
 DROP FUNCTION IF EXISTS pgml.train(text, text, text, text, text, jsonb, text, jsonb, jsonb,

@@ -22,9 +22,10 @@ def _big(rng: random.Random) -> str:
     return "".join(f"{rng.getrandbits(64):016x}" for _ in range(BIG // 16))
 
 
-def _workload(src, rng: random.Random, steps: int):
-    """Run ``steps`` transactions one at a time; return [(source time after it, state)]."""
-    state: dict[int, tuple] = {100: (100, "seed", 1, "x")}  # copied before the stream
+def _workload(src, rng: random.Random, steps: int, state: dict | None = None):
+    """Run ``steps`` transactions one at a time; return [(source time after it, state)].
+    ``state``: the table's rows before (default: only the copied seed row)."""
+    state = dict(state) if state is not None else {100: (100, "seed", 1, "x")}
     log = []
     _CHANGES[0] = 0
     for _ in range(steps):
@@ -219,3 +220,37 @@ def test_kill_9_neither_loses_nor_doubles_a_version(source_db, replica_db, sidec
             (name,) = r.execute("SELECT pgml.as_of('public.cust', %s)", (when,)).fetchone()
             assert _rows(r, name) == state, when
     assert sc.terminate() == 0, log_file.read_text()[-3000:]
+
+
+def test_compaction_to_parquet_and_retention(source_db, replica_db, history_setup):
+    """Versions moved into a Parquet segment read the same (TOAST values left unchanged after
+    the compaction are filled from the segment); a second compaction rewrites the segment;
+    retention drops replaced versions and moves the start of history."""
+    sc = history_setup
+    rng = random.Random(21)
+    with source_db.connect() as src, replica_db.connect() as r:
+        src.autocommit = r.autocommit = True
+        log = _workload(src, rng, 25)
+        _caught_up(sc, source_db, replica_db)
+        (moved,) = r.execute("SELECT versions FROM pgml.history_compact('public.cust',"
+                             " interval '0')").fetchone()
+        assert moved > 0
+        log += _workload(src, rng, 25, log[-1][1])
+        _caught_up(sc, source_db, replica_db)
+        for when, state in log[::4] + log[-1:]:
+            (name,) = r.execute("SELECT pgml.as_of('public.cust', %s)", (when,)).fetchone()
+            assert _rows(r, name) == state, when
+        r.execute("SELECT pgml.history_compact('public.cust', interval '0')")
+        info = r.execute("SELECT versions, segments FROM pgml.history_info()").fetchone()
+        assert info[1] == 1 and info[0] >= moved
+        (left,) = r.execute("SELECT count(*) FROM pgml_history.public__cust").fetchone()
+        assert left == 0
+        for when, state in log[1::4]:
+            (name,) = r.execute("SELECT pgml.as_of('public.cust', %s)", (when,)).fetchone()
+            assert _rows(r, name) == state, when
+        r.execute("UPDATE pgml_history.tables SET retention = interval '1 microsecond'")
+        r.execute("SELECT pgml.history_compact('public.cust', interval '0')")
+        with pytest.raises(Exception, match="before the history of public.cust starts"):
+            r.execute("SELECT pgml.as_of('public.cust', %s)", (log[-1][0],))
+        (name,) = r.execute("SELECT pgml.as_of('public.cust', now())").fetchone()
+        assert _rows(r, name) == log[-1][1]
