@@ -95,6 +95,12 @@ def prepare_target(conn: psycopg.Connection, table: TableDef, slot: str) -> bool
         return current.key != table.key
 
 
+def _rate(rows: int, started: float) -> dict[str, float]:
+    """A table's copy rate since this copy began: what /status turns into rows/s and an ETA."""
+    seconds = max(time.monotonic() - started, 1e-6)
+    return {"seconds": round(seconds, 3), "rows_per_second": round(rows / seconds, 1)}
+
+
 class Snapshot:
     """Copies tables in parallel inside one exported snapshot."""
 
@@ -125,9 +131,13 @@ class Snapshot:
         for c in chunks:
             remaining[c.table.qualname] += 1
         rows = {t.qualname: 0 for t in tables}
-        for t in tables:
-            self.state.snapshot[t.qualname] = {"rows": 0, "total": t.est_rows, "done": False}
         started = time.monotonic()
+        for t in tables:
+            # total is pg_class.reltuples until the table is done (then the rows copied):
+            # labelled an estimate, and never shown below what is already copied
+            self.state.snapshot[t.qualname] = {"rows": 0, "total": max(t.est_rows, 0),
+                                               "total_is_estimate": True, "done": False,
+                                               "seconds": 0.0, "rows_per_second": 0.0}
         ui = self._progress_ui(tables)
 
         def finish(conn: psycopg.Connection, table: TableDef) -> None:
@@ -140,7 +150,9 @@ class Snapshot:
                 progress.mark_synced(conn, self.slot, table.schema, table.name, sync_lsn,
                                      rows[table.qualname])
             conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
-            self.state.snapshot[table.qualname].update(rows=rows[table.qualname], done=True)
+            self.state.snapshot[table.qualname].update(
+                rows=rows[table.qualname], total=rows[table.qualname], total_is_estimate=False,
+                done=True, **_rate(rows[table.qualname], started))
             metrics.SNAPSHOT_PROGRESS.labels(table.qualname).set(1.0)
 
         def count(table: TableDef, n: int) -> None:
@@ -150,10 +162,11 @@ class Snapshot:
             metrics.SNAPSHOT_ROWS.labels(table.qualname).inc(n)
             metrics.SNAPSHOT_ROWS_PER_SECOND.set(total / max(time.monotonic() - started, 1e-6))
             got = rows[table.qualname]
-            self.state.snapshot[table.qualname]["rows"] = got
+            entry = self.state.snapshot[table.qualname]
+            entry.update(rows=got, total=max(entry["total"], got), **_rate(got, started))
             if table.est_rows:
                 metrics.SNAPSHOT_PROGRESS.labels(table.qualname).set(
-                    min(got / table.est_rows, 0.99))
+                    min(got / max(table.est_rows, got), 0.99))
             if ui is not None:
                 ui[0].update(ui[1][table.qualname], completed=got)
 

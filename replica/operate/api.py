@@ -99,6 +99,26 @@ def registry_view() -> dict[str, Any]:
     return view
 
 
+def copy_progress(snapshot: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The copy as a whole, from the per-table entries replica.clone.snapshot keeps: rows
+    copied, the total (an estimate until every table is done, never below what is copied),
+    rows/s since the copy began and the seconds left at that rate (None when unknown)."""
+    if not snapshot:
+        return None
+    tables = list(snapshot.values())
+    rows = sum(int(t.get("rows") or 0) for t in tables)
+    total = max(rows, sum(max(int(t.get("total") or 0), int(t.get("rows") or 0))
+                          for t in tables))
+    seconds = max((float(t.get("seconds") or 0) for t in tables), default=0.0)
+    rate = rows / seconds if seconds > 0 else 0.0
+    done = all(t.get("done") for t in tables)
+    eta = 0.0 if done else ((total - rows) / rate if rate > 0 and total > rows else None)
+    return {"rows": rows, "total": total,
+            "total_is_estimate": any(t.get("total_is_estimate") for t in tables),
+            "done": done, "rows_per_second": round(rate, 1),
+            "eta_seconds": None if eta is None else round(eta, 1)}
+
+
 class _ProviderCache:
     """The status provider queries the source; every open dashboard polls /status, so one
     answer serves all callers for ``ttl`` seconds instead of one query per poll."""
@@ -128,6 +148,7 @@ def status_body(state: SidecarState, max_lag_seconds: float,
         max_lag_seconds=max_lag_seconds,
         seconds_since_last_message=(round(time.monotonic() - state.last_message_at, 1)
                                     if state.last_message_at else None),
+        copy=copy_progress(state.snapshot),
     )
     body.update(registry_view())
     if state.status_provider is not None:
@@ -142,10 +163,24 @@ def status_body(state: SidecarState, max_lag_seconds: float,
     return redact(jsonable_encoder(body))
 
 
+def ml_body(provider: Any, cache: _ProviderCache) -> dict[str, Any]:
+    """The /ml document: the ML side as replica.operate.ml_report reads it, or why not."""
+    if provider is None:
+        return {"available": False, "error": "this sidecar has no ML view (no target given)"}
+    try:
+        body = {"available": True, **cache.get(provider)}
+    except Exception as exc:  # the page shows the reason; /status is unaffected
+        body = {"available": False, "error": f"{type(exc).__name__}: {exc}"}
+    return redact(jsonable_encoder(body))
+
+
 def create_app(state: SidecarState, *, max_lag_seconds: float = 30.0,
-               status_cache_seconds: float = 1.0) -> FastAPI:
+               status_cache_seconds: float = 1.0, ml_provider: Any = None,
+               ml_cache_seconds: float = 5.0) -> FastAPI:
     """The sidecar's HTTP app over ``state``; ``max_lag_seconds`` bounds /readyz, and the
-    status provider's answer is reused for ``status_cache_seconds``."""
+    status provider's answer is reused for ``status_cache_seconds``. ``ml_provider`` (the
+    CLI passes ``ml_report.collect`` over the target) answers /ml, reused for
+    ``ml_cache_seconds``: models change when someone trains, not every second."""
     app = FastAPI(title="pgml-replica sidecar", docs_url=None, redoc_url=None,
                   openapi_url=None)
 
@@ -174,6 +209,12 @@ def create_app(state: SidecarState, *, max_lag_seconds: float = 30.0,
     def status() -> JSONResponse:
         return JSONResponse(status_body(state, max_lag_seconds, provider_cache),
                             headers=_NO_STORE)
+
+    ml_cache = _ProviderCache(ml_cache_seconds)
+
+    @app.get("/ml")
+    def ml() -> JSONResponse:
+        return JSONResponse(ml_body(ml_provider, ml_cache), headers=_NO_STORE)
 
     index = DASHBOARD_DIR / "index.html"
 

@@ -134,9 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _install_pgml(settings.target)
     server = None
     if settings.http_port:
+        from replica.operate import ml_report
         from replica.operate.api import HttpServer, create_app
 
-        server = HttpServer(create_app(state, max_lag_seconds=settings.max_lag_seconds),
+        server = HttpServer(create_app(state, max_lag_seconds=settings.max_lag_seconds,
+                                       ml_provider=lambda: ml_report.collect(settings.target)),
                             settings.http_host, settings.http_port).start()
     try:
         Runner(settings, state, stop).run()
@@ -191,7 +193,9 @@ def _print_status(report: dict) -> None:
     console.print(head)
     tables = Table("table", "source rows", "target rows", "copied", "sync LSN")
     for name, t in report.get("tables", {}).items():
-        tables.add_row(name, str(t.get("source_rows")), str(t.get("target_rows")),
+        est = "" if "source_rows" in t else "~"  # n_live_tup unless --exact
+        tables.add_row(name, est + str(t.get("source_rows", t.get("source_rows_estimate"))),
+                       est + str(t.get("target_rows", t.get("target_rows_estimate"))),
                        "yes" if t.get("synced") else "no", str(t.get("sync_lsn") or ""))
     console.print(tables)
 

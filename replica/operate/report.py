@@ -37,6 +37,12 @@ def _source(conn: psycopg.Connection, slot: str, publication: str, exact: bool
                    confirmed_flush_lsn=_text(info.confirmed_flush_lsn),
                    restart_lsn=_text(info.restart_lsn), wal_status=info.wal_status,
                    retained_wal_bytes=info.retained_wal_bytes)
+    # the bound the retained WAL is measured against (-1: unlimited, the slot is never
+    # invalidated and only the source's disk bounds it)
+    keep, = conn.execute("SELECT CASE WHEN setting::bigint < 0 THEN -1 ELSE"
+                         " pg_size_bytes(setting || coalesce(unit, '')) END FROM pg_settings"
+                         " WHERE name = 'max_slot_wal_keep_size'").fetchone()
+    out["max_slot_wal_keep_size_bytes"] = int(keep) if keep is not None else None
     rows = conn.execute(
         "SELECT p.schemaname, p.tablename, s.n_live_tup FROM pg_publication_tables p"
         " LEFT JOIN pg_stat_user_tables s ON s.schemaname = p.schemaname AND"
@@ -83,7 +89,10 @@ def _target(conn: psycopg.Connection, slot: str, tables: list[str], exact: bool
 def collect(source_dsn: str | None, target_dsn: str | None, *, slot: str, publication: str,
             exact: bool = False, timeout: int = 5) -> dict[str, Any]:
     """Slot, positions, lag and per-table rows; a side that cannot be reached is reported
-    as an ``error`` entry instead of failing the whole report."""
+    as an ``error`` entry instead of failing the whole report. Rows are ``source_rows`` /
+    ``target_rows`` with ``exact`` (count(*)), else ``source_rows_estimate`` /
+    ``target_rows_estimate`` (pg_stat_user_tables.n_live_tup, as of the last ANALYZE or
+    stats report)."""
     secrets = secrets_of(source_dsn, target_dsn)
     report: dict[str, Any] = {"slot": slot, "publication": publication,
                               "source": describe(source_dsn) if source_dsn else None,
@@ -116,9 +125,13 @@ def collect(source_dsn: str | None, target_dsn: str | None, *, slot: str, public
         lag_seconds = round(lag_seconds, 3)
     report["lag_bytes"] = lag_bytes
     report["lag_seconds"] = lag_seconds
+    # count(*) when exact, else the statistics' n_live_tup: named *_rows_estimate then, so
+    # nobody reads a planner statistic as the number of rows
+    suffix = "" if exact else "_estimate"
+    report["row_counts"] = "exact" if exact else "estimate"
     report["tables"] = {
-        t: {"source_rows": n, **tgt["tables"].get(t, {"rows": None, "synced": False}),
+        t: {f"source_rows{suffix}": n, **tgt["tables"].get(t, {"rows": None, "synced": False}),
             } for t, n in src.get("tables", {}).items()}
     for info in report["tables"].values():
-        info["target_rows"] = info.pop("rows", None)
+        info[f"target_rows{suffix}"] = info.pop("rows", None)
     return report

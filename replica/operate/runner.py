@@ -140,6 +140,11 @@ class Runner:
         except BaseException:
             src.close()
             raise
+        # both ends answer from here on, the initial copy included (the stream sets these
+        # again; _disconnected clears them when the session ends)
+        state.source_connected = state.target_connected = True
+        metrics.CONNECTED.labels("source").set(1)
+        metrics.CONNECTED.labels("target").set(1)
         try:
             with src, tgt:
                 self._stream(src, tgt)

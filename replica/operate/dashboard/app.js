@@ -4,6 +4,7 @@
 "use strict";
 
 const POLL_MS = 2000;
+const ML_POLL_MS = 5000;
 const HISTORY = 150;             // points per sparkline (5 minutes at 2 s)
 const history = { seconds: [], bytes: [] };
 
@@ -43,6 +44,30 @@ function humanSeconds(s) {
   if (s < 120) return s.toFixed(s < 10 ? 2 : 1);
   return s.toFixed(0);
 }
+
+function humanDuration(s) {
+  if (s === undefined || s === null) return "–";
+  s = Math.round(Number(s));
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m " + (s % 60) + "s";
+  return Math.floor(s / 3600) + "h " + Math.floor((s % 3600) / 60) + "m";
+}
+
+// good below half the bound, warn up to it, bad above: the same bound /readyz and the
+// alert rules use, so the colour agrees with what pages someone
+function level(value, bound) {
+  if (value === undefined || value === null || !(bound > 0)) return "";
+  const v = Number(value);
+  return v > bound ? "bad" : v > bound / 2 ? "warn" : "good";
+}
+
+function setLevel(id, cls) {
+  const el = $(id);
+  el.className = "level " + (cls || "");
+  el.dataset.level = cls || "";
+}
+
+const WAL_ALERT_BYTES = 5 * 1024 ** 3;  // PgmlReplicaWalRetainedHigh when nothing bounds it
 
 function badge(id, text, cls) {
   const el = $(id);
@@ -101,9 +126,13 @@ function renderTables(s) {
     const ops = applied[name] || {};
     const rows = counts[name] || {};
     const tr = document.createElement("tr");
+    // an estimate (pg_stat_user_tables.n_live_tup) is marked "~", never shown as a count
+    const src = "source_rows" in rows ? count(rows.source_rows)
+      : "source_rows_estimate" in rows ? "~" + count(rows.source_rows_estimate) : "–";
+    const tgt = "target_rows" in rows ? count(rows.target_rows)
+      : "target_rows_estimate" in rows ? "~" + count(rows.target_rows_estimate) : "–";
     const cells = [name, groupDigits(ops.insert || 0), groupDigits(ops.update || 0),
-                   groupDigits(ops.delete || 0), groupDigits(ops.truncate || 0),
-                   count(rows.source_rows), count(rows.target_rows)];
+                   groupDigits(ops.delete || 0), groupDigits(ops.truncate || 0), src, tgt];
     for (const v of cells) {
       const td = document.createElement("td");
       td.textContent = v;
@@ -113,6 +142,16 @@ function renderTables(s) {
   }
 }
 
+function renderCopy(s) {
+  const c = s.copy;
+  $("copy-summary").hidden = !c;
+  if (!c) return;
+  setText("copy-rows", groupDigits(c.rows) + " / " + (c.total_is_estimate ? "~" : "") +
+          groupDigits(c.total));
+  setText("copy-rate", groupDigits(c.rows_per_second));
+  setText("copy-eta", c.done ? "done" : humanDuration(c.eta_seconds));
+}
+
 function renderSnapshot(snap) {
   const box = $("snapshot");
   box.replaceChildren();
@@ -120,8 +159,9 @@ function renderSnapshot(snap) {
   $("snapshot-empty").hidden = names.length > 0;
   for (const name of names) {
     const t = snap[name] || {};
-    const rows = Number(t.rows || 0), total = Number(t.total || 0);
-    const ratio = total > 0 ? Math.min(1, rows / total) : (t.done ? 1 : 0);
+    const rows = Number(t.rows || 0), total = Math.max(Number(t.total || 0), rows);
+    const ratio = t.done ? 1 : total > 0 ? Math.min(0.99, rows / total) : 0;
+    const est = t.total_is_estimate && !t.done;
     const row = document.createElement("div");
     row.className = "snap-row";
     const label = document.createElement("span");
@@ -132,8 +172,9 @@ function renderSnapshot(snap) {
     bar.value = ratio;
     const text = document.createElement("span");
     text.className = "snap-text";
-    text.textContent = groupDigits(rows) + (total > 0 ? " / " + groupDigits(total) : "") +
-      " rows (" + (ratio * 100).toFixed(0) + "%)";
+    text.textContent = groupDigits(rows) +
+      (total > 0 ? " / " + (est ? "~" : "") + groupDigits(total) : "") +
+      " rows (" + (ratio * 100).toFixed(0) + "%)" + (est ? " est." : "");
     row.append(label, bar, text);
     box.appendChild(row);
   }
@@ -192,6 +233,8 @@ function render(s) {
 
   const known = (v) => v !== undefined && v !== null;
   setText("lag-seconds", humanSeconds(s.lag_seconds));
+  setText("lag-bound", known(s.max_lag_seconds) ? s.max_lag_seconds : null);
+  setLevel("lag-seconds", level(s.lag_seconds, s.max_lag_seconds));
   setText("lag-bytes", known(s.lag_bytes) ? groupDigits(s.lag_bytes) : null);
   setText("lag-bytes-human", known(s.lag_bytes) ? humanBytes(s.lag_bytes) : null);
   pushHistory("seconds", s.lag_seconds);
@@ -208,6 +251,12 @@ function render(s) {
   const retained = s.retained_wal_bytes;
   setText("wal-retained", retained === undefined || retained === null ? null : groupDigits(retained));
   setText("wal-retained-human", retained === undefined || retained === null ? null : humanBytes(retained));
+  const keep = s.max_slot_wal_keep_size_bytes;
+  const walBound = keep > 0 ? keep : WAL_ALERT_BYTES;
+  setText("wal-bound", keep > 0 ? humanBytes(keep) + " (max_slot_wal_keep_size)"
+          : humanBytes(WAL_ALERT_BYTES) + " (the alert's threshold" +
+            (keep === -1 ? "; max_slot_wal_keep_size is unlimited)" : ")"));
+  setLevel("wal-retained-human", ws === "lost" ? "bad" : level(retained, walBound));
 
   setText("received-lsn", s.received_lsn);
   setText("applied-lsn", s.applied_lsn);
@@ -222,9 +271,94 @@ function render(s) {
   setText("uptime", s.uptime_seconds === undefined ? null : humanSeconds(s.uptime_seconds) + " s");
 
   renderTables(s);
+  setText("rows-note", s.row_counts === "estimate"
+    ? "~ rows on source/target are the statistics' estimates (n_live_tup); " +
+      "`pgml-replica status --exact` counts them" : "");
+  renderCopy(s);
   renderSnapshot(s.snapshot);
   renderErrors(s);
   setText("updated", "updated " + new Date().toLocaleTimeString());
+}
+
+function cell(tr, id, value, cls) {
+  const td = document.createElement("td");
+  if (id) td.id = id;
+  if (cls) td.className = cls;
+  td.textContent = value === undefined || value === null ? "–" : String(value);
+  tr.appendChild(td);
+}
+
+function metricText(k) {
+  if (!k || !k.name) return "–";
+  return k.name + " = " + (k.value === null || k.value === undefined ? "–"
+    : Number(k.value).toPrecision(4)) + (k.higher_is_better ? " ↑" : " ↓");
+}
+
+function when(iso) {
+  // UTC, as stored: the same text an operator reads in psql
+  return iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", " UTC") : "–";
+}
+
+function renderMl(m) {
+  setText("ml-error", m.available ? "" : "ML view: " + (m.error || "unavailable"));
+  if (!m.available) return;
+  if (!m.installed) {
+    setText("ml-error", "pgml is not installed on the ML replica");
+    return;
+  }
+  const dev = m.device || {};
+  badge("ml-device", dev.gpu === true ? "GPU (CUDA)" : dev.gpu === false ? "CPU" : "unknown",
+        dev.gpu === true ? "good" : dev.gpu === false ? "" : "warn");
+  $("ml-device").title = (dev.providers || []).join(", ") || dev.error || "";
+  setText("ml-last-trained", when(m.last_trained_at));
+  setText("ml-version", m.version);
+  const projects = m.projects || [];
+  $("ml-empty").hidden = projects.length > 0;
+  const body = $("ml-projects");
+  body.replaceChildren();
+  for (const p of projects) {
+    const d = p.deployed || {};
+    const tr = document.createElement("tr");
+    const id = "ml-" + p.name.replace(/[^A-Za-z0-9_-]/g, "_") + "-";
+    tr.id = id + "row";
+    cell(tr, id + "name", p.name);
+    cell(tr, id + "task", p.task);
+    cell(tr, id + "model", p.deployed ? "#" + d.model_id : "none deployed");
+    cell(tr, id + "algorithm", d.algorithm);
+    cell(tr, id + "runtime", d.runtime === "onnx" ? "ONNX" : d.runtime === "python" ? "Python" : d.runtime);
+    cell(tr, id + "device", d.device);
+    cell(tr, id + "metric", p.deployed ? metricText(d.key_metric) : null);
+    cell(tr, id + "deployed", when(d.deployed_at));
+    cell(tr, id + "trained", when(p.last_trained_at));
+    cell(tr, id + "models", p.models);
+    body.appendChild(tr);
+  }
+  const hist = $("ml-history");
+  hist.replaceChildren();
+  for (const h of m.deployments || []) {
+    const tr = document.createElement("tr");
+    tr.id = "ml-deployment-" + h.id;
+    cell(tr, null, when(h.deployed_at));
+    cell(tr, null, h.project);
+    cell(tr, null, "#" + h.model_id);
+    cell(tr, null, h.algorithm);
+    cell(tr, null, (h.runtime === "onnx" ? "ONNX" : "Python") + " / " + h.device);
+    cell(tr, null, h.strategy);
+    cell(tr, null, metricText(h.key_metric));
+    hist.appendChild(tr);
+  }
+}
+
+async function pollMl() {
+  try {
+    const resp = await fetch("ml", { cache: "no-store" });
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    renderMl(await resp.json());
+  } catch (err) {
+    renderMl({ available: false, error: err.message || String(err) });
+  } finally {
+    setTimeout(pollMl, ML_POLL_MS);
+  }
 }
 
 async function poll() {
@@ -242,3 +376,4 @@ async function poll() {
 }
 
 poll();
+pollMl();

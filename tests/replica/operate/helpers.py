@@ -81,8 +81,8 @@ def dump_dom(url: str, budget_ms: int = 5000) -> Dom:
     return Dom(chromium(url, f"--virtual-time-budget={budget_ms}", "--dump-dom"))
 
 
-def screenshot(url: str, path: Path, budget_ms: int = 5000) -> Path:
-    chromium(url, f"--virtual-time-budget={budget_ms}", "--window-size=1280,900",
+def screenshot(url: str, path: Path, budget_ms: int = 5000, size: str = "1280,900") -> Path:
+    chromium(url, f"--virtual-time-budget={budget_ms}", f"--window-size={size}",
              f"--screenshot={path}")
     return path
 

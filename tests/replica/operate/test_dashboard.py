@@ -35,8 +35,11 @@ def lively_state(**kw):
     return streaming_state(
         received_lsn=0x1_7000_0000, applied_lsn=0x1_6B37_4D48, flushed_lsn=0x1_6B30_0000,
         last_commit_time=datetime.now(UTC) - timedelta(seconds=4),
-        snapshot={"public.items": {"rows": 37, "total": 37},
-                  "public.orders": {"rows": 750_000, "total": 1_000_000}},
+        snapshot={"public.items": {"rows": 37, "total": 37, "total_is_estimate": False,
+                                   "done": True, "seconds": 0.5},
+                  "public.orders": {"rows": 750_000, "total": 1_000_000,
+                                    "total_is_estimate": True, "done": False,
+                                    "seconds": 75.0}},
         error=f"retrying: connection to postgresql://app:{SECRET}@db.internal/app lost", **kw)
 
 
@@ -71,6 +74,24 @@ def test_dashboard_shows_state_and_slot(serve, slot_on_source, source_db, replic
     assert dom["confirmed-flush-lsn"] == confirmed
     assert dom["wal-status"] == "reserved" and "good" in dom.classes("wal-status")
     assert GROUPED.match(dom["wal-retained"]), dom["wal-retained"]
+    # retained WAL coloured against the source's own bound, as the source reports it
+    keep, = source_db.execute("SELECT CASE WHEN setting::bigint < 0 THEN -1 ELSE"
+                              " pg_size_bytes(setting || unit) END FROM pg_settings"
+                              " WHERE name = 'max_slot_wal_keep_size'")[0]
+    retained = int(dom["wal-retained"].replace(",", ""))
+    if keep > 0:
+        assert dom["wal-bound"].endswith("(max_slot_wal_keep_size)")
+        expected = "good" if retained <= keep / 2 else "warn" if retained <= keep else "bad"
+    else:
+        assert dom["wal-bound"] == ("5.0 GiB (the alert's threshold; max_slot_wal_keep_size"
+                                    " is unlimited)")
+        expected = "good" if retained <= 2.5 * 1024**3 else "warn"
+    assert dom.attrs["wal-retained-human"]["data-level"] == expected
+    # lag (a few seconds) against --max-lag-seconds (30 here)
+    assert dom["lag-bound"] == "30"
+    assert dom.attrs["lag-seconds"]["data-level"] == "good"
+    # n_live_tup is never shown as a count: exact here, so no estimate note
+    assert dom["rows-note"] == ""
     assert dom.hidden("slot-lost") and dom.hidden("unreachable")
     # the page polled more than once: its sparkline has history
     assert int(dom.attrs["spark-seconds"]["data-points"]) >= 2
@@ -82,7 +103,13 @@ def test_dashboard_shows_state_and_slot(serve, slot_on_source, source_db, replic
                                                  {"table": "public.ops_dash", "op": "insert"})
     assert table["public.ops_dash"][0] == f"{inserted:,.0f}"
     assert "37 / 37 rows (100%)" in dom["snapshot"]
-    assert "750,000 / 1,000,000 rows (75%)" in dom["snapshot"]
+    # reltuples is an estimate until the table is done: marked so on the page
+    assert "750,000 / ~1,000,000 rows (75%) est." in dom["snapshot"]
+    assert not dom.hidden("copy-summary")
+    assert dom["copy-rows"] == "750,037 / ~1,000,037"
+    rate = round(750_037 / 75, 1)  # /status's rows_per_second; the page rounds half up
+    assert dom["copy-rate"] == f"{int(rate + 0.5):,}"
+    assert dom["copy-eta"] == "25s"  # 250,000 rows at 10,000 rows/s
     assert "postgresql://app:********@db.internal/app" in dom["error"]
     assert SECRET not in dom.html
     assert dom["query-errors"] == ""
@@ -94,6 +121,27 @@ def test_dashboard_shows_state_and_slot(serve, slot_on_source, source_db, replic
     head = png.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", head[16:24]) == (1280, 900)
+
+
+def test_dashboard_colours_lag_above_its_bound_and_marks_estimates(serve, slot_on_source,
+                                                                    source_db):
+    """The provider's default (statistics) row counts are shown with "~" and a note, never
+    as counts; lag of a few seconds against a 1 s bound is red."""
+    dsn, slot = slot_on_source
+    source_db.execute("ANALYZE public.items")
+    state = lively_state(slot=slot, publication="ops_pub", tables=["public.items"],
+                         status_provider=lambda: report.collect(
+                             dsn, None, slot=slot, publication="ops_pub"))
+    dom = dump_dom(serve(state).url + "/")
+    [(n_live,)] = source_db.execute("SELECT n_live_tup FROM pg_stat_user_tables"
+                                    " WHERE relname = 'items'")
+    rows = re.findall(r"<tr><td>public.items</td>((?:<td>[^<]*</td>)*)</tr>", dom.html)
+    assert re.findall(r"<td>([^<]*)</td>", rows[0])[-2] == f"~{n_live:,}"
+    assert "estimates (n_live_tup)" in dom["rows-note"]
+    # the state's own lag (its last commit a few seconds ago) against a 1 s bound
+    dom = dump_dom(serve(lively_state(), max_lag_seconds=1).url + "/")
+    assert dom.attrs["lag-seconds"]["data-level"] == "bad"
+    assert "bad" in dom.classes("lag-seconds")
 
 
 def test_dashboard_says_a_lost_slot_needs_a_new_snapshot(serve, wal_status_reset, tmp_path):

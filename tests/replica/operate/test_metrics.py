@@ -38,7 +38,7 @@ def test_every_error_kind_and_peer_is_exported_before_the_first_error(serve):
     samples = _scrape(serve(streaming_state()).url)
     exported = {dict(labels)["kind"] for (name, labels) in samples
                 if name == "pgml_replica_errors_total"}
-    assert exported == kinds
+    assert kinds <= exported  # (other tests of this process may have counted more kinds)
     peers = {dict(labels)["peer"] for (name, labels) in samples
              if name == "pgml_replica_reconnects_total"}
     assert peers == {"source", "target"}
