@@ -12,7 +12,10 @@ included -- which a second, loopback connection could not do):
    and feature row i are the same row.
 2. Score in batches of BATCH_ROWS rows through the deployed model's Scorer (``predict`` with
    the threads Postgres allows one query, as predict_batch; on a CUDA box the RoutedScorer
-   sends these batches to the tensor graph).
+   sends these batches to the tensor graph) -- or, for XGBoost and LightGBM on the CPU, through
+   the stored native pipeline, whose own batch predictor is faster than onnxruntime's
+   TreeEnsemble kernel, once it has answered like the graph on the batch's first rows
+   (``native_scorer``).
 3. Write. ``CREATE TABLE into AS SELECT ... FROM unnest($1, $2, ...)`` with the keys, the
    predictions and, for classifiers, one float8[] per class folded into ``probabilities``:
    PL/Python hands each numpy column over as one array parameter; CREATE TABLE AS inserts
@@ -51,23 +54,40 @@ def predict_relation(project_name: str, relation_name: str, key_columns: list[st
     oid, source = relations.resolve(relation_name)
     cols = {c.name: c for c in relations.columns(oid)}
     keys = list(key_columns or [])
+    encoding = (model.encoding or {}).get("inputs")
+    encoded, features = features, [e["name"] for e in encoding] if encoding else features
+    categories = {e["name"]: e["categories"] for e in encoding or () if "encode" in e}
     for name in [*keys, *features]:
         if name not in cols:
             role = "key column" if name in keys else "feature column"
             raise UnknownColumn(f"{role} {name!r} does not exist in {relation_name}; its "
                                 f"columns are: {', '.join(cols)}")
     for name in features:
-        if cols[name].base_oid not in relations.NUMERIC_TYPES:
+        if cols[name].base_oid not in relations.NUMERIC_TYPES and name not in categories:
             raise InvalidData(f"feature column {name!r} of {relation_name} has type "
                               f"{cols[name].pg_type}, which is not numeric")
     if set(keys) & {"prediction", "probabilities"} or len(set(keys)) != len(keys):
         raise PgmlError("key_columns must be distinct and not named prediction or probabilities")
 
-    n, key_values, X = _read(source, [cols[k] for k in keys], [cols[f] for f in features])
+    n, key_values, X = _read(source, [cols[k] for k in keys], [cols[f] for f in features],
+                             categories)
+    if encoding:  # text columns were read as codes: the model's encoded features
+        from inference.encoding import apply
+
+        values = apply(model.encoding, {f: X[:, j] for j, f in enumerate(features)})
+        X = relations.gather(values, encoded, np.arange(n))
     prediction = np.empty(n)
     proba = np.empty((n, len(scorer.classes))) if scorer.has_proba and n else None
+    native = native_scorer(model.model_id, scorer, X, threads)
+    LAST_RUN.update(model_id=model.model_id, rows=n,
+                    scored_by="onnx" if native is None else f"native {_final_name(native)}")
     for start in range(0, n, BATCH_ROWS):
         part = X[start:start + BATCH_ROWS]
+        if native is not None:
+            prediction[start:start + len(part)] = native.predict(part)
+            if proba is not None:
+                proba[start:start + len(part)] = native.predict_proba(part)
+            continue
         prediction[start:start + len(part)] = scorer.predict(part, threads=threads)
         if proba is not None:
             proba[start:start + len(part)] = scorer.predict_proba(part)
@@ -75,14 +95,81 @@ def predict_relation(project_name: str, relation_name: str, key_columns: list[st
     return n
 
 
-def _read(source: str, keys, features) -> tuple[int, list[list], np.ndarray]:
+# Estimators whose own batch predictor beats onnxruntime's TreeEnsemble kernel on the CPU
+# (XGBoost's inplace_predict ~5x on a 100-tree model, docs/benchmarks.md): bulk scoring uses
+# the stored native pipeline for them, after checking it answers like the served graph.
+NATIVE_BULK = ("XGBRegressor", "XGBClassifier", "XGBRFRegressor", "XGBRFClassifier",
+               "LGBMRegressor", "LGBMClassifier")
+LAST_RUN: dict = {}  # what scored this backend's last predict_relation (pgml.runtime_info)
+NATIVE_MIN_ROWS = 20_000  # below this, loading the pickle costs more than it saves
+CHECK_ROWS = 2_000
+
+
+def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int):
+    """The model's native pipeline (model.pkl) for a large batch, or None to use ``scorer``.
+
+    Only where the served graph is the default CPU one (a CUDA-routed scorer keeps its tensor
+    graph), the estimator is one of NATIVE_BULK, and the pipeline answers like ``scorer`` on
+    the first CHECK_ROWS rows of this very batch -- the bar of training's parity check
+    (inference.parity: regression within RTOL of the predictions' scale, labels equal on
+    all but MAX_BOUNDARY_FRACTION of the rows, probabilities within PROBA_ATOL). Training
+    already checked graph and pipeline on the test split; this re-check on the rows being
+    scored costs a few milliseconds and keeps a mismatch from ever reaching a table.
+    """
+    import pickle
+
+    from inference import parity
+
+    if len(X) < NATIVE_MIN_ROWS or getattr(scorer, "cuda", False) or scorer.runtime != "onnx":
+        return None
+    data = store.model_file(model_id, "model.pkl")
+    if data is None:
+        return None
+    pipeline = pickle.loads(data)  # noqa: S301 - our own model file, written by pgml.train
+    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    inner = getattr(final, "estimator_", final)
+    if type(inner).__name__ not in NATIVE_BULK:
+        return None
+    if "n_jobs" in inner.get_params():
+        inner.set_params(n_jobs=max(1, int(threads)))
+    probe = X[:CHECK_ROWS]
+    ours, theirs = scorer.predict(probe), np.asarray(pipeline.predict(probe), dtype=np.float64)
+    if scorer.classes is None:
+        scale = max(float(np.max(np.abs(ours))) if len(ours) else 0.0, 1.0)
+        if not np.allclose(theirs, ours, rtol=0, atol=parity.RTOL * scale, equal_nan=True):
+            return None
+    elif np.mean(theirs != ours) > parity.MAX_BOUNDARY_FRACTION:
+        return None
+    if scorer.has_proba and not np.allclose(pipeline.predict_proba(probe),
+                                            scorer.predict_proba(probe), atol=parity.PROBA_ATOL):
+        return None
+    return pipeline
+
+
+def _final_name(pipeline) -> str:
+    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    return type(getattr(final, "estimator_", final)).__name__
+
+
+def _read(source: str, keys, features,
+          categories: dict[str, list[str]] | None = None) -> tuple[int, list[list], np.ndarray]:
+    """One scan: keys as arrays, features as float8 bytes (a text column as its codes:
+    NULL 0, a known value its 1-based place in ``categories``, an unknown one NaN)."""
     parts = ["count(*)::int8 AS n"]
     parts += [f"array_agg({plpy.quote_ident(k.name)}) AS k{i}" for i, k in enumerate(keys)]
+    params: list[list[str]] = []
     for i, c in enumerate(features):
         value = plpy.quote_ident(c.name)
-        value = f"{value}::int::float8" if c.base_oid == 16 else f"{value}::float8"
+        if categories and c.name in categories:
+            params.append(list(categories[c.name]))
+            value = (f"(CASE WHEN {value} IS NULL THEN 0 ELSE array_position(${len(params)}"
+                     f"::text[], {value}::text) END)::float8")
+        else:
+            value = f"{value}::int::float8" if c.base_oid == 16 else f"{value}::float8"
         parts.append(f"string_agg(coalesce(float8send({value}), {_NAN}), ''::bytea) AS c{i}")
-    row = plpy.execute(f"SELECT {', '.join(parts)} FROM {source}")[0]  # noqa: S608 - quoted
+    sql = f"SELECT {', '.join(parts)} FROM {source}"  # noqa: S608 - quoted
+    row = (plpy.execute(plpy.prepare(sql, ["text[]"] * len(params)), params) if params
+           else plpy.execute(sql))[0]
     n = row["n"]
     X = np.empty((n, len(features)), dtype=np.float64)
     for i in range(len(features)):

@@ -33,6 +33,7 @@ class Loaded:
     model_id: int
     scorer: object
     joint: bool
+    encoding: dict | None = None  # text columns/labels (inference/encoding.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Deployed:
     model_id: int
     scorer: object
     joint: bool
+    encoding: dict | None = None
 
 
 _LOADED: OrderedDict[int, Loaded] = OrderedDict()
@@ -63,7 +65,7 @@ def loaded(model_id: int) -> Loaded:
     found = Loaded(model_id,
                    load_scorer(stored.runtime, onnx, native, stored.task, stored.num_features,
                                tensor=tensor),
-                   stored.joint)
+                   stored.joint, stored.encoding)
     _LOADED[model_id] = found
     while len(_LOADED) > MAX_CACHED_SCORERS:
         _LOADED.popitem(last=False)
@@ -85,7 +87,7 @@ def for_statement(project_name: str, statement_key: float) -> Deployed:
     if found is None or found.statement_key != statement_key:
         model = loaded(store.deployed_model(project_name))
         found = _DEPLOYED[project_name] = Deployed(statement_key, model.model_id, model.scorer,
-                                                   model.joint)
+                                                   model.joint, model.encoding)
     return found
 
 

@@ -20,7 +20,15 @@ import json
 import numpy as np
 
 from inference import relations, store
-from inference.errors import InvalidData, NotDeployed, PgmlError, UnknownProject, UnknownRelation
+from inference.encoding import TEXT_TYPES
+from inference.errors import (
+    InvalidData,
+    NotDeployed,
+    NotNumeric,
+    PgmlError,
+    UnknownProject,
+    UnknownRelation,
+)
 
 STRATEGIES = ("best_score", "most_recent", "rollback")  # 'specific': deploy_model, by id
 SEARCHES = ("grid", "random")
@@ -33,7 +41,7 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
           search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess,
           joint=False):
     """Train a model for the project; (project, task, algorithm, deployment status)."""
-    from inference import algorithms, training
+    from inference import algorithms, encoding, training
 
     if not project_name:
         raise PgmlError("project_name must not be empty")
@@ -69,9 +77,19 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
             raise InvalidData(f"y column {y!r} has {missing} NULL value(s); train on a view "
                               f"that filters them out (WHERE {y} IS NOT NULL) or fills them")
     features = snap.features
+    text_labels = [y for y in snap.y_column_name if y in snap.categories]
+    if text_labels and task != "classification":
+        raise NotNumeric(f"y column {text_labels[0]!r} is text: only classification takes "
+                         "text labels; cast it to a number for a regression")
     labels = values[snap.y_column_name[0]] if task == "classification" else None
     train_rows, test_rows = relations.split(n, snap.test_size, snap.test_sampling,
                                             snap.random_state, labels)
+    features, values, preprocess, encoded = encoding.fit(
+        snap.columns, preprocess, values, train_rows,
+        values[snap.y_column_name[0]] if snap.y_column_name else None)
+    if text_labels:
+        encoded = {**(encoded or {"inputs": None}),
+                   "label_categories": snap.categories[text_labels[0]]}
     preprocess = _expand_arrays(preprocess, snap.widths)
     X_train, X_test = (relations.gather(values, features, rows) for rows in (train_rows, test_rows))
     Y_train, Y_test = (relations.gather(values, snap.y_column_name, rows)
@@ -84,7 +102,7 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
                              random_state=snap.random_state)
         joint = task == "decomposition"  # several outputs per row, like a joint model
         return _store_and_deploy(project, project_name, task, snap, algorithm, features, result,
-                                 None, {}, {}, joint, automatic_deploy, X_test)
+                                 None, {}, {}, joint, automatic_deploy, X_test, encoded)
     if not joint:
         Y_train, Y_test = Y_train.reshape(-1), Y_test.reshape(-1)
     result = training.train(
@@ -93,12 +111,17 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
         search_params=search_params, search_args=search_args, joint=joint,
         random_state=snap.random_state)
     return _store_and_deploy(project, project_name, task, snap, algorithm, features, result,
-                             search, search_params, search_args, joint, automatic_deploy, X_test)
+                             search, search_params, search_args, joint, automatic_deploy, X_test,
+                             encoded)
 
 
 def _store_and_deploy(project, project_name, task, snap, algorithm, features, result, search,
-                      search_params, search_args, joint, automatic_deploy, X_test):
+                      search_params, search_args, joint, automatic_deploy, X_test,
+                      encoded=None):
     from inference.algorithms import UNSUPERVISED
+
+    if encoded:  # text columns/labels: the category maps travel with the model's preprocess
+        result.preprocessor = {**result.preprocessor, "encoding": encoded}
 
     if project is None:
         project = store.create_project(project_name, task)
@@ -198,7 +221,8 @@ def _snapshot_for(project, project_name, relation_name, y_columns, test_size, te
             raise UnknownRelation(
                 f"the snapshot table {previous.table} of project {project_name!r} was dropped; "
                 "pass relation_name to take a new snapshot") from None
-        n, values = relations.load(previous.table, relations.columns(oid), previous.widths)
+        n, values = relations.load(previous.table, relations.columns(oid), previous.widths,
+                                   previous.categories, tuple(previous.y_column_name))
         return previous, n, values
     if not y_columns and not unsupervised:
         if previous is None:
@@ -221,8 +245,10 @@ def take_snapshot(relation_name, y_columns, test_size, test_sampling):
     for c, m in zip(cols, meta, strict=True):
         if c.is_array:  # the width is part of the snapshot: a retrain expands it the same way
             m["width"] = relations.array_width(snap.table, c)
+        elif c.base_oid in TEXT_TYPES:  # so are the categories a text column's codes index
+            m["categories"] = relations.categories(snap.table, c)
     snap = dataclasses.replace(snap, columns=meta)
-    n, values = relations.load(snap.table, cols, snap.widths)
+    n, values = relations.load(snap.table, cols, snap.widths, snap.categories, tuple(y_columns))
     # statistics of the snapshot's own rows (PostgresML #527 read them from the live table)
     store.finish_snapshot(snap.id, n, relations.analyze(values), meta)
     return snap, n, values

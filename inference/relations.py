@@ -25,6 +25,7 @@ import numpy as np
 import plpy
 
 from inference import store
+from inference.encoding import TEXT_TYPES
 from inference.errors import InvalidData, NotNumeric, PgmlError, UnknownColumn, UnknownRelation
 
 # Base types a feature or label may have (a domain over one of them counts as that type).
@@ -111,12 +112,14 @@ def check_columns(relation_name: str, cols: list[Column], y_columns: list[str]) 
     for c in cols:
         if c.is_array and c.name not in y_columns and c.elem_oid in NUMERIC_TYPES:
             continue  # an array of numbers: one feature per element, as PostgresML
+        if c.base_oid in TEXT_TYPES and not c.is_array:
+            continue  # a text categorical (inference/encoding.py): codes of its categories
         if c.base_oid not in NUMERIC_TYPES:
             role = "y column" if c.name in y_columns else "feature column"
             raise NotNumeric(
                 f"{role} {c.name!r} of {relation_name} has type {c.pg_type}, which is not "
-                "numeric; train on a view that casts it to a number or leaves it out "
-                "(encoding text columns is not supported yet)"
+                "numeric or text; train on a view that casts it to a number or text, or "
+                "leaves it out"
             )
 
 
@@ -126,8 +129,9 @@ def materialize(snapshot: store.Snapshot, source: str, cols: list[Column]) -> No
     plpy.execute(f"CREATE TABLE {snapshot.table} AS SELECT {select} FROM {source}")  # noqa: S608 - quoted identifiers and our integer id
 
 
-def load(table: str, cols: list[Column],
-         widths: dict[str, int] | None = None) -> tuple[int, dict[str, np.ndarray]]:
+def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
+         categories: dict[str, list[str]] | None = None,
+         labels: tuple[str, ...] = ()) -> tuple[int, dict[str, np.ndarray]]:
     """(row count, column name -> float64 values with NaN for NULL), one scan of ``table``.
 
     An array column becomes one entry per element (``element_names``); ``widths`` gives their
@@ -138,8 +142,14 @@ def load(table: str, cols: list[Column],
     native matrices. Converting every column first and then gathering the split from a full
     feature matrix copied 1M x 11 values three times (0.3-0.8 s on the dev box, where touching
     fresh memory is slow); gathering from the views copies them once (~0.2 s).
+
+    A text column of ``categories`` (name -> the snapshot's sorted values) loads as codes
+    (inference/encoding.py): NULL 0 (NaN for a label, which must not be NULL), a known value
+    its 1-based position, an unknown one NaN.
     """
     parts = ["count(*)::int8 AS n"]
+    categories = categories or {}
+    params: list[list[str]] = []
     widths = dict(widths or {})
     for c in cols:
         if c.is_array and c.name not in widths:
@@ -153,12 +163,22 @@ def load(table: str, cols: list[Column],
                      f" ORDER BY o) FROM unnest({value}) WITH ORDINALITY u(e, o)")
             parts.append(f"string_agg(coalesce(({inner}), {nulls}), ''::bytea) AS c{i}")
             continue
-        value = f"{value}::int::float8" if c.base_oid == _BOOL else f"{value}::float8"
+        if c.name in categories:
+            params.append(list(categories[c.name]))
+            found = f"array_position(${len(params)}::text[], {value}::text COLLATE \"C\")"
+            value = (f"{found}::float8" if c.name in labels
+                     else f"(CASE WHEN {value} IS NULL THEN 0 ELSE {found} END)::float8")
+        else:
+            value = f"{value}::int::float8" if c.base_oid == _BOOL else f"{value}::float8"
         parts.append(f"string_agg(coalesce(float8send({value}), {_NAN}), ''::bytea) AS c{i}")
     previous = store.query("SELECT current_setting('synchronize_seqscans') AS v")[0]["v"]
     _set_syncscan("off")
     try:
-        row = plpy.execute(f"SELECT {', '.join(parts)} FROM {table}")[0]  # noqa: S608 - quoted identifiers
+        sql = f"SELECT {', '.join(parts)} FROM {table}"  # noqa: S608 - quoted identifiers
+        if params:
+            row = plpy.execute(plpy.prepare(sql, ["text[]"] * len(params)), params)[0]
+        else:
+            row = plpy.execute(sql)[0]
     finally:
         _set_syncscan(previous)
     n = row["n"]
@@ -173,6 +193,14 @@ def load(table: str, cols: list[Column],
         for j, name in enumerate(element_names(c.name, width)):
             out[name] = matrix[:, j]
     return n, out
+
+
+def categories(table: str, c: Column) -> list[str]:
+    """A text column's distinct non-NULL values, in byte order (the codes' order)."""
+    col = plpy.quote_ident(c.name)
+    row = plpy.execute(f"SELECT array_agg(DISTINCT {col}::text COLLATE \"C\") AS v"  # noqa: S608 - quoted
+                       f" FROM {table} WHERE {col} IS NOT NULL")[0]
+    return sorted(row["v"] or [])
 
 
 def array_width(table: str, c: Column) -> int:

@@ -66,7 +66,7 @@ def environment() -> str:
 
     versions = {"numpy": numpy.__version__, "sklearn": sklearn.__version__,
                 "onnxruntime": onnxruntime.__version__}
-    for dist in ("onnx", "skl2onnx", "onnxmltools", "xgboost", "lightgbm"):
+    for dist in ("onnx", "skl2onnx", "onnxmltools", "xgboost", "lightgbm", "catboost"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -212,12 +212,43 @@ def model_predict_batch(model_id, features: bytes):
 def predict_row(project_name, row, statement_key):
     """pgml.predict(project, (col, col, ...)): a heterogeneous row, fields in feature order."""
     model = deployed.for_statement(project_name, statement_key)
-    return model.scorer.predict_one(_row_features(row))
+    return model.scorer.predict_one(_encoded_row(model, row))
 
 
 @_entry
 def model_predict_row(model_id, row):
-    return deployed.loaded(model_id).scorer.predict_one(_row_features(row))
+    model = deployed.loaded(model_id)
+    return model.scorer.predict_one(_encoded_row(model, row))
+
+
+@_entry
+def predict_label(project_name, features, statement_key, row=False):
+    """pgml.predict_label: the predicted class as text -- a text label's own value (the
+    number pgml.predict returns is its code, as in PostgresML), else the number as text."""
+    model = deployed.for_statement(project_name, statement_key)
+    if row:
+        features = _encoded_row(model, features)
+    elif features and type(features[0]) is list:
+        features = _flat(features)
+    value = model.scorer.predict_one(features)
+    categories = (model.encoding or {}).get("label_categories")
+    if categories is not None:
+        from inference.encoding import label
+
+        return label(categories, value)
+    return str(int(value)) if value == value and float(value).is_integer() else repr(value)
+
+
+def _encoded_row(model, row) -> list:
+    """A row's fields as the model's features: text categoricals through the stored maps."""
+    inputs = (model.encoding or {}).get("inputs")
+    if not inputs:
+        return _row_features(row)
+    from inference.encoding import encode_row
+
+    row = json.loads(row) if isinstance(row, str) else row
+    fields = list(row.values()) if isinstance(row, dict) else row if isinstance(row, list) else [row]
+    return encode_row(model.encoding, fields)
 
 
 @_entry
@@ -253,8 +284,8 @@ def _flat(nested) -> list:
 def _row_features(row) -> list:
     """A record's fields as numbers in order (arrays flattened, booleans as 0/1, NULL as None).
 
-    Text fields are refused: encoding text categoricals at predict time needs the category
-    maps of a model trained on text columns."""
+    A model trained on text columns goes through _encoded_row instead; here a text value
+    is refused."""
     row = json.loads(row) if isinstance(row, str) else row
     values = row.values() if isinstance(row, dict) else row if isinstance(row, list) else [row]
     out = []
@@ -290,6 +321,10 @@ def runtime_info(project_name=None) -> str:
         info["project"] = {"name": project_name, "model_id": model_id, "runtime": s.runtime,
                            "providers": list(s.providers), "graph": getattr(s, "graph", None),
                            "batch_graph": _batch_graph(s)}
+    from inference.bulk import LAST_RUN
+
+    if LAST_RUN:
+        info["last_predict_relation"] = dict(LAST_RUN)
     return json.dumps(info)
 
 

@@ -107,6 +107,12 @@ class Snapshot:
         return out
 
     @property
+    def categories(self) -> dict[str, list[str]]:
+        """Text columns and their sorted values: what their codes index (inference/encoding)."""
+        return {c["name"]: c["categories"] for c in self.columns
+                if c.get("categories") is not None}
+
+    @property
     def widths(self) -> dict[str, int]:
         """Array columns and their number of elements, as recorded when the snapshot was taken."""
         return {c["name"]: int(c["width"]) for c in self.columns if c.get("width") is not None}
@@ -302,12 +308,14 @@ class StoredModel:
     num_features: int
     joint: bool
     data: bytes
+    encoding: dict | None = None  # text columns/labels: inference/encoding.py's maps
 
 
 def stored_model(model_id: int) -> StoredModel:
     """The model's served file, reassembled from its parts; UnknownModel when there is none."""
     rows = query(
         "SELECT m.runtime, m.num_features, m.joint, p.task,"
+        " (m.preprocess->'encoding')::text AS encoding,"
         " (SELECT string_agg(f.data, ''::bytea ORDER BY f.part) FROM pgml.files f"
         "   WHERE f.model_id = m.id AND f.path = CASE m.runtime WHEN 'onnx' THEN 'model.onnx'"
         "   ELSE 'model.pkl' END) AS data"
@@ -316,4 +324,5 @@ def stored_model(model_id: int) -> StoredModel:
     if not rows.nrows():
         raise UnknownModel(f"model {model_id} does not exist (see the table pgml.models)")
     row = rows[0]
-    return StoredModel(row["runtime"], row["task"], row["num_features"], row["joint"], row["data"])
+    return StoredModel(row["runtime"], row["task"], row["num_features"], row["joint"], row["data"],
+                       json.loads(row["encoding"]) if row["encoding"] else None)

@@ -353,6 +353,31 @@ LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
     SELECT pgml._predict_row(model_id, to_json("row")::text)
 $$;
 
+-- pgml.predict_label: the predicted class as text. For a text label pgml.predict returns the
+-- class's code as PostgresML does (a number); this returns the class itself.
+CREATE OR REPLACE FUNCTION pgml._predict_label(project_name text, features float8[], statement_key float8)
+RETURNS text LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict_label(project_name, features, statement_key)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml._predict_label_row(project_name text, features text, statement_key float8)
+RETURNS text LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+return GD["pgml"].predict_label(project_name, features, statement_key, row=True)
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict_label(project_name text, features float8[]) RETURNS text
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict_label(project_name, features, date_part('epoch', statement_timestamp()))
+$$;
+
+CREATE OR REPLACE FUNCTION pgml.predict_label(project_name text, "row" anyelement) RETURNS text
+LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED AS $$
+    SELECT pgml._predict_label_row(project_name, to_json("row")::text,
+                                   date_part('epoch', statement_timestamp()))
+$$;
+
 -- pgml.decompose (PostgresML 2.x): the deployed decomposition model's components of a vector.
 CREATE OR REPLACE FUNCTION pgml._decompose(project_name text, features float8[], statement_key float8)
 RETURNS float8[] LANGUAGE plpython3u STABLE STRICT PARALLEL RESTRICTED AS $$

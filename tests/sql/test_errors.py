@@ -22,6 +22,8 @@ def conn(shared_pgml_db):
         c.execute("INSERT INTO tiny VALUES (1, 1), (2, 2)")
         c.execute("CREATE TABLE texty (x float8, label text, y float8)")
         c.execute("INSERT INTO texty SELECT g, 'a', g FROM generate_series(1, 20) g")
+        c.execute("CREATE TABLE jsony AS SELECT g::float8 AS x, '{}'::jsonb AS doc, g::float8 AS y"
+                  " FROM generate_series(1, 20) g")
         c.execute("CREATE TABLE one_class AS SELECT g::float8 AS x, 1 AS y"
                   " FROM generate_series(1, 20) g")
         c.execute("CREATE TABLE null_y AS SELECT g::float8 AS x,"
@@ -37,10 +39,12 @@ BAD_TRAINS = [
      "relation 'no_such_table' does not exist"),
     ("pgml.train('p', 'regression', 'pgml.diabetes', 'nope')", E.UndefinedColumn,
      "column 'nope' does not exist in pgml.diabetes; its columns are: age, sex"),
-    ("pgml.train('p', 'regression', 'texty', 'y')", E.DatatypeMismatch,
-     "feature column 'label' of public.texty has type text"),
+    ("pgml.train('p', 'regression', 'jsony', 'y')", E.DatatypeMismatch,
+     "feature column 'doc' of public.jsony has type jsonb"),
+    ("pgml.train('p', 'regression', 'jsony', 'doc')", E.DatatypeMismatch,
+     "y column 'doc' of public.jsony has type jsonb"),
     ("pgml.train('p', 'regression', 'texty', 'label')", E.DatatypeMismatch,
-     "y column 'label' of public.texty has type text"),
+     "y column 'label' is text: only classification takes text labels"),
     ("pgml.train('p', 'regression', 'empty', 'y')", E.DataException, "the relation is empty"),
     ("pgml.train('p', 'regression', 'tiny', 'y')", E.DataException,
      "has 2 row(s): test_size 0.25 leaves 1 for training"),

@@ -122,3 +122,33 @@ def test_runtime_info_names_the_graphs_without_a_gpu(conn):
     batch = project["batch_graph"]
     assert all(v["providers"] == ["CPUExecutionProvider"] for v in batch.values())
     assert info["requested_providers"] == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(("project", "task", "y"), [("xgb_big_r", "regression", "target"),
+                                                     ("xgb_big_c", "classification", "cls")])
+def test_predict_relation_scores_large_batches_natively_like_the_graph(conn, project, task, y):
+    """XGBoost batches of >= NATIVE_MIN_ROWS go through XGBoost's own predictor, checked
+    against the graph first; the rows written agree with pgml.predict (float32 graph)."""
+    conn.execute("CREATE TABLE IF NOT EXISTS big AS SELECT row_number() OVER () AS id,"
+                 " age + g * 1e-7 AS age, sex,"
+                 " bmi, bp, s1, s2, s3, s4, s5, s6, target, (target > 140)::int AS cls"
+                 " FROM pgml.diabetes, generate_series(1, 60) g")
+    view = f"big_{task}"
+    drop = "cls" if task == "regression" else "target"
+    conn.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT age, sex, bmi, bp, s1, s2, s3, s4,"  # noqa: S608
+                 f" s5, s6, {y} FROM big")
+    conn.execute(f"SELECT pgml.train('{project}', '{task}', '{view}', '{y}', 'xgboost',"  # noqa: S608
+                 " '{\"n_estimators\": 20}')")
+    n = one(conn, f"SELECT pgml.predict_relation('{project}', 'big', '{{id,{drop}}}',"  # noqa: S608
+            f" '{project}_out')")
+    assert n == 442 * 60
+    info = one(conn, "SELECT pgml.runtime_info(%s)", (project,))
+    assert info["last_predict_relation"]["scored_by"].startswith("native XGB"), info
+    rows = conn.execute(
+        f"SELECT s.prediction, pgml.predict('{project}', ARRAY[age, sex, bmi, bp, s1, s2, s3,"  # noqa: S608
+        f" s4, s5, s6]) FROM {project}_out s JOIN big USING (id) WHERE id % 97 = 0").fetchall()
+    got, want = np.array(rows).T
+    if task == "regression":
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * np.abs(want).max())
+    else:
+        assert np.mean(got != want) <= 0.01
