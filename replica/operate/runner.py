@@ -35,9 +35,15 @@ from replica.errors import (
 )
 from replica.secrets import scrub, secrets_of, with_options
 from replica.source.preflight import preflight
-from replica.source.publication import candidate_tables, ensure_publication, publication_tables
+from replica.source.publication import (
+    candidate_tables,
+    drop_publication,
+    ensure_publication,
+    publication_exists,
+    publication_tables,
+)
 from replica.source.replconn import ReplicationConnection
-from replica.source.slots import slot_info
+from replica.source.slots import drop_slot, slot_info
 from replica.state import Phase, SidecarState
 from replica.stream.loop import Stream
 from replica.target import progress
@@ -61,6 +67,9 @@ class Runner:
         self.stop = stop or threading.Event()
         self.secrets = secrets_of(settings.source, settings.target)
         self.bootstrap = Bootstrap(settings, self.state, self.stop)
+        # what this process created on the source, undone if the first run fails
+        self.created_publication = False
+        self.slot_existed: bool | None = None  # at preflight; None before it ran
 
     def _say(self, exc: BaseException) -> str:
         return scrub(str(exc), self.secrets)
@@ -85,6 +94,7 @@ class Runner:
                     metrics.ERRORS.labels(exc.kind).inc()
                     state.error = self._say(exc)
                     self._disconnected(Phase.FAILED)
+                    self._undo_first_run()
                     raise
                 attempt = 0  # replay at once: the batch was rolled back
             except TransientError as exc:
@@ -101,6 +111,7 @@ class Runner:
                 metrics.ERRORS.labels(exc.kind).inc()
                 state.error = self._say(exc)
                 self._disconnected(Phase.FAILED)
+                self._undo_first_run()
                 raise
         self._disconnected(Phase.STOPPED)
 
@@ -110,7 +121,46 @@ class Runner:
             preflight(src, publication=s.publication, slot=s.slot,
                       tables=candidate_tables(src, s.publication, s.table_list(),
                                               s.schema_name), failover_slot=s.failover_slot)
+            existed = publication_exists(src, s.publication)
+            if self.slot_existed is None:
+                self.slot_existed = slot_info(src, s.slot) is not None
             self.state.tables = [f"{a}.{b}" for a, b in ensure_publication(src, s)]
+            self.created_publication = self.created_publication or not existed
+
+    def _undo_first_run(self) -> None:
+        """A run that stops before the target has any progress leaves nothing on the source:
+        the publication and the slot this process created are dropped (never ones that
+        existed before it - a DBA's publication, a slot handed over). With progress on the
+        target, or when the target cannot say, both stay and the log says how to remove
+        them (`pgml-replica drop`)."""
+        s = self.settings
+        made_slot = self.slot_existed is False
+        if not (self.created_publication or made_slot):
+            return
+        try:
+            with connect(s.target, "target", "cleanup") as tgt:
+                started = progress.exists(tgt) and progress.read(tgt, s.slot) is not None
+        except ReplicaError as exc:
+            log.warning("could not read the target's progress (%s): left what this run made "
+                        "on the source; `pgml-replica drop` removes it", self._say(exc))
+            return
+        if started:
+            return
+        try:
+            with connect(s.source, "source", "cleanup") as src:
+                gone = []
+                if made_slot and drop_slot(src, s.slot):
+                    gone.append(f"slot {s.slot}")
+                if self.created_publication and drop_publication(src, s.publication):
+                    gone.append(f"publication {s.publication}")
+        except (ReplicaError, psycopg.Error) as exc:
+            log.warning("the first run failed and could not remove what it made on the "
+                        "source (%s): run `pgml-replica drop`", self._say(exc))
+            return
+        self.created_publication, self.slot_existed = False, None
+        if gone:
+            log.warning("the first run failed before anything reached the target: dropped "
+                        "%s, which it had created on the source", " and ".join(gone))
 
     def _relax(self, exc: NullRejected) -> bool:
         """Drop the target's NOT NULL the source no longer has (never on the key)."""
