@@ -167,12 +167,16 @@ def batch(conn, rows: int) -> dict:
     cores), then on one thread; plus what reading the argument and returning rows cost alone."""
     query = "SELECT count(p) FROM bench_flat, pgml.predict_batch(%s, a) p"
     out = {}
-    for key in ("default", "one_thread"):
+    for key in ("default", "one_thread", "onnx_only"):
         if key == "one_thread":
             conn.execute("SET max_parallel_workers_per_gather = 0")
+        if key == "onnx_only":  # as configured, but onnxruntime's TreeEnsemble scores the batches
+            conn.execute("RESET max_parallel_workers_per_gather")
+            conn.execute("SET pgml.native_bulk = off")
         wall, cpu = _timed(conn, query, (PROJECT,), all_threads=True)
         out[key] = {"rows_per_s": rows / wall, "seconds": wall, "cpu_s": cpu}
     conn.execute("RESET max_parallel_workers_per_gather")
+    conn.execute("RESET pgml.native_bulk")
     return out
 
 
@@ -185,9 +189,12 @@ def relation(conn, rows: int) -> dict:
                  " WHERE id <= %s", (rows,))
     conn.execute("VACUUM ANALYZE bench_wide")
     out = {}
-    for key in ("default", "one_thread"):
+    for key in ("default", "one_thread", "onnx_only"):
         if key == "one_thread":
             conn.execute("SET max_parallel_workers_per_gather = 0")
+        if key == "onnx_only":  # as configured, but onnxruntime's TreeEnsemble scores the batches
+            conn.execute("RESET max_parallel_workers_per_gather")
+            conn.execute("SET pgml.native_bulk = off")
         best = None
         for _ in range(2):
             conn.execute("DROP TABLE IF EXISTS bench_scored")
@@ -198,6 +205,7 @@ def relation(conn, rows: int) -> dict:
             best = wall if best is None else min(best, wall)
         out[key] = {"rows": n, "seconds": best, "rows_per_s": n / best}
     conn.execute("RESET max_parallel_workers_per_gather")
+    conn.execute("RESET pgml.native_bulk")
     return out
 
 
@@ -432,7 +440,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _print_relation(f: dict) -> None:
-    for key, label in (("default", "as configured"), ("one_thread", "one thread   ")):
+    for key, label in (("default", "as configured"), ("one_thread", "one thread   "),
+                       ("onnx_only", "onnx only    ")):
+        if key not in f:
+            continue
         r = f[key]
         print(f"(f) predict_relation {r['rows']} rows, {label} {r['rows_per_s']:10,.0f} rows/s "
               f"({r['seconds']:.2f} s wall: read, score, CREATE TABLE of the results)")

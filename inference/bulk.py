@@ -122,6 +122,9 @@ def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int):
 
     if len(X) < NATIVE_MIN_ROWS or getattr(scorer, "cuda", False) or scorer.runtime != "onnx":
         return None
+    setting = store.query("SELECT current_setting('pgml.native_bulk', true) AS v")[0]["v"]
+    if (setting or "on").strip().lower() in ("off", "false", "0"):  # SET pgml.native_bulk = off
+        return None
     data = store.model_file(model_id, "model.pkl")
     if data is None:
         return None

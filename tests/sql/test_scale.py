@@ -144,6 +144,14 @@ def test_predict_relation_scores_large_batches_natively_like_the_graph(conn, pro
     assert n == 442 * 60
     info = one(conn, "SELECT pgml.runtime_info(%s)", (project,))
     assert info["last_predict_relation"]["scored_by"].startswith("native XGB"), info
+    conn.execute("SET pgml.native_bulk = off")  # the session's way back to the graph
+    try:
+        assert one(conn, f"SELECT pgml.predict_relation('{project}', 'big', '{{id}}',"  # noqa: S608
+                   f" '{project}_onnx')") == n
+        info = one(conn, "SELECT pgml.runtime_info(%s)", (project,))
+        assert info["last_predict_relation"]["scored_by"] == "onnx"
+    finally:
+        conn.execute("RESET pgml.native_bulk")
     rows = conn.execute(
         f"SELECT s.prediction, pgml.predict('{project}', ARRAY[age, sex, bmi, bp, s1, s2, s3,"  # noqa: S608
         f" s4, s5, s6]) FROM {project}_out s JOIN big USING (id) WHERE id % 97 = 0").fetchall()
