@@ -56,6 +56,10 @@ class Settings(BaseSettings):
                                    "the source before the connection counts as dead and is "
                                    "reopened (a ping is sent at half of it), as PostgreSQL's "
                                    "own wal_receiver_timeout")
+    lock_timeout: float = Field(60.0, gt=0, description="seconds a target write may wait for "
+                                "a lock before its batch is rolled back and replayed (a wait "
+                                "PostgreSQL cannot see as a deadlock: a streamed transaction's "
+                                "lock held until the stream reads its commit)")
     publication_poll_seconds: float = Field(10.0, gt=0, description="how often to look for "
                                             "tables added to the publication")
     protocol: Literal["auto"] | int = Field(

@@ -86,6 +86,14 @@ class UnsupportedTypeError(UnsupportedError):
                          f"them, arrays of built-in types)")
 
 
+class UnsupportedColumns(UnsupportedError):
+    """Several columns of one table, each unsupported: every one is named at once."""
+
+    def __init__(self, problems: list[UnsupportedTypeError]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(map(str, problems)))
+
+
 class ApplyError(ReplicaError):
     """The target rejected a change that the source accepted (a constraint or a cast that
     differs between the two). The batch was rolled back; nothing was acknowledged."""

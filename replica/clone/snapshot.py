@@ -85,13 +85,13 @@ def prepare_target(conn: psycopg.Connection, table: TableDef, slot: str) -> bool
         if current is None:
             schema.create_table(conn, table, with_key=False)
             return True
-        d = schema.diff(current, list(table.columns))
+        conn.execute(sql.SQL("TRUNCATE {}").format(table.ident))  # first: a retype of
+        d = schema.diff(current, list(table.columns))  # old rows could fail (a re-copy)
         if d:
             schema.apply_diff(conn, table.schema, table.name, d)
         if current.key != table.key:
             conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
                 table.ident, sql.Identifier(f"{table.name}_pkey")))
-        conn.execute(sql.SQL("TRUNCATE {}").format(table.ident))
         return current.key != table.key
 
 
@@ -148,7 +148,7 @@ class Snapshot:
                     history_store.seed(conn, table.schema, table.name, table.column_names,
                                        list(table.key), sync_lsn, self.history.retention)
                 progress.mark_synced(conn, self.slot, table.schema, table.name, sync_lsn,
-                                     rows[table.qualname])
+                                     rows[table.qualname], table.filenode)
             conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
             self.state.snapshot[table.qualname].update(
                 rows=rows[table.qualname], total=rows[table.qualname], total_is_estimate=False,

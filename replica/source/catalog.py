@@ -15,11 +15,33 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from replica.errors import ConfigError, UnsupportedTypeError
+from replica.errors import ConfigError, UnsupportedColumns, UnsupportedTypeError
 
 #: (schema, table) - how tables are named everywhere in the sidecar
 TableKey = tuple[str, str]
 FIRST_NORMAL_OID = 16384  # OIDs below this are built in and equal on every server
+#: the reg* types (regproc 24 .. regcollation 4191): their binary form is an OID of the
+#: source's catalog, which names another object, or none, on the target
+OID_VALUED = {24: "regproc", 2202: "regprocedure", 2203: "regoper", 2204: "regoperator",
+              2205: "regclass", 2206: "regtype", 3734: "regconfig", 3769: "regdictionary",
+              4089: "regnamespace", 4096: "regrole", 4191: "regcollation"}
+
+
+#: SQL over ``pg_class c``: the storage files holding the table's rows (a partitioned table's:
+#: its leaves'). A change means the rows were rewritten, or partitions attached or detached,
+#: by DDL the WAL does not carry as row changes (ADD COLUMN ... DEFAULT volatile, ALTER TYPE
+#: ... USING, ATTACH PARTITION): the stream cannot follow that, a re-copy can.
+FILENODES = sql.SQL("coalesce((SELECT string_agg(l.relfilenode::text, ',' ORDER BY l.oid)"
+                    " FROM pg_partition_tree(c.oid) p JOIN pg_class l ON l.oid = p.relid"
+                    " WHERE l.relkind = 'r'), c.relfilenode::text)")
+
+
+def table_filenodes(conn: psycopg.Connection, schema: str, name: str) -> str | None:
+    """FILENODES of the table now (None: it is gone)."""
+    row = conn.execute(sql.SQL("SELECT {} FROM pg_class c JOIN pg_namespace n ON n.oid ="
+                               " c.relnamespace WHERE n.nspname = %s AND c.relname = %s"
+                               ).format(FILENODES), (schema, name)).fetchone()
+    return None if row is None else row[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +63,7 @@ class TableDef:
     pages: int = 0
     est_rows: int = 0
     relkind: str = "r"  # 'p' = partitioned (published via its root): no ctid ranges
+    filenode: str = ""  # FILENODES as read before the copy (stream/relations.py: rewrites)
 
     @property
     def qualname(self) -> str:
@@ -104,6 +127,11 @@ class TypeResolver:
                                     t.basetypmod if t.basetypmod >= 0 else typmod)
         if t.typtype == "e":
             return "text"  # enum_send is the label's text; new labels need no DDL
+        if oid in OID_VALUED or t.elem in OID_VALUED:
+            raise UnsupportedTypeError(table, column, name, "its binary form is an OID of the "
+                                       "source's catalog, meaningless on the target; store "
+                                       "the name as text (e.g. a generated column "
+                                       f"{column}::text) and publish that instead")
         if oid < FIRST_NORMAL_OID:
             if not t.has_send:
                 raise UnsupportedTypeError(table, column, name, "it has no binary format")
@@ -122,7 +150,7 @@ def read_table(conn: psycopg.Connection, schema: str, name: str,
                resolver: TypeResolver, *, columns: list[str] | None = None,
                row_filter: str | None = None) -> TableDef:
     """The table as the target must mirror it (only published, non-generated columns)."""
-    head = conn.execute(
+    head = conn.execute(sql.SQL(
         "SELECT c.oid, c.relreplident, c.relpages, greatest(c.reltuples, 0)::bigint, c.relkind,"
         " (SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i"
         "   CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)"
@@ -131,20 +159,28 @@ def read_table(conn: psycopg.Connection, schema: str, name: str,
         " (SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i"
         "   CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)"
         "   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
-        "   WHERE i.indrelid = c.oid AND i.indisreplident)"
+        "   WHERE i.indrelid = c.oid AND i.indisreplident), {}"
         " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
+        " WHERE n.nspname = %s AND c.relname = %s").format(FILENODES), (schema, name)).fetchone()
     if head is None:
         raise ConfigError(f"table {schema}.{name} does not exist on the source")
-    oid, ident, pages, est_rows, relkind, pk, ident_cols = head
+    oid, ident, pages, est_rows, relkind, pk, ident_cols, filenode = head
     attrs = conn.execute(
         "SELECT attname, atttypid, atttypmod, attnotnull FROM pg_attribute"
         " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = ''"
         " ORDER BY attnum", (oid,)).fetchall()
     qual = f"{schema}.{name}"
-    cols = tuple(ColumnDef(a, resolver.target_type(qual, a, t, m), nn)
-                 for a, t, m, nn in attrs if columns is None or a in columns)
+    cols, problems = [], []
+    for a, t, m, nn in attrs:  # every unsupported column at once (preflight lists them all)
+        if columns is None or a in columns:
+            try:
+                cols.append(ColumnDef(a, resolver.target_type(qual, a, t, m), nn))
+            except UnsupportedTypeError as exc:
+                problems.append(exc)
+    if problems:
+        raise problems[0] if len(problems) == 1 else UnsupportedColumns(problems)
     key = tuple(pk or ident_cols or ())
     if any(k not in {c.name for c in cols} for k in key):
         key = ()  # a column list without the key: PostgreSQL allows it for insert-only
-    return TableDef(schema, name, oid, cols, key, ident, row_filter, pages, est_rows, relkind)
+    return TableDef(schema, name, oid, tuple(cols), key, ident, row_filter, pages, est_rows,
+                    relkind, filenode)

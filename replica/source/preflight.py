@@ -141,8 +141,8 @@ def preflight(conn: psycopg.Connection, *, publication: str, slot: str,
                             "--publication")
         try:
             t = read_table(conn, schema, name, resolver)
-        except UnsupportedError as exc:
-            problems.append(str(exc))
+        except UnsupportedError as exc:  # every column of it (UnsupportedColumns)
+            problems.extend(map(str, getattr(exc, "problems", None) or [exc]))
             continue
         if needs_identity and not t.key and t.replica_identity != "f":
             problems.append(f"table {qual} has no primary key, so the source cannot publish "

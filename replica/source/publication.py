@@ -30,6 +30,26 @@ def publication_tables(conn: psycopg.Connection, publication: str
     return {(s, t): (list(cols) if cols is not None else None, rf) for s, t, cols, rf in rows}
 
 
+def publication_members(conn: psycopg.Connection, publication: str) -> set[TableKey] | None:
+    """The tables the publication holds as they were added - a partitioned table itself,
+    where ``pg_publication_tables`` lists its leaves (without publish_via_partition_root) -
+    plus every table it lists; None when it holds all tables."""
+    if conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
+                    (publication,)).fetchone()[0]:
+        return None
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_publication p JOIN pg_publication_rel r"
+        " ON r.prpubid = p.oid JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE p.pubname = %s", (publication,)).fetchall()
+    if conn.info.server_version >= 150000:  # FOR TABLES IN SCHEMA: its roots too
+        rows += conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_publication p JOIN pg_publication_namespace"
+            " pn ON pn.pnpubid = p.oid JOIN pg_namespace n ON n.oid = pn.pnnspid JOIN pg_class"
+            " c ON c.relnamespace = n.oid WHERE p.pubname = %s AND c.relkind IN ('r', 'p')",
+            (publication,)).fetchall()
+    return {(s, t) for s, t in rows} | set(publication_tables(conn, publication))
+
+
 def schema_tables(conn: psycopg.Connection, schema: str) -> list[TableKey]:
     rows = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
                         " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN"
@@ -73,9 +93,9 @@ def ensure_publication(conn: psycopg.Connection, settings: Settings) -> list[Tab
                     pub, sql.SQL(", ").join(sql.Identifier(s, t)
                                             for s, t in schema_tables(conn, schema))))
     elif named:
-        have = publication_tables(conn, settings.publication)
+        have = publication_members(conn, settings.publication)
         for s, t in named:
-            if (s, t) not in have:
+            if have is not None and (s, t) not in have:
                 try:
                     conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                         pub, sql.Identifier(s, t)))

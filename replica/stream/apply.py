@@ -65,9 +65,10 @@ class TargetWriter:
     used by one thread at a time, and errors surface in the stream's thread.
     """
 
-    def __init__(self, conn: psycopg.Connection, slot: str) -> None:
+    def __init__(self, conn: psycopg.Connection, slot: str, skip_locked: bool = False) -> None:
         self.conn = conn
         self.slot = slot
+        self.skip_locked = skip_locked  # the main connection: see _multiset_delete
         self._queue: queue.Queue = queue.Queue(maxsize=2)  # back-pressure on the decoder
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -136,6 +137,9 @@ class TargetWriter:
         t0 = time.perf_counter()
         try:
             sent = self._write(tw, b)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise TransientError(f"a write to {tw.qualname} waited past lock_timeout for a "
+                                 "lock on the target; rolled back, replaying", "target") from exc
         except psycopg.OperationalError as exc:
             raise TransientError(f"target connection lost: {exc}", "target") from exc
         except psycopg.errors.NotNullViolation as exc:
@@ -181,8 +185,23 @@ class TargetWriter:
             with conn.cursor().copy(tw.stmt("copy_table")) as cp:
                 cp.write(encode(fresh))
         if staged and not tw.layout.keyed:  # after the inserts: a delete may match one
-            conn.execute(tw.stmt("multiset_delete"))
+            self._multiset_delete(tw, staged)
         return len(staged) + len(fresh)
+
+    def _multiset_delete(self, tw: MirroredTable, staged: list) -> None:
+        """Delete n of each set of equal rows; fewer found means the target differs - or, with
+        skip_locked, that a streamed transaction holds them: either way never go on wrong."""
+        what = "multiset_delete_skip_locked" if self.skip_locked else "multiset_delete"
+        deleted = self.conn.execute(tw.stmt(what)).rowcount
+        wanted = sum(n for _, n, _ in staged)
+        if deleted != wanted and self.skip_locked:
+            raise TransientError(f"{tw.qualname}: {deleted} of {wanted} equal rows to delete "
+                                 "were free (others are held by a streamed transaction); "
+                                 "rolled back, replaying", "target")
+        if deleted != wanted:
+            raise ApplyError(f"{tw.qualname}: the target holds {deleted} of the {wanted} rows "
+                             "the source deleted - it differs from the source; run with "
+                             "--resnapshot")
 
     def _stage(self, tw: MirroredTable, data: bytes) -> None:
         rid = tw.relation_id

@@ -79,7 +79,9 @@ class Stream:
         self.start_lsn = start_lsn
         self.stop = stop
         self.sync_tables, self.poll = sync_tables, poll
-        self.writer = TargetWriter(target, settings.slot)
+        target.execute(self._lock_timeout())  # every target write waits a bounded time
+        target.commit()
+        self.writer = TargetWriter(target, settings.slot, skip_locked=True)
         self.history = recorder_for(settings)  # None unless --history
         self.writer.history = self.history
         self.flow = FlowControl(applied_lsn=start_lsn, status_interval=settings.status_interval,
@@ -110,8 +112,14 @@ class Stream:
 
     def _new_writer(self) -> TargetWriter:
         conn = connect(self.settings.target, "target", "stream", autocommit=False)
-        conn.execute("SET lock_timeout = '60s'")
+        conn.execute(self._lock_timeout())
         return TargetWriter(conn, self.settings.slot)
+
+    def _lock_timeout(self) -> str:
+        """A lock wait on the target ends in an error, a rollback and a replay: the stream's
+        target transactions can wait on each other in a way PostgreSQL cannot see (the
+        holder commits only when this loop reads its Stream Commit)."""
+        return f"SET lock_timeout = {int(self.settings.lock_timeout * 1000)}"
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -296,7 +304,10 @@ class Stream:
 
     def _write_all(self, background: bool = False) -> None:
         """Write the absorbed runs: in the writer's thread while decoding goes on (a full
-        segment), or here (at a commit, which waits for them anyway)."""
+        segment), or here (at a commit, which waits for them anyway). Streamed transactions'
+        writes still in flight finish first: they come earlier in the stream."""
+        for txn in self.streamed.in_flight.values():
+            txn.writer.sync()
         for tw in self.dirty.values():
             if background:
                 b, tw.batch = tw.batch, TableBatch(tw.layout)

@@ -17,6 +17,7 @@ Why here: a Relation message is where three rules meet (docs/sidecar.md):
 
 from __future__ import annotations
 
+import logging
 import time
 
 import psycopg
@@ -24,11 +25,13 @@ import psycopg
 from decoder import Relation
 from replica import metrics
 from replica.errors import ConfigError
-from replica.source.catalog import ColumnDef, TableKey, TypeResolver
+from replica.source.catalog import ColumnDef, TableKey, TypeResolver, table_filenodes
 from replica.stream.apply import TargetWriter
 from replica.stream.batch import Layout
 from replica.stream.tables import MirroredTable
-from replica.target import schema
+from replica.target import progress, schema
+
+log = logging.getLogger("pgml_replica")
 
 NEVER = 1 << 64  # sync LSN of a table waiting to be copied: none of its changes apply
 
@@ -49,9 +52,14 @@ class Relations:
         commit a moment before the committing backend leaves the proc array, and the
         catalog read that follows its Relation message must see what it changed."""
         deadline = time.monotonic() + timeout
+        # not visible: in the snapshot's xip, or at/after its xmax (xmax is latest completed
+        # + 1, so a commit the walsender decoded before the proc array saw it is there;
+        # 32-bit xids, so "at/after" is a wrapping difference below 2^31)
         while self.source.execute(
-                "SELECT %s::int8 = ANY (SELECT x::text::int8 %% 4294967296 FROM"
-                " pg_snapshot_xip(pg_current_snapshot()) x)", (xid,)).fetchone()[0]:
+                "SELECT %(x)s::int8 = ANY (SELECT x::text::int8 %% 4294967296 FROM"
+                " pg_snapshot_xip(s) x) OR ((%(x)s::int8 - pg_snapshot_xmax(s)::text::int8"
+                " %% 4294967296) %% 4294967296 + 4294967296) %% 4294967296 < 2147483648"
+                " FROM pg_current_snapshot() s", {"x": xid}).fetchone()[0]:
             if time.monotonic() > deadline:
                 return  # still running?: read what there is, the safety nets remain
             time.sleep(0.001)
@@ -73,6 +81,9 @@ class Relations:
         names = tuple(c.name for c in rel.columns)
         sync_lsn = self.synced.get(key)
         target = None if sync_lsn is None else schema.read_target(writer.conn, *key)
+        if target is not None and position >= sync_lsn and position >= self.applied_lsn \
+                and key not in self.pending_sync and self._rewritten(key, writer):
+            self.pending_sync.add(key)
         if target is None or key in self.pending_sync:
             self.pending_sync.add(key)
             tw = self.tables[rel.relation_id] = MirroredTable(
@@ -103,6 +114,24 @@ class Relations:
                 w.forget_stage(tw)
         self.tables[rel.relation_id] = tw
         return tw
+
+    def _rewritten(self, key: TableKey, writer: TargetWriter) -> bool:
+        """Were the table's rows rewritten on the source since it was copied (its storage
+        files changed)? Then DDL the WAL does not carry ran - ADD COLUMN ... DEFAULT
+        <volatile>, ALTER COLUMN ... TYPE ... USING, ATTACH/DETACH PARTITION under a root
+        published via_root (also VACUUM FULL, CLUSTER and TRUNCATE, which cost a needless
+        copy) - and only a re-copy makes the target right. A Relation message is where it
+        shows: pgoutput sends one after every relcache invalidation, and DDL is one."""
+        now = table_filenodes(self.source, *key)
+        then = progress.copied_filenode(writer.conn, writer.slot, *key)
+        if now is None or now == then:
+            return False
+        if then is None:  # copied by a version that did not record it: from here on
+            progress.record_filenode(writer.conn, writer.slot, *key, now)
+            return False
+        log.warning("%s.%s was rewritten on the source by DDL the stream cannot follow "
+                    "(storage %s -> %s): copying it again", *key, then, now)
+        return True
 
     def _reshape(self, key: TableKey, target: schema.TargetTable, wanted: list[ColumnDef],
                  writer: TargetWriter) -> schema.TargetTable | None:

@@ -80,16 +80,21 @@ class MirroredTable:
             s = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} s WHERE s.{} = {}").format(
                 self.ident, cols_sql, sql.SQL(", ").join(sql.Identifier("s", c) for c in cols),
                 self.stage, sql.Identifier(OP), sql.Literal(FRESH))
-        elif what == "multiset_delete":
+        elif what in ("multiset_delete", "multiset_delete_skip_locked"):
             row_t = sql.SQL(", ").join(sql.Identifier("t2", c) for c in cols)
             row_s = sql.SQL(", ").join(sql.Identifier("s", c) for c in cols)
+            # skip_locked (the main apply connection only): equal rows are interchangeable,
+            # and one a streamed transaction holds (it commits only once the loop reads on)
+            # must not be waited for; TargetWriter checks that enough rows were deleted
+            lock = sql.SQL(" FOR UPDATE OF t2 SKIP LOCKED" if what.endswith("locked") else "")
             s = sql.SQL(
-                "DELETE FROM {t} t USING (SELECT x.tid FROM (SELECT t2.ctid AS tid, s.{n} AS n,"
-                " row_number() OVER (PARTITION BY s.ctid) AS rn FROM {t} t2 JOIN {s} s"
-                " ON s.{op} = {d} AND ROW({rt})::text = ROW({rs})::text) x"
+                "WITH c AS MATERIALIZED (SELECT t2.ctid AS tid, s.ctid AS sid, s.{n} AS n"
+                " FROM {t} t2 JOIN {s} s ON s.{op} = {d} AND ROW({rt})::text = ROW({rs})::text"
+                "{lock}) DELETE FROM {t} t USING (SELECT x.tid FROM (SELECT c.tid, c.n,"
+                " row_number() OVER (PARTITION BY c.sid) AS rn FROM c) x"
                 " WHERE x.rn <= x.n) d WHERE t.ctid = d.tid").format(
                 t=self.ident, s=self.stage, n=sql.Identifier(N), op=sql.Identifier(OP),
-                d=sql.Literal(DELETE), rt=row_t, rs=row_s)
+                d=sql.Literal(DELETE), rt=row_t, rs=row_s, lock=lock)
         elif what == "move":
             positions = [i for i in range(len(cols)) if kinds[i] != "u"]
             s = sql.SQL("UPDATE {} t SET {} FROM {} f, {} s WHERE f.{op} = {} AND s.{op} = {}"

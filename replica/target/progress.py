@@ -39,6 +39,9 @@ DDL = [
         rows bigint,
         synced_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (slot, schema_name, table_name))""").format(sql.Identifier(SCHEMA)),
+    # the source's storage files of the table as the copy read it (catalog.FILENODES)
+    sql.SQL("ALTER TABLE {}.tables ADD COLUMN IF NOT EXISTS filenode text").format(
+        sql.Identifier(SCHEMA)),
 ]
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +107,29 @@ def synced_tables(conn: psycopg.Connection, slot: str) -> dict[tuple[str, str], 
 
 
 def mark_synced(conn: psycopg.Connection, slot: str, schema: str, table: str, sync_lsn: int,
-                rows: int | None) -> None:
-    conn.execute(sql.SQL("INSERT INTO {}.tables (slot, schema_name, table_name, sync_lsn, rows)"
-                         " VALUES (%s, %s, %s, %s::pg_lsn, %s) ON CONFLICT (slot, schema_name,"
-                         " table_name) DO UPDATE SET sync_lsn = excluded.sync_lsn, rows ="
-                         " excluded.rows, synced_at = now()").format(sql.Identifier(SCHEMA)),
-                 (slot, schema, table, format_lsn(sync_lsn), rows))
+                rows: int | None, filenode: str | None = None) -> None:
+    conn.execute(sql.SQL("INSERT INTO {}.tables (slot, schema_name, table_name, sync_lsn, rows,"
+                         " filenode) VALUES (%s, %s, %s, %s::pg_lsn, %s, %s) ON CONFLICT (slot,"
+                         " schema_name, table_name) DO UPDATE SET sync_lsn = excluded.sync_lsn,"
+                         " rows = excluded.rows, filenode = excluded.filenode, synced_at = now()"
+                         ).format(sql.Identifier(SCHEMA)),
+                 (slot, schema, table, format_lsn(sync_lsn), rows, filenode or None))
+
+
+def copied_filenode(conn: psycopg.Connection, slot: str, schema: str, table: str
+                    ) -> str | None:
+    """The source's storage files of the table when it was copied (None: not recorded)."""
+    row = conn.execute(sql.SQL("SELECT filenode FROM {}.tables WHERE slot = %s AND schema_name"
+                               " = %s AND table_name = %s").format(sql.Identifier(SCHEMA)),
+                       (slot, schema, table)).fetchone()
+    return None if row is None else row[0]
+
+
+def record_filenode(conn: psycopg.Connection, slot: str, schema: str, table: str,
+                    filenode: str) -> None:
+    conn.execute(sql.SQL("UPDATE {}.tables SET filenode = %s WHERE slot = %s AND schema_name"
+                         " = %s AND table_name = %s").format(sql.Identifier(SCHEMA)),
+                 (filenode, slot, schema, table))
 
 
 def unmark_synced(conn: psycopg.Connection, slot: str, schema: str, table: str) -> None:
