@@ -149,7 +149,9 @@ function renderCopy(s) {
   setText("copy-rows", groupDigits(c.rows) + " / " + (c.total_is_estimate ? "~" : "") +
           groupDigits(c.total));
   setText("copy-rate", groupDigits(c.rows_per_second));
-  setText("copy-eta", c.done ? "done" : humanDuration(c.eta_seconds));
+  // no ETA once the rows pass the (reltuples) estimate: the real total is not known
+  setText("copy-eta", c.done ? "done" : c.eta_seconds === null || c.eta_seconds === undefined
+    ? "unknown" : humanDuration(c.eta_seconds));
 }
 
 function renderSnapshot(snap) {
@@ -301,6 +303,7 @@ function when(iso) {
 
 function renderMl(m) {
   setText("ml-error", m.available ? "" : "ML view: " + (m.error || "unavailable"));
+  $("ml-empty").hidden = !(m.available && m.installed);  // "no projects" only when known
   if (!m.available) return;
   if (!m.installed) {
     setText("ml-error", "pgml is not installed on the ML replica");

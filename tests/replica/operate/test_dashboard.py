@@ -183,3 +183,30 @@ def test_dashboard_says_when_the_sidecar_is_unreachable(tmp_path):
     assert not dom.hidden("unreachable")
     assert dom["unreachable-why"]
     assert dom["phase"] == "loading"
+
+
+def test_dashboard_during_the_copy(serve, tmp_path):
+    """Phase copying: the badge, both sides connected, rows/s and the ETA from /status's
+    `copy`, and a total marked as the estimate it is."""
+    state = streaming_state(
+        phase="copying", received_lsn=0, applied_lsn=0, flushed_lsn=0,
+        snapshot={"public.small": {"rows": 5_000, "total": 5_000, "total_is_estimate": False,
+                                   "done": True, "seconds": 1.0},
+                  "public.big": {"rows": 300_000, "total": 300_000, "total_is_estimate": True,
+                                 "done": False, "seconds": 20.0}})
+    server = serve(state)
+    dom = dump_dom(server.url + "/")
+    assert dom["phase"] == "copying" and "info" in dom.classes("phase")
+    assert dom["source-connected"] == "connected" and dom["target-connected"] == "connected"
+    # reltuples said 5,000 for big; 300,000 are copied: the total follows the rows
+    assert "300,000 / ~300,000 rows (99%) est." in dom["snapshot"]
+    assert "5,000 / 5,000 rows (100%)" in dom["snapshot"]
+    assert dom["copy-rows"] == "305,000 / ~305,000"
+    assert dom["copy-rate"] == "15,250"  # 305,000 rows in 20 s
+    assert dom["copy-eta"] == "unknown"  # past the estimate: what is left is not known
+    keep = os.environ.get("PGML_REPLICA_SCREENSHOTS")
+    png = screenshot(server.url + "/", tmp_path / "copying.png")
+    for folder in filter(None, (keep, "/work/notes/screenshots"
+                                if Path("/work/notes").is_dir() else None)):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, Path(folder) / "dashboard-copying.png")
