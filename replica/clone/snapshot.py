@@ -229,6 +229,7 @@ class Snapshot:
                     reported = rows
                     if self.stop.is_set():
                         raise SnapshotInterrupted("stopped during the initial copy")
+
     def _progress_ui(self, tables: list[TableDef]):
         if not self.show_progress:
             return None
