@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from replica.errors import ApplyError, TransientError
 from replica.history import store
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -121,6 +122,24 @@ class Recorder:
         self.versions += n
         self.clear()
         return n
+
+    def take(self):
+        """The versions buffered so far, handed to the target writer's thread: a call that
+        COPYs them into the open transaction (while the stream decodes on)."""
+        taken = Recorder(self.tables, self.retention)
+        taken._rows, self._rows = self._rows, {}
+        taken._ready = self._ready  # shared: only ever used by one thread at a time
+
+        def write(conn: psycopg.Connection) -> None:
+            try:
+                self.versions += taken.write(conn)
+            except psycopg.OperationalError as exc:
+                raise TransientError(f"target connection lost writing history: {exc}",
+                                     "target") from exc
+            except psycopg.Error as exc:
+                raise ApplyError(f"the target rejected history rows: "
+                                 f"{exc.diag.message_primary or exc}") from exc
+        return write
 
     def clear(self) -> None:
         self._rows.clear()

@@ -107,7 +107,10 @@ class TargetWriter:
                 if item is None:
                     return
                 if self._error is None:
-                    self._flush(*item)
+                    if item[0] is None:  # a call of its own (history.Recorder.take)
+                        item[1](self.conn)
+                    else:
+                        self._flush(*item)
             except BaseException as exc:
                 self._error = exc
             finally:

@@ -314,6 +314,8 @@ class Stream:
                 self.writer.submit(tw, b)
             else:
                 self.writer.flush(tw)
+        if background and self.history is not None:  # versions so far, in the same thread
+            self.writer.submit(None, self.history.take())
         self.dirty.clear()
         self.unwritten = 0
 
@@ -352,6 +354,12 @@ class Stream:
                 apply_change(msg, *to)
                 if self.history is not None and self.history.wants(to[0].qualname):
                     self.history.truncate(to[0])
+            elif self.history is not None and not self.skip_txn and rid in self.tables \
+                    and self.streamed.current is None \
+                    and self.history.wants(self.tables[rid].qualname):
+                # a table waiting for its re-copy (a TRUNCATE changes its storage): the
+                # versions still end here, not only when the copy is done
+                self.history.truncate(self.tables[rid])
 
     # -- streamed transactions (protocol 2, streamed.py) --------------------------------
 
