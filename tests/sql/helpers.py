@@ -69,7 +69,7 @@ def reference(name: str, task: str, algorithm: str, hyperparams: dict | None = N
     s = split(name)
     est = algorithms.make_estimator(algorithm, task, hyperparams or {}, random_state=0)
     est.fit(s.X_train, s.y_train)
-    pred = est.predict(s.X_test)
+    pred = np.ravel(est.predict(s.X_test))  # CatBoostClassifier answers (n, 1)
     if task == "regression":
         return est, {
             "r2": skm.r2_score(s.y_test, pred),
