@@ -130,3 +130,14 @@ def test_predict_relation_encodes_text_columns_like_predict(conn, encode):
         row = one(conn, "SELECT pgml.predict(%s, (%s::text, %s::float8, %s::varchar))",
                   (project, color, size, grade))
         assert got[i] == row, (i, color)
+
+
+def test_text_beside_an_array_column_in_a_row(conn):
+    conn.execute("CREATE TABLE fruit_arr AS SELECT ARRAY[size, size * 2] AS dims, color, label"
+                 " FROM fruit")
+    conn.execute("SELECT pgml.train('fruit_arr', 'classification', 'fruit_arr', 'label',"
+                 " 'xgboost')")
+    for color in COLORS:
+        got = one(conn, "SELECT pgml.predict_label('fruit_arr', (ARRAY[1.0, 2.0]::float8[],"
+                  " %s::text))", (color,))
+        assert got == RULE[color]
