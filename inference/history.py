@@ -109,15 +109,7 @@ class History:
                 "_pgml_op::text AS _op"]
         sel += [f"coalesce({plpy.quote_literal(c)} = ANY(_pgml_unchanged), false) AS u{i}"
                 for i, c in enumerate(flags)]
-        data: dict[str, list] = {}
-        cur = plpy.cursor(f"SELECT {', '.join(sel)} FROM {self.table}")  # noqa: S608
-        while True:
-            chunk = cur.fetch(100_000)
-            if not chunk:
-                break
-            for row in chunk:
-                for k, v in row.items():
-                    data.setdefault(k, []).append(v)
+        data = _columns(sel, self.table)
         cols = [f"c{i}" for i in range(len(names))] + ["_t", "_lsn", "_seq", "_op"] + [
             f"u{i}" for i in range(len(flags))]
         frame = pd.DataFrame({k: data.get(k, []) for k in cols})
@@ -163,6 +155,16 @@ class History:
         return [r["path"] for r in plpy.execute(plpy.prepare(
             "SELECT path FROM pgml_history.segments WHERE relation_name = $1"
             " ORDER BY lsn_from", ["text"]), [self.relation_name])]
+
+
+def _columns(select: list[str], relation: str) -> dict[str, list]:
+    """Each ``expr AS name`` of ``select`` over ``relation`` as one list: one scan, one
+    array_agg per column (the aggregates of one scan see the rows in the same order), which
+    PL/Python turns into lists without a dict per row."""
+    aggs = ", ".join(f"array_agg({e.rsplit(' AS ', 1)[0]}) AS {e.rsplit(' AS ', 1)[1]}"
+                     for e in select)
+    row = plpy.execute(f"SELECT {aggs} FROM {relation}")[0]  # noqa: S608
+    return {k: (v if v is not None else []) for k, v in row.items()}
 
 
 def _duck_literal(text: str) -> str:
@@ -262,20 +264,20 @@ def point_in_time(spine: str, event_time_column: str, features: list[str] | None
         ttl_us = plpy.execute(plpy.prepare(
             "SELECT (extract(epoch FROM $1::interval) * 1000000)::int8 AS m", ["interval"]),
             [ttl])[0]["m"]
-    sel = ", ".join(f"{_q(c)}::text" for c in names)
     et = _q(event_time_column)
-    srows = plpy.execute(f"SELECT {sel}, (extract(epoch FROM {et}::timestamptz) * 1000000)"  # noqa: S608
-                         f"::int8 AS _et FROM {spine_qual(int(oid[0]['o']))}")
-    first = min((r["_et"] for r in srows if r["_et"] is not None), default=None)
+    sel = [f"{_q(c)}::text AS s{i}" for i, c in enumerate(names)]
+    sel.append(f"(extract(epoch FROM {et}::timestamptz) * 1000000)::int8 AS _et")
+    sdata = _columns(sel, spine_qual(int(oid[0]["o"])))
+    first = min((t for t in sdata["_et"] if t is not None), default=None)
     for h in hists:
         if first is not None:
             h.check_time(first, f"spine event time {_stamp(first)} (the earliest)")
     import pandas as pd
 
     con = _duck()
-    frame = pd.DataFrame({f"s{i}": pd.Series([r[c] for r in srows], dtype=object)
-                          for i, c in enumerate(names)})
-    frame["_et"] = pd.Series([r["_et"] for r in srows], dtype="Int64")
+    frame = pd.DataFrame({f"s{i}": pd.Series(sdata[f"s{i}"], dtype=object)
+                          for i in range(len(names))})
+    frame["_et"] = pd.Series(sdata["_et"], dtype="Int64")
     frame["_rid"] = range(len(frame))
     con.register("spine", frame)
     out_cols = list(spine_cols)
