@@ -24,6 +24,17 @@ PINNED = {"datestyle": "ISO", "intervalstyle": "postgres", "extra_float_digits":
           "timezone": "UTC"}
 SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in PINNED.items())
 CONNECT_TIMEOUT = 15
+#: A peer that vanishes without a RST (a half-open TCP connection) is noticed by the kernel
+#: within ~25 s while we wait for a reply (keepalives: 10 s idle + 3 x 5 s), and within 30 s
+#: while data we sent goes unacknowledged (tcp_user_timeout); a DSN that sets any of these
+#: keeps its own value. libpq applies them to TCP connections only.
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+              "keepalives_count": "3", "tcp_user_timeout": "30000"}
+
+
+def network_defaults(params: dict) -> dict:
+    """The KEEPALIVES the DSN ``params`` do not set themselves."""
+    return {k: v for k, v in KEEPALIVES.items() if k not in params}
 
 
 def parse_dsn(dsn: str, peer: str) -> dict:
@@ -53,13 +64,28 @@ def resolve_password(peer: str, params: dict) -> dict:
     return {"password": password}
 
 
+def credential_params(dsn: str, peer: str) -> dict:
+    """For code that opens its own psycopg connection (and keeps its own error handling):
+    the password the peer's provider gives now, as a keyword for ``psycopg.connect``."""
+    try:
+        params = dict(conninfo_to_dict(dsn))
+    except psycopg.Error:  # psycopg.connect reports it
+        return {}
+    return resolve_password(peer, params)
+
+
 def connect(dsn: str, peer: str, purpose: str, *, autocommit: bool = True,
-            timeout: float = CONNECT_TIMEOUT) -> psycopg.Connection:
+            timeout: float = CONNECT_TIMEOUT, statement_timeout: float | None = None
+            ) -> psycopg.Connection:
     """A connection to ``peer`` ("source"/"target") for ``purpose`` (its application_name
-    says it too, so the source's pg_stat_activity shows what each session is for)."""
+    says it too, so the source's pg_stat_activity shows what each session is for).
+    ``statement_timeout`` (seconds) bounds every statement of a connection that must never
+    wait long, as the stream's catalog connection (a DSN's own options still win)."""
     params = parse_dsn(dsn, peer)
     options = with_pinned_options(params)
-    extra = resolve_password(peer, params)
+    if statement_timeout:
+        options = f"-c statement_timeout={int(statement_timeout * 1000)} {options}"
+    extra = {**network_defaults(params), **resolve_password(peer, params)}
     try:
         return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=max(1, int(timeout)),
                                application_name=f"pgml-replica {purpose}",

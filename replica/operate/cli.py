@@ -86,6 +86,7 @@ def add_run_parser(sub) -> None:
 def _install_pgml(target: str) -> None:
     """`run` installs pgml like `install` does (issue 4), but replication does not depend
     on it: a target without PL/Python still gets its mirror, with a warning saying why."""
+    from replica.connect import credential_params
     from replica.errors import ReplicaError
     from replica.target.pgml_install import install, installed_state
 
@@ -94,7 +95,8 @@ def _install_pgml(target: str) -> None:
         # Keep the python path an earlier install chose (the ML replica's image knows where
         # its environment is; this process's site-packages may not exist on that host).
         # Skip the install (~2 s: PL/Python imports scikit-learn) when it is current.
-        with psycopg.connect(target, autocommit=True, connect_timeout=15) as conn:
+        with psycopg.connect(target, autocommit=True, connect_timeout=15,
+                             **credential_params(target, "target")) as conn:
             paths, current = installed_state(conn)
         if current:
             log.info("pgml is current on the target")

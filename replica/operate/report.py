@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from decoder import format_lsn, parse_lsn
+from replica.connect import credential_params
 from replica.secrets import describe, scrub, secrets_of
 from replica.source.slots import slot_info
 from replica.state import replication_lag
@@ -100,7 +101,8 @@ def collect(source_dsn: str | None, target_dsn: str | None, *, slot: str, public
     src: dict[str, Any] = {}
     if source_dsn:
         try:
-            with psycopg.connect(source_dsn, autocommit=True, connect_timeout=timeout) as c:
+            with psycopg.connect(source_dsn, autocommit=True, connect_timeout=timeout,
+                                 **credential_params(source_dsn, "source")) as c:
                 src = _source(c, slot, publication, exact)
         except psycopg.Error as exc:
             report["source_error"] = scrub(str(exc).strip(), secrets)
@@ -109,7 +111,8 @@ def collect(source_dsn: str | None, target_dsn: str | None, *, slot: str, public
     tgt: dict[str, Any] = {"tables": {}}
     if target_dsn:
         try:
-            with psycopg.connect(target_dsn, autocommit=True, connect_timeout=timeout) as c:
+            with psycopg.connect(target_dsn, autocommit=True, connect_timeout=timeout,
+                                 **credential_params(target_dsn, "target")) as c:
                 tgt, prog = _target(c, slot, list(src.get("tables", {})), exact)
         except psycopg.Error as exc:
             report["target_error"] = scrub(str(exc).strip(), secrets)

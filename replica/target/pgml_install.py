@@ -37,6 +37,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from replica.connect import credential_params
 from replica.errors import InstallError
 from replica.secrets import describe, scrub, secrets_of
 
@@ -98,7 +99,8 @@ def install(target_dsn: str, python_path: list[str] | None = None) -> str:
     where = describe(target_dsn)
     secrets = secrets_of(target_dsn)
     try:
-        with psycopg.connect(target_dsn, autocommit=False, connect_timeout=15) as conn:
+        with psycopg.connect(target_dsn, autocommit=False, connect_timeout=15,
+                             **credential_params(target_dsn, "target")) as conn:
             # Two installers at once would race on CREATE ... IF NOT EXISTS.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgml-replica install'))")
             files = sql_files()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from replica.connect import credential_params
 from replica.writeback.model import MADE_SCHEMA, MADE_SERVER_AND_EXTENSION, WritebackResult
 from replica.writeback.replica_side import exposed_views, has_expose, load_exposures
 from replica.writeback.secret_ddl import db_error
@@ -23,7 +24,8 @@ def drop(source_dsn: str, target_dsn: str, project: str, schema: str, server: st
     """Undo ``writeback`` for ``project``: replica first (back to live), then the source,
     then the reader role when the server is gone."""
     try:
-        with psycopg.connect(target_dsn, autocommit=True) as conn, conn.transaction():
+        with psycopg.connect(target_dsn, autocommit=True,
+                             **credential_params(target_dsn, "target")) as conn, conn.transaction():
             exposed = has_expose(conn)
             exposures = load_exposures(conn, project) if exposed else []
             everything = exposed_views(conn) if exposed else set()
@@ -34,7 +36,8 @@ def drop(source_dsn: str, target_dsn: str, project: str, schema: str, server: st
         raise db_error("removing write-back from the ML replica failed", exc) from None
     result = WritebackResult(schema=schema, server=server, exposures=exposures)
     try:
-        with psycopg.connect(source_dsn, autocommit=True) as conn, conn.transaction():
+        with psycopg.connect(source_dsn, autocommit=True,
+                             **credential_params(source_dsn, "source")) as conn, conn.transaction():
             made_fdw = server_gone = False
             if server_oid(conn, server) is not None:
                 mine = {e.view_name for e in exposures}
@@ -96,7 +99,8 @@ def drop_reader(target_dsn: str, reader: str, result: WritebackResult) -> None:
     """The source no longer reads through the reader role: revoke it and, where nothing else
     holds it, drop it."""
     try:
-        with psycopg.connect(target_dsn, autocommit=True) as conn:
+        with psycopg.connect(target_dsn, autocommit=True,
+                             **credential_params(target_dsn, "target")) as conn:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (reader,)).fetchone():
                 if conn.execute("SELECT to_regproc('pgml.revoke_reader')").fetchone()[0]:
                     conn.execute("SELECT pgml.revoke_reader(%s)", (reader,))

@@ -13,6 +13,7 @@ import logging
 import psycopg
 from psycopg import sql
 
+from replica.connect import credential_params
 from replica.errors import WritebackError
 from replica.writeback.model import Exposure
 from replica.writeback.secret_ddl import db_error, execute_with_secret
@@ -77,7 +78,8 @@ def setup_replica(target_dsn: str, project: str, reader: str, password: str,
     """Reader role, grants, the mode of each exposure. Returns the project's exposures, every
     exposed view name (any project) and where the replica is, as seen from here."""
     try:
-        with psycopg.connect(target_dsn, autocommit=True) as conn:
+        with psycopg.connect(target_dsn, autocommit=True,
+                             **credential_params(target_dsn, "target")) as conn:
             require_expose(conn)
             with conn.transaction():
                 exposures = load_exposures(conn, project)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from replica.connect import credential_params
 from replica.errors import WritebackError
 from replica.writeback import source_sql
 from replica.writeback.model import (
@@ -180,7 +181,8 @@ def setup_source(source_dsn: str, schema: str, server: str, reader: str, passwor
                  where: dict[str, str], exposures: list[Exposure], everything: set[str],
                  result: WritebackResult) -> None:
     try:
-        with psycopg.connect(source_dsn, autocommit=True) as conn, conn.transaction():
+        with psycopg.connect(source_dsn, autocommit=True,
+                             **credential_params(source_dsn, "source")) as conn, conn.transaction():
             ensure_server(conn, server, where)
             ensure_mapping(conn, server, reader, password)
             ensure_schema(conn, schema)
