@@ -142,6 +142,73 @@ def snapshot_native(src, tgt, rows: int) -> float:
     return rows / (time.perf_counter() - t0)
 
 
+def fresh_ours(src, tgt, rows: int, n: int, workers: int | None = None) -> float:
+    """A fresh replica from process start: `pgml-replica run` against an empty target
+    database (pgml installed there beforehand, as on a deployed ML replica) until every row
+    is there. rows/s over the whole wall time, start-up included."""
+    from replica.target.pgml_install import install
+
+    db = f"fresh{n}"
+    with tgt.connect() as c:
+        c.execute(f"CREATE DATABASE {db}")
+    try:
+        install(tgt.dsn(db))
+    except Exception as exc:  # noqa: BLE001 - no PL/Python here: run warns and goes on
+        print(f"  (pgml not installed on {db}: {exc})", flush=True)
+    args = [sys.executable, "-m", "replica", "run", "--source", src.dsn("bench"), "--target",
+            tgt.dsn(db), "--http-port", "0", "--log-level", "WARNING", "--slot", db,
+            "--publication", db, "--tables", "public.bench"]
+    if workers:
+        args += ["--snapshot-workers", str(workers)]
+    log = open(Path(tempfile.gettempdir()) / f"bench-{db}.log", "wb")  # noqa: SIM115
+    with tgt.connect(db) as c:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+        def done():
+            if proc.poll() is not None:
+                raise RuntimeError(f"the sidecar exited ({proc.returncode}), see {log.name}")
+            try:
+                return c.execute("SELECT count(*) FROM pgml_replica.tables WHERE"
+                                 " table_name = 'bench'").fetchone()[0] and c.execute(
+                    "SELECT count(*) FROM public.bench").fetchone()[0] >= rows
+            except psycopg.errors.UndefinedTable:
+                return False
+        wait(done, 600, "a fresh replica", every=0.005)
+        elapsed = time.perf_counter() - t0
+    proc.terminate()
+    proc.wait(60)
+    with src.connect("bench") as c:
+        c.execute("SELECT pg_drop_replication_slot(%s)", (db,))
+        c.execute(f"DROP PUBLICATION IF EXISTS {db}")
+    return rows / elapsed
+
+
+def fresh_native(src, tgt, rows: int, n: int) -> float:
+    """CREATE SUBSCRIPTION on an empty database until the table is 'r'eady."""
+    db = f"nfresh{n}"
+    with tgt.connect() as c:
+        c.execute(f"CREATE DATABASE {db}")
+    with tgt.connect(db) as c:
+        c.execute(TABLE_DDL)
+        c.execute(PROBE_DDL)
+        t0 = time.perf_counter()
+        c.execute(f"CREATE SUBSCRIPTION {db} CONNECTION '{src.dsn('bench')}'"  # noqa: S608 - our own local DSN
+                  " PUBLICATION native_pub")
+        wait(lambda: c.execute("SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel"
+                               ).fetchone()[0], 600, "native fresh copy")
+        elapsed = time.perf_counter() - t0
+        c.execute(f"ALTER SUBSCRIPTION {db} DISABLE")
+        c.execute(f"ALTER SUBSCRIPTION {db} SET (slot_name = NONE)")
+        c.execute(f"DROP SUBSCRIPTION {db}")
+    with src.connect("bench") as c:
+        wait(lambda: not c.execute("SELECT count(*) FROM pg_replication_slots WHERE"
+                                   " slot_name = %s AND active", (db,)).fetchone()[0], 60,
+             "the fresh slot to go idle")
+        c.execute("SELECT pg_drop_replication_slot(%s)", (db,))
+    return rows / elapsed
+
+
 # -- 2. stream apply -------------------------------------------------------------------
 
 MARK = [0]
@@ -179,19 +246,25 @@ def workload(src, op: str, rows: int, per_txn: int | None, base: int) -> None:
             c.execute(stmt, (lo, lo + step - 1))
 
 
-def stream_apply(src, sides: list[Side], rows: int) -> dict[str, dict[str, float]]:
-    results: dict[str, dict[str, float]] = {}
+def stream_apply(src, sides: list[Side], rows: int, repeat: int = 1
+                 ) -> dict[str, dict[str, float]]:
+    """Each phase ``repeat`` times (ours and native in turn); the median of each."""
+    runs: dict[str, dict[str, list[float]]] = {}
     base = 10_000_000
-    for per_txn, label in ((None, "1 txn"), (100, "100-row txns")):
-        for op in ("insert", "update", "delete"):
-            workload(src, op, rows, per_txn, base)
-            mark = marker(src)
-            results[f"{op}s, {label}"] = {s.name: catch_up(s, mark, rows) for s in sides}
-            print(f"  {op}s, {label}: " + ", ".join(
-                f"{k} {v:,.0f} rows/s" for k, v in results[f"{op}s, {label}"].items()),
-                flush=True)
-        base += 10_000_000
-    return results
+    for _ in range(repeat):
+        for per_txn, label in ((None, "1 txn"), (100, "100-row txns")):
+            for op in ("insert", "update", "delete"):
+                workload(src, op, rows, per_txn, base)
+                mark = marker(src)
+                got = runs.setdefault(f"{op}s, {label}", {s.name: [] for s in sides})
+                for s in sides:
+                    got[s.name].append(catch_up(s, mark, rows))
+                print(f"  {op}s, {label}: " + ", ".join(
+                    f"{k} {v[-1]:,.0f} rows/s" for k, v in got.items())
+                    + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+            base += 10_000_000
+    return {name: {k: statistics.median(v) for k, v in got.items()}
+            for name, got in runs.items()}
 
 
 def live(src, side: Side, rows: int, base: int) -> dict[str, float]:
@@ -286,16 +359,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=None)
     p.add_argument("--lag-seconds", type=float, default=None)
     p.add_argument("--rate", type=int, default=5000)
-    p.add_argument("--only", choices=["snapshot", "stream", "live", "lag"], action="append")
+    p.add_argument("--only", choices=["snapshot", "fresh", "stream", "live", "lag"],
+                   action="append")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs of the fresh-replica and catch-up phases; medians reported")
+    p.add_argument("--workers", default="1,2",
+                   help="snapshot workers to compare for a fresh replica (ours)")
     a = p.parse_args(argv)
     rows = a.rows or (100_000 if a.quick else 1_000_000)
     lag_seconds = a.lag_seconds or (8 if a.quick else 30)
-    only = set(a.only or ["snapshot", "stream", "live", "lag"])
+    only = set(a.only or ["snapshot", "fresh", "stream", "live", "lag"])
     print(f"pgml-replica vs native logical replication: {rows:,} rows, "
-          f"{os.cpu_count()} CPUs, PostgreSQL 15 (both clusters on this machine)", flush=True)
+          f"{os.cpu_count()} CPUs, PostgreSQL 15 (both clusters on this machine), load average "
+          f"{os.getloadavg()[0]:.2f}, medians of {a.repeat}", flush=True)
     ratios: list[tuple[str, float, float]] = []
     with running_cluster("bench-source", SOURCE_SETTINGS) as src, \
-            running_cluster("bench-target", REPLICA_SETTINGS) as tgt:
+            running_cluster("bench-target", {**REPLICA_SETTINGS,  # native restarts fast
+                                             "wal_retrieve_retry_interval": "100ms"}) as tgt:
         with src.connect() as c:
             c.execute("CREATE DATABASE bench")
         with tgt.connect() as c:
@@ -313,6 +393,20 @@ def main(argv: list[str] | None = None) -> int:
         if "snapshot" in only:
             print(f"  initial copy: ours {o:,.0f} rows/s, native {n:,.0f} rows/s", flush=True)
             ratios.append(("initial copy rows/s", o, n))
+        if "fresh" in only:
+            fo: dict[int, list[float]] = {int(w): [] for w in a.workers.split(",")}
+            fn: list[float] = []
+            for i in range(a.repeat):
+                for w in fo:
+                    fo[w].append(fresh_ours(src, tgt, rows, i * 10 + w, w))
+                fn.append(fresh_native(src, tgt, rows, i))
+                print("  fresh replica from process start: " + ", ".join(
+                    f"ours ({w} workers) {v[-1]:,.0f}" for w, v in fo.items())
+                    + f", native {fn[-1]:,.0f} rows/s (load {os.getloadavg()[0]:.1f})",
+                    flush=True)
+            for w, v in fo.items():
+                ratios.append((f"fresh replica from process start, {w} workers, rows/s",
+                               statistics.median(v), statistics.median(fn)))
         with src.connect("bench") as c:  # a clean slate for the stream phase
             c.execute("TRUNCATE bench")
         for side in (ours, native):
@@ -323,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                     "SELECT 1 FROM probe WHERE id = %s", (mark,)).fetchone(), 120, "truncate")
             side.stop()
         if "stream" in only:
-            for name, r in stream_apply(src, [ours, native], rows).items():
+            for name, r in stream_apply(src, [ours, native], rows, a.repeat).items():
                 ratios.append((f"{name} rows/s", r["ours"], r["native"]))
         if "live" in only:
             lo, ln = live(src, ours, rows, 30_000_000), live(src, native, rows, 40_000_000)
