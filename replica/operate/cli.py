@@ -275,8 +275,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, but a usage error never repeats a connection string: argparse quotes the
+    arguments it did not expect, and a DSN there may hold a password."""
+    import contextlib
+    import io
+
+    argv = sys.argv[1:] if argv is None else argv
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return build_parser().parse_args(argv)
+    except SystemExit:
+        text = said.getvalue()
+        for a in argv:
+            if "=" in a or "://" in a:
+                text = text.replace(a, "<connection string hidden>")
+        sys.stderr.write(text)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     secrets = secrets_of(*(getattr(args, k, None) for k in ("source", "target")),
                          os.environ.get(ENV_PREFIX + "SOURCE"),
                          os.environ.get(ENV_PREFIX + "TARGET"))

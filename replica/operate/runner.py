@@ -51,6 +51,7 @@ from replica.target import progress
 log = logging.getLogger("pgml_replica")
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+CATALOG_TIMEOUT = 30.0  # s: the stream's catalog queries (_poll, Relation lookups) never hang
 
 
 def backoff(attempt: int, rng: random.Random | None = None) -> float:
@@ -184,7 +185,7 @@ class Runner:
     def _session(self) -> None:
         s, state = self.settings, self.state
         state.phase = Phase.STARTING
-        src = connect(s.source, "source", "catalog")
+        src = connect(s.source, "source", "catalog", statement_timeout=CATALOG_TIMEOUT)
         try:
             tgt = connect(s.target, "target", "apply")
         except BaseException:

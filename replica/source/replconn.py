@@ -29,7 +29,7 @@ from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from decoder import format_lsn, parse_lsn
-from replica.connect import resolve_password, with_pinned_options
+from replica.connect import network_defaults, resolve_password, with_pinned_options
 from replica.errors import (
     ReplicationConnectionError,
     ReplicationDsnError,
@@ -79,6 +79,7 @@ class ReplicationConnection:
         params.update(replication="database", application_name=application_name,
                       client_encoding="UTF8", options=with_pinned_options(params),
                       **resolve_password("source", params))
+        params.update(network_defaults(params))  # a silent network path is noticed
         self._pgconn = pq.PGconn.connect(make_conninfo("", **params).encode())
         if self._pgconn.status != pq.ConnStatus.OK:
             message = self._server_message()

@@ -4,7 +4,6 @@ tables across restarts, and preflight naming every unsupported column at once.""
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.replica.conftest import ProcessSidecar, same, wait_for
