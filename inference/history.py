@@ -35,6 +35,9 @@ import plpy
 from inference.errors import PgmlError, UnknownColumn
 
 SCHEMA = "pgml_history"
+# the time of the first truncate after each version (times grow with the version order)
+_NEXT_TRUNCATE = ("min(CASE WHEN _op = 'T' THEN _t END) OVER (ORDER BY _ord DESC"
+                  " ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)")
 
 
 def _q(name: str) -> str:
@@ -288,8 +291,8 @@ def point_in_time(spine: str, event_time_column: str, features: list[str] | None
         h.load(con, view)
         hn = [c for c, _ in h.columns]
         con.execute(  # one version per key and instant; the next truncate after each
-            f"CREATE TEMP TABLE {view}v AS SELECT x.*, (SELECT min(t._t) FROM {view} t WHERE"  # noqa: S608
-            f" t._op = 'T' AND t._ord > x._ord) AS _tend FROM {view} x WHERE x._op <> 'T'"
+            f"CREATE TEMP TABLE {view}v AS SELECT * FROM (SELECT x.*, {_NEXT_TRUNCATE}"  # noqa: S608
+            f" AS _tend FROM {view} x) WHERE _op <> 'T'"
             f" QUALIFY row_number() OVER (PARTITION BY "
             f"{', '.join(f'c{hn.index(k)}' for k in h.keys)}, _t ORDER BY _ord DESC) = 1")
         on = " AND ".join(f"spine.s{names.index(k)} = {view}v.c{hn.index(k)}" for k in h.keys)

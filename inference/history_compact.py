@@ -30,7 +30,7 @@ import time
 import plpy
 
 from inference.errors import PgmlError
-from inference.history import History, _duck, _duck_ident, _duck_literal
+from inference.history import _NEXT_TRUNCATE, History, _duck, _duck_ident, _duck_literal
 
 GARBAGE_SECONDS = 3600
 
@@ -80,8 +80,7 @@ def _compact_one(h: History, older_than) -> tuple:
     if meta["cut"] is not None:  # replaced (by the key's next version or a truncate) before cut
         con.execute(
             "CREATE TEMP TABLE vr AS SELECT v.*, least(lead(_t) OVER (PARTITION BY"  # noqa: S608
-            f" {keyc} ORDER BY _ord), (SELECT min(t._t) FROM v t WHERE t._op = 'T' AND"
-            " t._ord > v._ord)) AS _replaced FROM v")
+            f" {keyc} ORDER BY _ord), {_NEXT_TRUNCATE}) AS _replaced FROM v")
         keep = f"(_op = 'T' OR _replaced IS NULL OR _replaced >= {int(meta['cut'])})"
     else:
         con.execute("CREATE TEMP TABLE vr AS SELECT * FROM v")
