@@ -25,6 +25,7 @@ from devtools.localcluster import (
     free_port,
     make_cluster,
 )
+from replica.source.preflight import preflight
 from tests.fix_pg import Database, _base_dir
 from tests.replica.conftest import wait_for
 
@@ -93,6 +94,12 @@ def test_failover_slot_follows_a_promoted_standby(primary, replica_db, sidecars)
         with primary.connect() as conn:
             conn.execute("ALTER SYSTEM SET synchronized_standby_slots = 'standby1'")
             conn.execute("SELECT pg_reload_conf()")
+        with source.connect() as conn:  # the primary shows nothing missing now
+            wait_for(lambda: _one(primary, "SELECT xmin IS NOT NULL FROM pg_replication_slots"
+                                  " WHERE slot_name = 'standby1'"), 30, "hot_standby_feedback")
+            told = preflight(conn, publication="pgml_replica", slot="pgml_replica",
+                             tables=[("public", "t")], failover_slot=True)
+        assert [w.split(" - ")[0] for w in told] == ["cannot be checked from the primary"]
         sc = sidecars(source=source.dsn, target=replica_db.dsn,
                       failover_slot=True).wait_streaming()
         source.execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1001, 2000) g")
