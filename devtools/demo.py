@@ -132,7 +132,8 @@ def run_demo(once: bool) -> None:
         _step("The sidecar: snapshot, then stream (pgml-replica run)")
         http_port = free_port()
         args = ["run", "--source", src.dsn(), "--target", ml.dsn(), "--tables",
-                "public.patients", "--http-port", str(http_port)]
+                "public.patients", "--history", "public.patients", "--http-port",
+                str(http_port)]
         console.print(f"  [dim]$ pgml-replica {shlex.join(args)} &[/]")
         log = open(base / "sidecar.log", "w")  # noqa: SIM115 - lives as long as the process
         sidecar = subprocess.Popen([sys.executable, "-m", "replica", *args], stdout=log,
@@ -149,6 +150,7 @@ def run_demo(once: bool) -> None:
         count = _sql(replica, "SELECT count(*) FROM public.patients")[0][0]
         console.print(f"  mirrored: {count} rows in public.patients on the ML replica")
 
+        before_writes = _sql(source, "SELECT clock_timestamp()", show=False)[0][0]
         _step("Writes on the source stream over; the sidecar reports the lag")
         _sql(source, "INSERT INTO public.patients (age, sex, bmi, bp, s1, s2, s3, s4, s5, s6,"
                      " progression) SELECT age, sex, bmi * 1.01, bp, s1, s2, s3, s4, s5, s6,"
@@ -210,6 +212,12 @@ def run_demo(once: bool) -> None:
         value = _wait("the new row's prediction on the source", predicted)
         console.print(f'  source=# SELECT prediction FROM ml."{view}" WHERE id = {new_id};')  # noqa: S608 - printed, not run
         console.print(f"  [bold green]{value:.1f}[/]  (scored on the ML replica, read on the source)")
+
+        _step("Time travel: the table as it was before the writes (--history, docs/history.md)")
+        as_of = _sql(replica, "SELECT pgml.as_of('public.patients', %s)", (before_writes,))[0][0]
+        then = _sql(replica, sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(as_of)))[0][0]
+        now = _sql(replica, "SELECT count(*) FROM public.patients", show=False)[0][0]
+        console.print(f"  {as_of}: {then} rows then, {now} in public.patients now")
 
         _step("Try it yourself")
         console.print(f"  psql \"{src.dsn()}\"      # the source: INSERT rows, "  # noqa: S608
