@@ -34,7 +34,8 @@ PREFIX="$1"
 VARIANT="$2"
 SRC="$3"
 PYTHON="${PYTHON:-/usr/bin/python3}"
-PLPYTHON_PACKAGE="${PLPYTHON_PACKAGE:-postgresql-plpython3-15}"  # the server's major version
+# the server's major version: the official postgres images set PG_MAJOR; a bare Debian host has 15
+PLPYTHON_PACKAGE="${PLPYTHON_PACKAGE:-postgresql-plpython3-${PG_MAJOR:-15}}"
 say() { echo "install-ml-replica: $*"; }
 # shellcheck source=deploy/lib/wheel.sh
 . "$(dirname "$0")/lib/wheel.sh"

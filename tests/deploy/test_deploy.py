@@ -421,8 +421,10 @@ def test_ml_replica_image_has_plpython_and_installs_pgml():
     ins = instructions(DEPLOY / "Dockerfile.ml-replica")
     # The image's RUN calls deploy/install-ml-replica.sh: what it installs is in there.
     text = " ".join(a for _, a in ins) + (DEPLOY / "install-ml-replica.sh").read_text()
-    assert ins[0] == ("FROM", "postgres:15-bookworm")
-    assert "postgresql-plpython3-15" in text and "python3-venv" in text
+    # the ML replica's server: the newest major whose image keeps PGDATA where the chart mounts it
+    assert ins[0] == ("ARG", "PG_MAJOR=17") and ins[1] == ("FROM", "postgres:${PG_MAJOR}-bookworm")
+    # PL/Python for that same major (the official image exports PG_MAJOR to the RUN steps)
+    assert "postgresql-plpython3-${PG_MAJOR:-15}" in text and "python3-venv" in text
     assert "chmod -R a+rX" in text  # readable by postgres
     hook = (DEPLOY / "ml-replica/10-pgml-install.sh").read_text()
     assert "pgml-replica\" install" in hook and "--python-path" in hook and "--target" in hook
