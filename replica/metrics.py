@@ -64,6 +64,10 @@ SLOT_WAL_STATUS = Gauge("slot_wal_status", "1 for the slot's current wal_status 
 
 ROWS_APPLIED = Counter("rows_applied_total", "Row changes applied to the target",
                        ["table", "op"], namespace=_NS, registry=REGISTRY)  # op: insert|update|delete|truncate
+HISTORY_VERSIONS = Counter("history_versions_total", "Row versions committed to the history "
+                           "tables (--history)", ["table"], namespace=_NS, registry=REGISTRY)
+HISTORY_BYTES = Counter("history_bytes_total", "Bytes of row versions committed to the history "
+                        "tables (COPY payload)", ["table"], namespace=_NS, registry=REGISTRY)
 TRANSACTIONS_APPLIED = Counter("transactions_applied_total",
                                "Source transactions committed on the target", namespace=_NS,
                                registry=REGISTRY)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from replica import metrics
 from replica.errors import ApplyError, TransientError
 from replica.history import store
 
@@ -76,7 +77,8 @@ class Recorder:
         self._meta = b""
         self._lsn = 0
         self._seq = 0
-        self.versions = 0  # recorded since start (metrics)
+        self.versions = 0  # written since start
+        self._pending: dict[str, list[int]] = {}  # qualname -> [versions, bytes] uncommitted
 
     def wants(self, qualname: str) -> bool:
         return "*" in self.tables or qualname in self.tables
@@ -116,9 +118,13 @@ class Recorder:
             target = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
                 sql.Identifier(store.SCHEMA, store.history_name(tw.schema, tw.name)),
                 sql.SQL(", ").join(map(sql.Identifier, (*cols, *store.META))))
+            data = _HDR + b"".join(rows) + b"\xff\xff"
             with conn.cursor().copy(target) as cp:
-                cp.write(_HDR + b"".join(rows) + b"\xff\xff")
+                cp.write(data)
             n += len(rows)
+            pending = self._pending.setdefault(qualname, [0, 0])
+            pending[0] += len(rows)
+            pending[1] += len(data)
         self.versions += n
         self.clear()
         return n
@@ -129,6 +135,7 @@ class Recorder:
         taken = Recorder(self.tables, self.retention)
         taken._rows, self._rows = self._rows, {}
         taken._ready = self._ready  # shared: only ever used by one thread at a time
+        taken._pending = self._pending
 
         def write(conn: psycopg.Connection) -> None:
             try:
@@ -144,10 +151,18 @@ class Recorder:
     def clear(self) -> None:
         self._rows.clear()
 
+    def committed(self) -> None:
+        """The open transaction committed: its versions count (metrics)."""
+        for qualname, (n, size) in self._pending.items():
+            metrics.HISTORY_VERSIONS.labels(qualname).inc(n)
+            metrics.HISTORY_BYTES.labels(qualname).inc(size)
+        self._pending.clear()
+
     def forget(self) -> None:
         """A rollback may have undone a history table's DDL: check again at the next write."""
         self._ready.clear()
         self._rows.clear()
+        self._pending.clear()
 
 
 def recorder_for(settings) -> Recorder | None:

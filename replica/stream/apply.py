@@ -316,6 +316,8 @@ class TargetWriter:
             self._reset()
             raise TransientError(f"target connection lost at commit: {exc}", "target") from exc
         self.busy_seconds += time.perf_counter() - t0
+        if self.history is not None:
+            self.history.committed()
         metrics.APPLY_SECONDS.observe(self.busy_seconds)
         for tw, ops in self._ops.values():
             for op, n in zip(_OPS, ops, strict=True):
