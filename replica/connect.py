@@ -13,6 +13,11 @@ rotated file, a secret command or an IAM token that expires is read anew each ti
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -92,3 +97,22 @@ def connect(dsn: str, peer: str, purpose: str, *, autocommit: bool = True,
                                options=options, client_encoding="UTF8", **extra)
     except psycopg.Error as exc:
         raise translate(exc, peer, f"connecting to the {peer} for {purpose}") from None
+
+
+@contextlib.contextmanager
+def bounded(conn: psycopg.Connection, seconds: float):
+    """Shut the connection's socket down if the block takes longer than ``seconds``: the
+    blocked read then fails (OperationalError, a lost connection). Why not only
+    statement_timeout or keepalives: a peer that accepts bytes but never answers (a stuck
+    proxy or pooler, a stopped server) is invisible to both."""
+    def cut() -> None:
+        with contextlib.suppress(OSError):
+            socket.socket(fileno=os.dup(conn.fileno())).shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield conn
+    finally:
+        timer.cancel()

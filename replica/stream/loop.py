@@ -50,7 +50,7 @@ from decoder import (
 )
 from replica import metrics
 from replica.config import Settings
-from replica.connect import connect
+from replica.connect import bounded, connect
 from replica.errors import ProtocolError, TransientError, UnsupportedError
 from replica.history.recorder import record_change, recorder_for
 from replica.source.catalog import TableKey
@@ -233,7 +233,9 @@ class Stream:
             return
         if now >= self.next_poll:
             self.next_poll = now + self.settings.publication_poll_seconds
-            self.relations.published(self.poll())
+            with bounded(self.source, max(self.settings.receive_timeout, 5)):
+                keys = self.poll()  # a source that stopped answering is a lost one
+            self.relations.published(keys)
             self.writer.ping()  # an idle target that restarted is noticed here
         if self.relations.pending_sync:
             self._sync_pending()
