@@ -62,13 +62,13 @@ def test_verify_full_with_the_clusters_ca(tls_cluster):
 @pytest.mark.parametrize("wrong", ["ca", "host"])
 def test_a_wrong_ca_or_host_name_says_so(tls_cluster, wrong):
     from replica.connect import connect
-    from replica.errors import ReplicaError
+    from replica.errors import ConnectionRejected
 
     cluster, d = tls_cluster
     ca = d / ("otherca.crt" if wrong == "ca" else "ca.crt")
     host = "localhost" if wrong == "ca" else "127.0.0.1"
     dsn = f"{cluster.dsn()} host={host} sslmode=verify-full sslrootcert={ca}"
-    with pytest.raises(ReplicaError) as info:
+    with pytest.raises(ConnectionRejected) as info:  # exit 7: stop, do not retry
         connect(dsn, "source", "tls test").close()
     said = str(info.value)
     assert ("certificate verify failed" in said) if wrong == "ca" else \
