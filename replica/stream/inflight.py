@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from decoder import Message, Relation, StreamAbort
+from decoder import Message, Relation, StreamAbort, Truncate
 from replica.stream.apply import TargetWriter, apply_change
 from replica.stream.batch import TableBatch
 from replica.stream.relations import Relations
@@ -66,11 +66,18 @@ class StreamedTxn:
         if not self.deferred:
             return
         relations.wait_visible(self.xid)
+        seen: set[int] = set()  # a Truncate is kept once per table it names
         for m in self.deferred:
             if type(m) is Relation:
                 self.write()
                 self.writer.sync()
                 relations.on_relation(m, self.writer, commit_lsn, [self.writer, *others])
+            elif type(m) is Truncate:
+                if id(m) not in seen:
+                    seen.add(id(m))
+                    for rid in m.relation_ids:
+                        if commit_lsn >= (table := relations.tables[rid]).sync_lsn:
+                            self.replay(m, table)
             elif commit_lsn >= (table := relations.tables[m.relation_id]).sync_lsn:
                 self.replay(m, table)
 

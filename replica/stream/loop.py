@@ -329,6 +329,10 @@ class Stream:
         a streamed transaction, is kept for its commit)."""
         tw = self.tables.get(relation_id)
         if tw is None:
+            # a streamed transaction that keeps its changes also keeps its Relation messages
+            # until its commit: the change goes with them
+            if self.streamed.current is not None and self.streamed.defer(msg):
+                return None
             raise UnsupportedError(f"a change for relation {relation_id} arrived before its "
                                    "Relation message")
         if self.streamed.current is not None:
