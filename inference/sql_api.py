@@ -13,37 +13,25 @@ behind.
 
 from __future__ import annotations
 
-import functools
 import json
 import struct
 import sys
 
 import numpy as np
-import plpy
 
 from inference import deployed, projects, store
 from inference.errors import InvalidData, PgmlError
+from inference.sql_entry import _entry, _json, _raise
 
-
-def _raise(exc: PgmlError):
-    """Re-raise a library error as a PostgreSQL error: its message, its class's SQLSTATE."""
-    plpy.error(str(exc), sqlstate=exc.sqlstate)
-
-
-def _entry(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except PgmlError as exc:
-            _raise(exc)
-    return wrapper
-
-
-def _json(value: str | None):
-    """A jsonb argument (PL/Python passes its text) as a Python value; NULL as {}."""
-    return json.loads(value) if value else {}
-
+# The entry points of sql/40_pgml_scale.sql and sql/50_history.sql live in their own modules;
+# the SQL wrappers reach every entry point through this module (GD["pgml"]).
+from inference.sql_history import (  # noqa: F401
+    history_as_of,
+    history_compact,
+    history_info,
+    history_point_in_time,
+)
+from inference.sql_scale import export_onnx, predict_relation, runtime_info  # noqa: F401
 
 # -- installation --------------------------------------------------------------------------
 
@@ -299,80 +287,6 @@ def _row_features(row) -> list:
     return [float(v) if isinstance(v, bool) else v for v in out]
 
 
-@_entry
-def runtime_info(project_name=None) -> str:
-    """What onnxruntime offers here and which providers sessions in this backend really got."""
-    import onnxruntime as ort
-
-    from inference import routing, runtime
-
-    info = {
-        "onnxruntime": ort.__version__,
-        "gpu_min_rows": routing.GPU_MIN_ROWS,
-        "available_providers": ort.get_available_providers(),
-        "requested_providers": runtime.providers(),
-        "probe_session_providers": runtime.probe_providers(runtime.providers()),
-        "sessions": [{"model_id": model_id, "runtime": s.runtime, "providers": list(s.providers)}
-                     for model_id, s in deployed.cached_scorers().items()],
-    }
-    if project_name is not None:
-        model_id = store.deployed_model(project_name)
-        s = deployed.loaded(model_id).scorer
-        info["project"] = {"name": project_name, "model_id": model_id, "runtime": s.runtime,
-                           "providers": list(s.providers), "graph": getattr(s, "graph", None),
-                           "batch_graph": _batch_graph(s)}
-    from inference.bulk import LAST_RUN
-
-    if LAST_RUN:
-        info["last_predict_relation"] = dict(LAST_RUN)
-    return json.dumps(info)
-
-
-# -- scale: export, bulk scoring (sql/40_pgml_scale.sql) --------------------------------------
-
-
-@_entry
-def export_onnx(project_name, graph):
-    """The deployed model's ONNX bytes: 'default' (scores single rows) or 'tensor' (GPU)."""
-    from inference.errors import NotExportable
-
-    files = {"default": "model.onnx", "tensor": "tensor.onnx"}
-    if graph not in files:
-        raise PgmlError(f"graph {graph!r} is not one of {', '.join(files)}")
-    model_id = store.deployed_model(project_name)
-    data = store.model_file(model_id, files[graph])
-    if data is None:
-        why = ("only tree models (xgboost, lightgbm, random_forest, ...) have a tensor graph"
-               if graph == "tensor" else "its runtime is python: it did not export or pass parity")
-        raise NotExportable(f"model {model_id} of project {project_name!r} has no {graph} ONNX "
-                            f"graph; {why} (see pgml.models.parity)")
-    return data
-
-
-@_entry
-def predict_relation(project_name, relation_name, key_columns, into):
-    from inference import bulk
-
-    return bulk.predict_relation(project_name, relation_name, key_columns, into,
-                                 threads=_batch_threads(BULK_THREAD_ROWS))
-
-
-BULK_THREAD_ROWS = 1 << 30  # predict_relation always asks for Postgres' per-query parallelism
-
-
-def _batch_graph(scorer) -> dict:
-    """Which graph and providers score one row and a large batch (routing.choose_graph)."""
-    from inference.routing import GPU_MIN_ROWS
-
-    routed = getattr(scorer, "tensor", None)
-    default = getattr(scorer, "default", scorer)
-    big = routed if routed is not None and getattr(scorer, "cuda", False) else default
-    return {"single_row": {"graph": getattr(default, "graph", None),
-                           "providers": list(default.providers)},
-            f"batch_{GPU_MIN_ROWS}_rows_and_more": {"graph": getattr(big, "graph", None),
-                                                    "providers": list(big.providers)}}
-
-
 def forget_deployments() -> None:
     """The pgml_forget_deployments trigger: pgml.deployments changed in this backend."""
     deployed.forget_deployments()
@@ -407,34 +321,3 @@ def float8_array(buf: bytes) -> np.ndarray:
             (out[i],) = struct.unpack_from(">d", buf, pos)
             pos += length
     return out
-
-
-# -- history (inference/history.py, sql/50_history.sql) -----------------------------------
-
-
-@_entry
-def history_as_of(relation_name, as_of, into):
-    from inference import history
-
-    return history.as_of(relation_name, as_of, into)
-
-
-@_entry
-def history_point_in_time(spine, event_time_column, features, into, ttl):
-    from inference import history
-
-    return history.point_in_time(spine, event_time_column, features, into, ttl)
-
-
-@_entry
-def history_info():
-    from inference import history
-
-    return history.info()
-
-
-@_entry
-def history_compact(relation_name, older_than):
-    from inference import history_compact
-
-    return history_compact.compact(relation_name, older_than)

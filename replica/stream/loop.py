@@ -61,13 +61,14 @@ from replica.stream.batch import TableBatch
 from replica.stream.flow import DEAD, PING, FlowControl, ReadPacing, on_silence
 from replica.stream.inflight import StreamedApply
 from replica.stream.negotiate import negotiate
+from replica.stream.protocol2 import StreamedSteps
 from replica.stream.relations import Relations
 from replica.stream.tables import MirroredTable
 
 log = logging.getLogger("pgml_replica")
 
 
-class Stream:
+class Stream(StreamedSteps):
     """One replication session: START_REPLICATION until stopped or disconnected."""
 
     def __init__(self, *, repl: ReplicationConnection, source: psycopg.Connection,
@@ -366,42 +367,6 @@ class Stream:
                 # a table waiting for its re-copy (a TRUNCATE changes its storage): the
                 # versions still end here, not only when the copy is done
                 self.history.truncate(self.tables[rid])
-
-    # -- streamed transactions (protocol 2, streamed.py) --------------------------------
-
-    def _stream_start(self, msg: StreamStart) -> None:
-        if self.flow.pending_txns:  # they committed first; and their locks must go
-            self._commit_batch()
-        self.streamed.start(msg.xid)
-
-    def _stream_stop(self, msg: StreamStop) -> None:
-        self.streamed.stop()
-
-    def _stream_abort(self, msg: StreamAbort) -> None:
-        self.streamed.abort(msg)
-
-    def _stream_commit(self, msg: StreamCommit) -> None:
-        self.last_commit_lsn = msg.end_lsn
-        if self.flow.pending_txns:
-            self._commit_batch()
-        txn = self.streamed.finish(msg.xid)
-        if txn is None:  # nothing of it was published
-            return
-        if msg.commit_lsn < self.start_lsn:  # applied before a restart: its changes go,
-            # but its Relation messages stand - the walsender will not send them again
-            txn.install_kept_relations(self.relations, msg.commit_lsn, self._writers())
-            self.streamed.rollback_txn(txn)
-            metrics.TRANSACTIONS_SKIPPED.inc()
-            return
-        txn.replay_kept(self.relations, msg.commit_lsn, self._writers())
-        self.flow.wal(msg.end_lsn)
-        self.streamed.commit(txn, msg.end_lsn, msg.commit_time)
-        self.flow.streamed_committed(msg.end_lsn, msg.commit_time)
-        self._applied(1, txn.rows)
-        now = time.monotonic()
-        self._boundary(now)
-        if self.flow.feedback_due(now):
-            self._feedback(now)
 
     # -- schema (relations.py) -------------------------------------------------------
 
