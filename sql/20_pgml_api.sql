@@ -45,6 +45,11 @@ $$;
 
 -- Training ---------------------------------------------------------------------------------
 
+-- PostgresML's train plus as_of (docs/history.md): train on relation_name as it was then.
+-- The 13-argument form of earlier installs is dropped so calls are never ambiguous.
+DROP FUNCTION IF EXISTS pgml.train(text, text, text, text, text, jsonb, text, jsonb, jsonb,
+                                   real, text, boolean, jsonb);
+
 CREATE OR REPLACE FUNCTION pgml.train(
     project_name     text,
     task             text DEFAULT NULL,
@@ -58,11 +63,13 @@ CREATE OR REPLACE FUNCTION pgml.train(
     test_size        real DEFAULT 0.25,
     test_sampling    text DEFAULT 'random',
     automatic_deploy boolean DEFAULT true,
-    preprocess       jsonb DEFAULT '{}')
+    preprocess       jsonb DEFAULT '{}',
+    as_of            timestamptz DEFAULT NULL)
 RETURNS TABLE (project_name text, task text, algorithm_name text, status text)
 LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
-return GD["pgml"].train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess)
+relation = relation_name if as_of is None else GD["pgml"].history_as_of(relation_name, as_of, None)
+return GD["pgml"].train(project_name, task, relation, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess)
 $$;
 
 CREATE OR REPLACE FUNCTION pgml.train_joint(

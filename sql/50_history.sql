@@ -47,28 +47,3 @@ LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 return GD["pgml"].history_compact(relation_name, older_than)
 $$;
-
-DROP FUNCTION IF EXISTS pgml.train(text, text, text, text, text, jsonb, text, jsonb, jsonb,
-                                   real, text, boolean, jsonb);
-
-CREATE OR REPLACE FUNCTION pgml.train(
-    project_name     text,
-    task             text DEFAULT NULL,
-    relation_name    text DEFAULT NULL,
-    y_column_name    text DEFAULT NULL,
-    algorithm        text DEFAULT 'linear',
-    hyperparams      jsonb DEFAULT '{}',
-    search           text DEFAULT NULL,
-    search_params    jsonb DEFAULT '{}',
-    search_args      jsonb DEFAULT '{}',
-    test_size        real DEFAULT 0.25,
-    test_sampling    text DEFAULT 'random',
-    automatic_deploy boolean DEFAULT true,
-    preprocess       jsonb DEFAULT '{}',
-    as_of            timestamptz DEFAULT NULL)
-RETURNS TABLE (project_name text, task text, algorithm_name text, status text)
-LANGUAGE plpython3u AS $$
-if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
-relation = relation_name if as_of is None else GD["pgml"].history_as_of(relation_name, as_of, None)
-return GD["pgml"].train(project_name, task, relation, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess)
-$$;
