@@ -29,20 +29,11 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks.replication import wait
 from devtools.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 DDL = "CREATE TABLE feat (id bigint PRIMARY KEY, x float8, y int, t text)"
-
-
-def wait(cond, timeout: float, what: str, every: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def sidecar(src, tgt, db: str, history: bool) -> subprocess.Popen:
