@@ -45,6 +45,12 @@ def not_ready_reason(state: SidecarState, max_lag_seconds: float) -> str | None:
     """Why /readyz says 503 - the same conditions as ``SidecarState.is_ready``, in words."""
     if state.phase != Phase.STREAMING:
         reason = f"phase is {str(state.phase)!r}, not 'streaming'"
+        if state.waiting:  # source/activity.py: say whom we wait for, not only that we wait
+            w = state.waiting
+            who = ", ".join(f"pid {b['pid']} ({b['user']}, {b['application']!r}, transaction "
+                            f"{'-' if b['transaction_seconds'] is None else b['transaction_seconds']} s)"
+                            for b in w.get("blockers", []))
+            reason += f": {w['what']} has waited {w['seconds']} s for {who or 'the source'}"
         return f"{reason}: {state.error}" if state.error else reason
     if not state.source_connected:
         return "not connected to the source"

@@ -82,6 +82,11 @@ def test_healthz_is_200_while_alive_and_503_once_the_loop_failed(serve):
 @pytest.mark.parametrize("change, reason", [
     (dict(phase="snapshot"), "phase is 'snapshot'"),
     (dict(phase="reconnecting", error="source went away"), "source went away"),
+    (dict(phase="waiting_for_transactions",
+          waiting={"what": "slot", "seconds": 12.0, "blockers": [
+              {"pid": 4242, "user": "report", "application": "psql",
+               "transaction_seconds": 3600.0}]}),
+     "slot has waited 12.0 s for pid 4242 (report, 'psql', transaction 3600.0 s)"),
     (dict(source_connected=False), "not connected to the source"),
     (dict(target_connected=False), "not connected to the target"),
     (dict(received_lsn=0x1_6B37_FFFF,
