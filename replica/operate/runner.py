@@ -34,6 +34,7 @@ from replica.errors import (
     translate,
 )
 from replica.secrets import scrub, secrets_of, with_options
+from replica.source.activity import PREFLIGHT, WaitWatcher
 from replica.source.preflight import preflight
 from replica.source.publication import (
     candidate_tables,
@@ -125,7 +126,11 @@ class Runner:
             existed = publication_exists(src, s.publication)
             if self.slot_existed is None:
                 self.slot_existed = slot_info(src, s.slot) is not None
-            self.state.tables = [f"{a}.{b}" for a, b in ensure_publication(src, s)]
+            # CREATE/ALTER PUBLICATION locks each table: a session holding one (a migration's
+            # ACCESS EXCLUSIVE) holds it up, said out loud like the slot's and the copy's waits
+            with WaitWatcher(s.source, self.state, "publication", PREFLIGHT):
+                published = ensure_publication(src, s)
+            self.state.tables = [f"{a}.{b}" for a, b in published]
             self.created_publication = self.created_publication or not existed
 
     def _undo_first_run(self) -> None:

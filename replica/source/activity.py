@@ -41,6 +41,7 @@ _DOLLAR = re.compile(r"\$(\w*)\$.*?(?:\$\1\$|\Z)", re.S)
 #: application_name of our backends per step (replica.connect sets "pgml-replica <purpose>")
 SLOT_CREATION = ("pgml-replica", "pgml-replica sync")
 COPY = ("pgml-replica copy",)
+PREFLIGHT = ("pgml-replica preflight",)  # creating or altering the publication takes locks
 
 _WAITS = """
 SELECT w.pid, w.wait_event_type, w.wait_event, b.pid, b.usename, b.application_name,

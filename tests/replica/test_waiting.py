@@ -114,3 +114,27 @@ def test_query_start_hides_literals_and_passwords():
     assert "hunter2" not in query_start("SELECT * FROM f(E'hunter2")
     long = query_start("SELECT " + ", ".join(f"c{i}" for i in range(100)))
     assert len(long) == 80 and long.endswith("…")
+
+
+def test_publication_creation_waiting_on_a_lock_is_reported_then_goes_on(source_db, replica_db,
+                                                                        sidecars):
+    """CREATE PUBLICATION ... FOR TABLE locks the table (SHARE UPDATE EXCLUSIVE): a migration
+    holding ACCESS EXCLUSIVE holds `run` up before any slot exists - reported the same way."""
+    source_db.execute("CREATE TABLE p (id int PRIMARY KEY); INSERT INTO p VALUES (1)")
+    holder, pid = _open_transaction(source_db, "migration",
+                                    "LOCK TABLE p IN ACCESS EXCLUSIVE MODE")
+    try:
+        sc = sidecars(source=source_db.dsn, target=replica_db.dsn, tables="public.p")
+        wait_for(lambda: (sc.state.waiting or {}).get("what") == "publication" or sc.error,
+                 60, "the publication's wait to be reported")
+        body = status_body(sc.state, 30.0)
+        assert body["phase"] == "waiting_for_transactions"
+        assert [b["pid"] for b in body["waiting"]["blockers"]] == [pid]
+        assert _wait_seconds("publication") > 0
+    finally:
+        holder.commit()
+        holder.close()
+    sc.wait_streaming(60)
+    sc.wait_same(source_db, replica_db, ["public.p"], 60, "the table")
+    assert sc.state.waiting is None and _wait_seconds("publication") == 0
+
