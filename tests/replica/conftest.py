@@ -85,6 +85,25 @@ def wait_for(cond: Callable[[], object], timeout: float = 30, what: str = "condi
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def lose_slot_wal(source_db, pg_source, until: Callable[[], object], what: str) -> None:
+    """Make the source drop WAL the (stopped) sidecar's slot still needs: cap it with
+    max_slot_wal_keep_size = 1MB, write and switch whole segments until ``until()`` holds,
+    then lift the cap again whatever happened."""
+    with pg_source.connect() as conn:
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        for _ in range(4):  # whole WAL segments the slot would need
+            source_db.execute("INSERT INTO t SELECT g, repeat('x', 500) FROM"
+                              " generate_series(1, 20000) g ON CONFLICT (id) DO UPDATE SET"
+                              " v = excluded.v || 'y'; SELECT pg_switch_wal(); CHECKPOINT")
+        wait_for(until, 30, what)
+    finally:
+        with pg_source.connect() as conn:
+            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            conn.execute("SELECT pg_reload_conf()")
+
+
 def digest(conn: psycopg.Connection, table: str, columns: list[str] | None = None):
     """(rows, multiset hash of the rows' text) - equal on both sides iff the tables are."""
     schema, _, name = table.rpartition(".")

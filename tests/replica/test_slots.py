@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from replica.errors import ResnapshotNeeded
-from tests.replica.conftest import wait_for
+from tests.replica.conftest import lose_slot_wal, wait_for
 
 
 def _slot(db, column: str):
@@ -80,19 +80,8 @@ def test_lost_slot_asks_for_a_resnapshot(source_db, replica_db, sidecars, pg_sou
     source_db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     sc = sidecars(source=source_db.dsn, target=replica_db.dsn).wait_streaming()
     sc.stop()
-    with pg_source.connect() as conn:
-        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
-        conn.execute("SELECT pg_reload_conf()")
-    try:
-        for _ in range(4):  # whole WAL segments the slot would need
-            source_db.execute("INSERT INTO t SELECT g, repeat('x', 500) FROM"
-                              " generate_series(1, 20000) g ON CONFLICT (id) DO UPDATE SET"
-                              " v = excluded.v || 'y'; SELECT pg_switch_wal(); CHECKPOINT")
-        wait_for(lambda: _slot(source_db, "wal_status") == "lost", 30, "wal_status lost")
-    finally:
-        with pg_source.connect() as conn:
-            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
-            conn.execute("SELECT pg_reload_conf()")
+    lose_slot_wal(source_db, pg_source, lambda: _slot(source_db, "wal_status") == "lost",
+                  "wal_status lost")
     again = sidecars(source=source_db.dsn, target=replica_db.dsn)
     wait_for(lambda: again.error is not None, 30, "the sidecar to refuse")
     assert isinstance(again.error, ResnapshotNeeded)

@@ -15,7 +15,7 @@ import pytest
 from replica.errors import ConfigError, PreflightError, ResnapshotNeeded
 from replica.source.preflight import preflight
 from replica.stream.negotiate import negotiate
-from tests.replica.conftest import wait_for
+from tests.replica.conftest import lose_slot_wal, wait_for
 
 
 def _slot(db, column: str):
@@ -181,20 +181,9 @@ def test_preflight_says_what_the_primary_lacks_for_a_failover(source_db, pg_sour
 def test_wal_removed_is_named_with_how_to_avoid_it(source_db, replica_db, sidecars, pg_source):
     source_db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     sidecars(source=source_db.dsn, target=replica_db.dsn).wait_streaming().stop()
-    with pg_source.connect() as conn:
-        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
-        conn.execute("SELECT pg_reload_conf()")
-    try:
-        for _ in range(4):  # whole WAL segments the slot would need
-            source_db.execute("INSERT INTO t SELECT g, repeat('x', 500) FROM"
-                              " generate_series(1, 20000) g ON CONFLICT (id) DO UPDATE SET"
-                              " v = excluded.v || 'y'; SELECT pg_switch_wal(); CHECKPOINT")
-        wait_for(lambda: _slot(source_db, "invalidation_reason") == "wal_removed", 30,
-                 "invalidation_reason wal_removed")
-    finally:
-        with pg_source.connect() as conn:
-            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
-            conn.execute("SELECT pg_reload_conf()")
+    lose_slot_wal(source_db, pg_source,
+                  lambda: _slot(source_db, "invalidation_reason") == "wal_removed",
+                  "invalidation_reason wal_removed")
     again = sidecars(source=source_db.dsn, target=replica_db.dsn)
     wait_for(lambda: again.error is not None, 30, "the sidecar to refuse")
     assert isinstance(again.error, ResnapshotNeeded)
