@@ -162,21 +162,30 @@ def pgbench(cluster, dbname: str, clients: int, seconds: int) -> float:
 # -- (c) predict_batch ---------------------------------------------------------------------
 
 
+CONFIGURATIONS = ("default", "one_thread", "onnx_only")
+
+
+def _configure(conn, key: str | None) -> None:
+    """The session settings of one scoring configuration (None: back to the defaults):
+    as configured; one thread; as configured but onnxruntime's TreeEnsemble scores batches."""
+    conn.execute("RESET max_parallel_workers_per_gather")
+    conn.execute("RESET pgml.native_bulk")
+    if key == "one_thread":
+        conn.execute("SET max_parallel_workers_per_gather = 0")
+    elif key == "onnx_only":
+        conn.execute("SET pgml.native_bulk = off")
+
+
 def batch(conn, rows: int) -> dict:
     """predict_batch as configured (threads: max_parallel_workers_per_gather + 1, capped by the
     cores), then on one thread; plus what reading the argument and returning rows cost alone."""
     query = "SELECT count(p) FROM bench_flat, pgml.predict_batch(%s, a) p"
     out = {}
-    for key in ("default", "one_thread", "onnx_only"):
-        if key == "one_thread":
-            conn.execute("SET max_parallel_workers_per_gather = 0")
-        if key == "onnx_only":  # as configured, but onnxruntime's TreeEnsemble scores the batches
-            conn.execute("RESET max_parallel_workers_per_gather")
-            conn.execute("SET pgml.native_bulk = off")
+    for key in CONFIGURATIONS:
+        _configure(conn, key)
         wall, cpu = _timed(conn, query, (PROJECT,), all_threads=True)
         out[key] = {"rows_per_s": rows / wall, "seconds": wall, "cpu_s": cpu}
-    conn.execute("RESET max_parallel_workers_per_gather")
-    conn.execute("RESET pgml.native_bulk")
+    _configure(conn, None)
     return out
 
 
@@ -189,12 +198,8 @@ def relation(conn, rows: int) -> dict:
                  " WHERE id <= %s", (rows,))
     conn.execute("VACUUM ANALYZE bench_wide")
     out = {}
-    for key in ("default", "one_thread", "onnx_only"):
-        if key == "one_thread":
-            conn.execute("SET max_parallel_workers_per_gather = 0")
-        if key == "onnx_only":  # as configured, but onnxruntime's TreeEnsemble scores the batches
-            conn.execute("RESET max_parallel_workers_per_gather")
-            conn.execute("SET pgml.native_bulk = off")
+    for key in CONFIGURATIONS:
+        _configure(conn, key)
         best = None
         for _ in range(2):
             conn.execute("DROP TABLE IF EXISTS bench_scored")
@@ -204,8 +209,7 @@ def relation(conn, rows: int) -> dict:
             wall = time.perf_counter() - start
             best = wall if best is None else min(best, wall)
         out[key] = {"rows": n, "seconds": best, "rows_per_s": n / best}
-    conn.execute("RESET max_parallel_workers_per_gather")
-    conn.execute("RESET pgml.native_bulk")
+    _configure(conn, None)
     return out
 
 
