@@ -60,6 +60,8 @@ def main() -> int:
     ap.add_argument("--changes", type=int, default=200_000)
     ap.add_argument("--spine", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--apply-only", action="store_true",
+                    help="stop after the apply catch-up and bytes per version (no point in time)")
     a = ap.parse_args()
     with running_cluster("hsrc", SOURCE_SETTINGS) as src, \
             running_cluster("hml", REPLICA_SETTINGS) as tgt:
@@ -117,6 +119,8 @@ def main() -> int:
                 " FROM pgml_history.public__feat").fetchone()
             print(f"history: {versions:,} versions, {size / 1e6:.1f} MB,"
                   f" {size / versions:.0f} bytes per version")
+            if a.apply_only:
+                return 0
             # 3. point in time
             lo, hi = r.execute("SELECT min(_pgml_commit_time), max(_pgml_commit_time) FROM"
                                " pgml_history.public__feat WHERE _pgml_op <> 'S'").fetchone()
