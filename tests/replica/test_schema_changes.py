@@ -128,10 +128,13 @@ def test_a_null_the_target_refuses_relaxes_its_not_null_and_replays(source_db, r
                               " table_name = 't' AND column_name = 'v'") == [("YES",)]
 
 
-def test_schema_change_inside_a_streamed_transaction(source_db, replica_db, sidecars):
+def test_schema_change_inside_a_streamed_transaction(source_db, replica_db, sidecars,
+                                                     source_version):
+    """With the protocol the source negotiates: 2 on 15, 4 (streaming 'parallel') on 16+."""
     source_db.execute("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)")
-    sc = sidecars(source=source_db.dsn, target=replica_db.dsn, protocol=2,
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn,
                   decoding_work_mem="64kB", segment_rows=500).wait_streaming()
+    assert sc.state.protocol == (4 if source_version >= 16 else 2)
     with source_db.connect() as conn, conn.transaction():
         conn.execute("INSERT INTO t SELECT g, repeat('a', 100) FROM generate_series(1, 3000) g")
         conn.execute("CREATE TYPE color AS ENUM ('red', 'blue')")

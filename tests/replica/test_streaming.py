@@ -1,6 +1,10 @@
-"""Protocol 2: transactions bigger than logical_decoding_work_mem arrive in chunks while they
-run; they are applied as they come and committed at Stream Commit. An aborted one, or an
-aborted subtransaction inside one, never appears on the target."""
+"""Streamed transactions: bigger than logical_decoding_work_mem, they arrive in chunks while
+they run; they are applied as they come and committed at Stream Commit. An aborted one, or an
+aborted subtransaction inside one, never appears on the target.
+
+The sidecar negotiates the protocol itself (``auto``), as in production: 2 from a 15 source,
+4 (``streaming 'parallel'``, Stream Abort with its abort LSN and time) from 16+, so the
+matrix's 17 source exercises protocol 4 end to end."""
 
 from __future__ import annotations
 
@@ -12,16 +16,25 @@ from replica import metrics
 from tests.replica.conftest import wait_for
 
 
-def _streamed_sidecar(sidecars, source_db, replica_db, **kw):
-    return sidecars(source=source_db.dsn, target=replica_db.dsn, protocol=2,
-                    decoding_work_mem="64kB", segment_rows=500, **kw).wait_streaming()
+def negotiated(source_version: int) -> tuple[int, str]:
+    """The protocol and ``streaming`` option ``auto`` picks for a source of this major."""
+    return (4, "parallel") if source_version >= 16 else (2, "on")
+
+
+def _streamed_sidecar(sidecars, source_db, replica_db, source_version, **kw):
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn, decoding_work_mem="64kB",
+                  segment_rows=500, **kw).wait_streaming()
+    protocol, streaming = negotiated(source_version)
+    assert (sc.state.protocol, sc.state.stream_options.get("streaming")) == \
+        (protocol, streaming)
+    return sc
 
 
 def test_streamed_transactions_commit_abort_and_subtransactions(source_db, replica_db,
-                                                                sidecars):
+                                                                sidecars, source_version):
     source_db.execute("CREATE TABLE t (id int PRIMARY KEY, v text, big text);"
                       "CREATE TABLE small (id serial PRIMARY KEY, v int)")
-    sc = _streamed_sidecar(sidecars, source_db, replica_db)
+    sc = _streamed_sidecar(sidecars, source_db, replica_db, source_version)
     tables = ["public.t", "public.small"]
     stop = threading.Event()
 
@@ -60,11 +73,12 @@ def test_streamed_transactions_commit_abort_and_subtransactions(source_db, repli
     assert replica_db.execute("SELECT count(*) FROM t WHERE v = 'kept'") == [(2900,)]
 
 
-def test_streamed_transaction_survives_kill_and_replays(source_db, replica_db, sidecars):
+def test_streamed_transaction_survives_kill_and_replays(source_db, replica_db, sidecars,
+                                                         source_version):
     """A sidecar that stops in the middle of a streamed transaction rolls it back; after a
     restart the whole transaction comes again and is applied once."""
     source_db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-    sc = _streamed_sidecar(sidecars, source_db, replica_db)
+    sc = _streamed_sidecar(sidecars, source_db, replica_db, source_version)
     applied = metrics.TRANSACTIONS_APPLIED._value.get()
     conn = source_db.connect()
     conn.autocommit = False
@@ -78,6 +92,6 @@ def test_streamed_transaction_survives_kill_and_replays(source_db, replica_db, s
     sc.stop()  # with the transaction still open on the source
     conn.commit()
     conn.close()
-    again = _streamed_sidecar(sidecars, source_db, replica_db)
+    again = _streamed_sidecar(sidecars, source_db, replica_db, source_version)
     again.wait_same(source_db, replica_db, ["public.t"], 60)
     assert metrics.TRANSACTIONS_APPLIED._value.get() > applied
