@@ -78,8 +78,8 @@ fi
 # The ML side too: the tests and the demo run PL/Python against this environment.
 stamp="$venv/.deps-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-    echo "setup-host: installing Python dependencies .[ml,aws,test] (first run takes a few minutes)"
-    pip_quiet install ".[ml,aws,test]"
+    echo "setup-host: installing Python dependencies .[ml,aws,hf,test] (first run takes a few minutes)"
+    pip_quiet install ".[ml,aws,hf,test]"
     "$venv/bin/python" -c "import psycopg, sklearn, onnxruntime, xgboost, skl2onnx" \
         || { echo "setup-host: the Python environment is incomplete" >&2; exit 1; }
     rm -f "$venv"/.deps-* "$venv"/.editable*
