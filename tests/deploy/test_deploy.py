@@ -265,6 +265,24 @@ def make_secrets(directory: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, check=True)
 
 
+def test_compose_mounts_each_postgres_volume_where_its_major_keeps_pgdata():
+    """The official postgres images: PGDATA /var/lib/postgresql/data up to 17,
+    /var/lib/postgresql/<major>/docker from 18 with the volume one level up (the 18
+    entrypoint refuses a volume at the old place). The ML replica's major is the
+    Dockerfile's PG_MAJOR, as in the chart's mlReplica.postgresMajor."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    dockerfile = (DEPLOY / "Dockerfile.ml-replica").read_text()
+    ml_major = int(re.search(r"^ARG PG_MAJOR=(\d+)$", dockerfile, re.M).group(1))
+    majors = {"ml-replica": ml_major,
+              "source": int(re.fullmatch(r"postgres:(\d+)(-\w+)?",
+                                         services["source"]["image"]).group(1))}
+    for name, major in majors.items():
+        mounts = dict(v.split(":")[:2] for v in services[name]["volumes"])
+        data = [dst for src, dst in mounts.items() if src.endswith("-data")]
+        assert data == ["/var/lib/postgresql" if major >= 18 else "/var/lib/postgresql/data"], \
+            (name, major, mounts)
+
+
 def test_compose_references_exist_and_agree():
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
@@ -421,8 +439,8 @@ def test_ml_replica_image_has_plpython_and_installs_pgml():
     ins = instructions(DEPLOY / "Dockerfile.ml-replica")
     # The image's RUN calls deploy/install-ml-replica.sh: what it installs is in there.
     text = " ".join(a for _, a in ins) + (DEPLOY / "install-ml-replica.sh").read_text()
-    # the ML replica's server: the newest major whose image keeps PGDATA where the chart mounts it
-    assert ins[0] == ("ARG", "PG_MAJOR=17") and ins[1] == ("FROM", "postgres:${PG_MAJOR}-bookworm")
+    # the ML replica's server: the newest major with PL/Python packaged for bookworm (PGDG)
+    assert ins[0] == ("ARG", "PG_MAJOR=18") and ins[1] == ("FROM", "postgres:${PG_MAJOR}-bookworm")
     # PL/Python for that same major (the official image exports PG_MAJOR to the RUN steps)
     assert "postgresql-plpython3-${PG_MAJOR:-15}" in text and "python3-venv" in text
     assert "chmod -R a+rX" in text  # readable by postgres

@@ -203,7 +203,7 @@ def test_ml_replica_statefulset_with_a_volume_and_a_generated_password():
     assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
     assert claim["spec"]["storageClassName"] == "gp3"
     [pg] = sts["spec"]["template"]["spec"]["containers"]
-    assert {"name": "data", "mountPath": "/var/lib/postgresql/data"} in pg["volumeMounts"]
+    assert {"name": "data", "mountPath": "/var/lib/postgresql"} in pg["volumeMounts"]  # 18
     assert pg["securityContext"]["readOnlyRootFilesystem"] is True
     assert sts["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     pg_env = {e["name"]: e for e in pg["env"]}
@@ -221,6 +221,29 @@ def test_ml_replica_statefulset_with_a_volume_and_a_generated_password():
     assert env["PGML_ML_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == \
         ml_secret["metadata"]["name"]
     assert env["PGML_REPLICA_SOURCE"]["valueFrom"]["secretKeyRef"]["name"] == "pgml-dsn"
+
+
+@pytest.mark.parametrize(("major", "mount", "pgdata"), [
+    (None, "/var/lib/postgresql", "/var/lib/postgresql/18/docker"),  # the image's default
+    (18, "/var/lib/postgresql", "/var/lib/postgresql/18/docker"),
+    (19, "/var/lib/postgresql", "/var/lib/postgresql/19/docker"),
+    (17, "/var/lib/postgresql/data", "/var/lib/postgresql/data/pgdata"),
+    (15, "/var/lib/postgresql/data", "/var/lib/postgresql/data/pgdata"),
+])
+def test_ml_replica_data_follows_the_images_layout_of_its_major(major, mount, pgdata):
+    """The official postgres images keep PGDATA at /var/lib/postgresql/data up to 17 and at
+    /var/lib/postgresql/<major>/docker from 18 (volume one level up): the chart mounts the
+    volume and sets PGDATA by mlReplica.postgresMajor, which must match the Dockerfile's."""
+    ml = {"enabled": True} | ({} if major is None else {"postgresMajor": major})
+    [pg] = only(render({**EXISTING, "mlReplica": ml}),
+                "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    [data] = [m for m in pg["volumeMounts"] if m["name"] == "data"]
+    assert data["mountPath"] == mount
+    assert {e["name"]: e.get("value") for e in pg["env"]}["PGDATA"] == pgdata
+    assert pgdata.startswith(mount + "/")  # a subdirectory: initdb never meets lost+found
+    if major is None:
+        dockerfile = (ROOT / "deploy/Dockerfile.ml-replica").read_text()
+        assert "ARG PG_MAJOR=18\n" in dockerfile
 
 
 def test_ml_replica_with_its_own_secret_and_only_a_source_dsn():

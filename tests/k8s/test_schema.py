@@ -48,6 +48,8 @@ BAD = [  # (values, the key the message must name, what it says)
     ({**EXISTING, "podDisruptionBudget": {"enabled": True, "maxUnavailable": "half"}},
      "/podDisruptionBudget/maxUnavailable", "oneOf"),
     ({**EXISTING, "tests": {"timeoutSeconds": -1}}, "/tests/timeoutSeconds", "minimum"),
+    ({**EXISTING, "mlReplica": {"enabled": True, "postgresMajor": 14}},
+     "/mlReplica/postgresMajor", "minimum"),
     ({**EXISTING, "mlReplicas": {"enabled": True}}, "'mlReplicas' not allowed", "additional"),
 ]
 

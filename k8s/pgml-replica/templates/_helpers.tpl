@@ -76,6 +76,19 @@ app.kubernetes.io/component: ml-replica
 {{- printf "%s:%s" $ml.image.repository $tag }}
 {{- end }}
 
+{{/* Where the ML replica's volume is mounted and where PGDATA is inside it, by the image's
+     PostgreSQL major: the official images' layout (18 moved PGDATA to
+     /var/lib/postgresql/<major>/docker and the volume to /var/lib/postgresql). Up to 17 PGDATA
+     is a subdirectory of the mount, as on 18, so a volume's lost+found never meets initdb. */}}
+{{- define "pgml-replica.mlDataMount" -}}
+{{- if ge (int .Values.mlReplica.postgresMajor) 18 }}/var/lib/postgresql{{ else }}/var/lib/postgresql/data{{ end }}
+{{- end }}
+
+{{- define "pgml-replica.mlPgdata" -}}
+{{- $major := int .Values.mlReplica.postgresMajor }}
+{{- if ge $major 18 }}{{ printf "/var/lib/postgresql/%d/docker" $major }}{{ else }}/var/lib/postgresql/data/pgdata{{ end }}
+{{- end }}
+
 {{/* The ML replica's resources, with gpu.count GPUs as a limit (extended resources are
      requested by their limit) when gpu.enabled. */}}
 {{- define "pgml-replica.mlResources" -}}
