@@ -57,6 +57,8 @@ class Side:
         self.name, self.src, self.tgt, self.db = name, src, tgt, db
         self.proc: subprocess.Popen | None = None
         self.log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+        self.profile_dir: Path | None = None  # --profile: py-spy samples each sidecar run
+        self.profiles = 0
 
     @property
     def slot(self) -> str:
@@ -72,6 +74,13 @@ class Side:
                  "--target", self.tgt.dsn(self.db), "--http-port", "0",
                  "--log-level", "WARNING", "--no-pgml-install"], cwd=ROOT, stdout=open(self.log, "ab"),  # noqa: SIM115
                 stderr=subprocess.STDOUT)
+            if self.profile_dir is not None:  # py-spy writes when the sidecar exits
+                self.profiles += 1
+                out = self.profile_dir / f"sidecar-{self.profiles:02d}.txt"
+                subprocess.Popen(  # noqa: S603 - our own tool, our own child's pid
+                    [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                     str(self.proc.pid), "--format", "raw", "--rate", "250", "--nonblocking", "--threads",
+                     "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
             with self.target() as c:
                 c.execute("ALTER SUBSCRIPTION native_sub ENABLE")
@@ -350,6 +359,55 @@ def lag(src, side: Side, rate: int, seconds: float, first_probe: int) -> tuple[f
     return statistics.median(lags), lags[max(0, int(len(lags) * 0.99) - 1)]
 
 
+# -- profile summary -------------------------------------------------------------------
+
+
+def _frame_name(frame: str) -> str:
+    """``func (path/file.py:12)`` -> ``func (file.py)``."""
+    func, _, where = frame.partition(" (")
+    return f"{func} ({where.rsplit('/', 1)[-1].split(':')[0].rstrip(')')})" if where else func
+
+
+def profile_summary(files: list[Path], top: int = 22) -> str:
+    """Where the sidecar's busy samples went, from py-spy's raw (collapsed) stacks.
+
+    Only the streaming work counts: the decoding loop (``Stream.run``) and the target writer
+    thread (``TargetWriter._work``); start-up (imports, preflight) happens before a catch-up
+    run's clock starts. Idle samples (py-spy leaves them out without --idle) do not count."""
+    parts = {"stream loop (decode + net)": 0, "writer thread (COPY, SQL)": 0, "other": 0}
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for f in files:
+        for line in f.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not n.isdigit():
+                continue
+            count = int(n)
+            names = [_frame_name(fr) for fr in stack.split(";")[1:]]
+            if "TargetWriter._work (apply.py)" in names:
+                parts["writer thread (COPY, SQL)"] += count
+            elif "Stream.run (loop.py)" in names:
+                parts["stream loop (decode + net)"] += count
+            else:
+                parts["other"] += count
+                continue
+            total += count
+            own[names[-1]] = own.get(names[-1], 0) + count
+            for name in set(names):
+                incl[name] = incl.get(name, 0) + count
+    if not total:
+        return "no samples"
+    lines = [f"{total} busy streaming samples in {len(files)} runs "
+             f"({parts['other']} more in start-up and other threads, left out)"]
+    lines += [f"  {k}: {v / total:.0%}" for k, v in parts.items() if k != "other"]
+    lines.append("self time:")
+    lines += [f"  {v / total:6.1%}  {k}" for k, v in sorted(own.items(), key=lambda x: -x[1])[:top]]
+    lines.append("inclusive:")
+    lines += [f"  {v / total:6.1%}  {k}" for k, v in sorted(incl.items(), key=lambda x: -x[1])[:top]]
+    return "\n".join(lines)
+
+
 # -- main ------------------------------------------------------------------------------
 
 
@@ -365,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs of the fresh-replica and catch-up phases; medians reported")
     p.add_argument("--workers", default="1,2",
                    help="snapshot workers to compare for a fresh replica (ours)")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="py-spy each sidecar run into DIR/sidecar-NN.txt (collapsed stacks) and "
+                        "print where the time went")
     a = p.parse_args(argv)
     rows = a.rows or (100_000 if a.quick else 1_000_000)
     lag_seconds = a.lag_seconds or (8 if a.quick else 30)
@@ -386,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
             c.execute(PROBE_DDL)
         fill(src, rows)
         ours, native = Side("ours", src, tgt, "ours"), Side("native", src, tgt, "native")
+        if a.profile is not None:
+            a.profile.mkdir(parents=True, exist_ok=True)
+            ours.profile_dir = a.profile
         o = snapshot_ours(src, tgt, rows)
         n = snapshot_native(src, tgt, rows)
         with tgt.connect("native") as c:
@@ -436,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| measure | ours | native | ours/native |\n|---|---:|---:|---:|")
     for name, o, n in ratios:
         print(f"| {name} | {o:,.1f} | {n:,.1f} | {o / n:.2f} |")
+    if a.profile is not None:
+        time.sleep(1)  # py-spy writes its file once the sidecar it sampled has exited
+        print("\nprofile (py-spy, the sidecar's busy samples):\n"
+              + profile_summary(sorted(a.profile.glob("sidecar-*.txt"))))
     return 0
 
 

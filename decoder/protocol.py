@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from decoder import accel
 from decoder._construct import fast_constructor
 from decoder.errors import DecodeError
 from decoder.framing import pg_time
@@ -165,6 +166,9 @@ class Decoder:
         return None, _U32(buf, 1)[0], 5
 
     def _insert(self, buf: bytes) -> Insert:
+        fast = accel.fast  # the compiled path; None back means malformed: the checks below
+        if fast is not None and (msg := fast.change(buf, self.stream_xid)) is not None:
+            return msg  # type: ignore[no-any-return]
         if self.stream_xid is None and len(buf) > 5:  # inline _head: the hottest path
             xid, relid, pos = None, _U32(buf, 1)[0], 5
         else:
@@ -177,6 +181,9 @@ class Decoder:
         return _new_insert(xid, relid, tup)
 
     def _update(self, buf: bytes) -> Update:
+        fast = accel.fast  # the compiled path; None back means malformed: the checks below
+        if fast is not None and (msg := fast.change(buf, self.stream_xid)) is not None:
+            return msg  # type: ignore[no-any-return]
         if self.stream_xid is None and len(buf) > 5:
             xid, relid, pos = None, _U32(buf, 1)[0], 5
         else:
@@ -195,6 +202,9 @@ class Decoder:
         return _new_update(xid, relid, old, key, new)
 
     def _delete(self, buf: bytes) -> Delete:
+        fast = accel.fast  # the compiled path; None back means malformed: the checks below
+        if fast is not None and (msg := fast.change(buf, self.stream_xid)) is not None:
+            return msg  # type: ignore[no-any-return]
         xid, relid, pos = self._head(buf, "Delete")
         marker = buf[pos:pos + 1]
         if marker not in (b"K", b"O"):

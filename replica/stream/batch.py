@@ -31,22 +31,13 @@ format; ``encode`` only adds the length words. Nothing here does I/O.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from operator import itemgetter
 
-from decoder import TupleData
+from decoder import TupleData, accel
 from replica.errors import UnsupportedError, UnsupportedTypeError
 
 FRESH, UPDATE, PATCH, DELETE = 0, 1, 2, 3
-
-COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" * 2
-COPY_TRAILER = b"\xff\xff"
-_NULL = b"\xff\xff\xff\xff"
-_LEN = struct.Struct(">i").pack
-_NCOLS = struct.Struct(">h").pack
-_INT4_FIELD = struct.Struct(">ii").pack
-_ARRAY_HEAD = struct.Struct(">iiIii").pack  # ndim, has nulls, element type, length, lower bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,25 +219,13 @@ class TableBatch:
 
 def encode_array(elem_oid: int, values) -> bytes:
     """A one-dimensional array in binary wire format from raw binary values (None = NULL):
-    the keys of a run's deletes become one ``= ANY($1)`` parameter, no stage COPY."""
-    fields = [_NULL if v is None else _LEN(len(v)) + v for v in values]
-    return _ARRAY_HEAD(1, None in values, elem_oid, len(fields), 1) + b"".join(fields)
+    the keys of a run's deletes become one ``= ANY($1)`` parameter, no stage COPY.
+    (decoder.copyfmt's, compiled where decoder._speedups is built.)"""
+    return accel.binary_array(elem_oid, values)
 
 
 def encode(rows, extra: bool = False) -> bytes:
     """A complete COPY BINARY stream of ``rows``: images, or (op, n, image) when ``extra``
-    (two leading int4 columns, the stage table's op and n)."""
-    out = [COPY_HEADER]
-    append = out.append
-    if extra:
-        for op, n, raw in rows:
-            append(_NCOLS(len(raw) + 2) + _INT4_FIELD(4, op) + _INT4_FIELD(4, n)
-                   + b"".join([_NULL if v is None else _LEN(len(v)) + v for v in raw]))
-    else:
-        ncols = None
-        for raw in rows:
-            if ncols is None:
-                ncols = _NCOLS(len(raw))
-            append(ncols + b"".join([_NULL if v is None else _LEN(len(v)) + v for v in raw]))
-    append(COPY_TRAILER)
-    return b"".join(out)
+    (two leading int4 columns, the stage table's op and n). (decoder.copyfmt's, compiled
+    where decoder._speedups is built.)"""
+    return accel.copy_rows(rows, extra)

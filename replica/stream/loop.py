@@ -44,6 +44,7 @@ from decoder import (
     StreamStop,
     Truncate,
     Update,
+    accel,
     format_lsn,
     split_frame,
     standby_status_update,
@@ -129,8 +130,8 @@ class Stream(StreamedSteps):
         self.repl.start(s.slot, self.start_lsn, {"proto_version": str(n.protocol),
                                                  "publication_names": s.publication,
                                                  **n.options})
-        log.info("streaming slot %s from %s (%s)", s.slot, format_lsn(self.start_lsn),
-                 n.describe())
+        log.info("streaming slot %s from %s (%s; hot path %s)", s.slot,
+                 format_lsn(self.start_lsn), n.describe(), accel.describe())
         self.state.protocol, self.state.stream_options = n.protocol, dict(n.options)
         self.state.phase = Phase.STREAMING
         self.state.source_connected = self.state.target_connected = True

@@ -1,0 +1,549 @@
+/* decoder._speedups: the compiled hot path of decoder/ (optional; see decoder/accel.py).
+ *
+ * Why: the sidecar's catch-up speed is bound by the Python it runs per change (splitting a
+ * TupleData into column slices, building the message objects) and per row written (the
+ * COPY BINARY stream, the binary arrays of a run's keys). This module does exactly what the
+ * pure-Python code does (decoder/protocol.py, decoder/tuples.py, decoder/copyfmt.py) for
+ * well-formed input, and for anything else returns None so that the caller runs the pure
+ * path, which raises the one DecodeError the tests pin: one behaviour, two speeds, the same
+ * tests run against both (tests/decoder/conftest.py).
+ *
+ * The objects built are ordinary instances of the frozen slots dataclasses (TupleData,
+ * Insert, Update, Delete): allocated by the type and filled through the slots' member
+ * offsets, which is what object.__new__ plus the member descriptors' __set__ do.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+#define MAX_FIELDS 5
+
+typedef struct {
+    PyTypeObject *type;
+    Py_ssize_t offsets[MAX_FIELDS];
+    int nfields;
+} Shape;
+
+static Shape tuple_shape, insert_shape, update_shape, delete_shape;
+static int ready = 0;
+
+/* A few recent kinds strings ("bbbbb", "bnnnn"...): a table's rows mostly share one, and
+ * reusing the str saves its allocation and makes TupleData.values' comparison an identity. */
+#define KINDS_CACHE 8
+static PyObject *kinds_cache[KINDS_CACHE];
+static int kinds_next = 0;
+
+static int
+shape_init(Shape *shape, PyObject *type, PyObject *names)
+{
+    if (!PyType_Check(type) || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) > MAX_FIELDS) {
+        PyErr_SetString(PyExc_TypeError, "setup: a type and a tuple of field names");
+        return -1;
+    }
+    shape->nfields = (int)PyTuple_GET_SIZE(names);
+    for (int i = 0; i < shape->nfields; i++) {
+        PyObject *d = PyObject_GetAttr(type, PyTuple_GET_ITEM(names, i));
+        if (d == NULL)
+            return -1;
+        if (!Py_IS_TYPE(d, &PyMemberDescr_Type)
+                || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            Py_DECREF(d);
+            PyErr_SetString(PyExc_TypeError, "setup: fields must be __slots__ members");
+            return -1;
+        }
+        shape->offsets[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+    }
+    Py_XSETREF(shape->type, (PyTypeObject *)Py_NewRef(type));
+    return 0;
+}
+
+/* A new instance of shape's type with the fields set; steals every value (NULL = error:
+ * the values are released). */
+static PyObject *
+make(Shape *shape, PyObject **values)
+{
+    PyObject *o = shape->type->tp_alloc(shape->type, 0);
+    if (o == NULL) {
+        for (int i = 0; i < shape->nfields; i++)
+            Py_XDECREF(values[i]);
+        return NULL;
+    }
+    for (int i = 0; i < shape->nfields; i++)
+        *(PyObject **)((char *)o + shape->offsets[i]) = values[i];
+    return o;
+}
+
+static PyObject *
+setup(PyObject *self, PyObject *args)
+{
+    PyObject *t[4], *n[4];
+    if (!PyArg_ParseTuple(args, "OOOOOOOO", &t[0], &n[0], &t[1], &n[1], &t[2], &n[2],
+                          &t[3], &n[3]))
+        return NULL;
+    if (shape_init(&tuple_shape, t[0], n[0]) < 0 || shape_init(&insert_shape, t[1], n[1]) < 0
+            || shape_init(&update_shape, t[2], n[2]) < 0
+            || shape_init(&delete_shape, t[3], n[3]) < 0)
+        return NULL;
+    if (tuple_shape.nfields != 2 || insert_shape.nfields != 3 || update_shape.nfields != 5
+            || delete_shape.nfields != 4) {
+        PyErr_SetString(PyExc_TypeError, "setup: unexpected field counts");
+        return NULL;
+    }
+    ready = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+kinds_str(const char *kinds, Py_ssize_t n)
+{
+    for (int i = 0; i < KINDS_CACHE; i++) {
+        PyObject *k = kinds_cache[i];
+        if (k != NULL && PyUnicode_GET_LENGTH(k) == n
+                && memcmp(PyUnicode_1BYTE_DATA(k), kinds, (size_t)n) == 0)
+            return Py_NewRef(k);
+    }
+    PyObject *k = PyUnicode_New(n, 127);
+    if (k == NULL)
+        return NULL;
+    memcpy(PyUnicode_1BYTE_DATA(k), kinds, (size_t)n);
+    Py_XSETREF(kinds_cache[kinds_next], Py_NewRef(k));
+    kinds_next = (kinds_next + 1) % KINDS_CACHE;
+    return k;
+}
+
+static inline uint32_t
+u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+/* The TupleData at buf[*pos]: a new reference, *pos moved past it. NULL without an error set
+ * when the bytes are not a well-formed TupleData (the caller goes the pure path); NULL with
+ * an error set on a memory error. */
+static PyObject *
+tuple_at(const unsigned char *buf, Py_ssize_t n, Py_ssize_t *pos)
+{
+    Py_ssize_t p = *pos;
+    if (p + 2 > n)
+        return NULL;
+    Py_ssize_t ncols = (Py_ssize_t)buf[p] << 8 | buf[p + 1];
+    p += 2;
+    char small[256];
+    char *kinds = ncols <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)ncols);
+    if (kinds == NULL)
+        return PyErr_NoMemory();
+    PyObject *raw = PyTuple_New(ncols), *result = NULL;
+    if (raw == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < ncols; i++) {
+        if (p >= n)
+            goto malformed;
+        unsigned char kind = buf[p];
+        if (kind == 't' || kind == 'b') {
+            if (p + 5 > n)
+                goto malformed;
+            int32_t length = (int32_t)u32(buf + p + 1);
+            Py_ssize_t start = p + 5;
+            if (length < 0 || start + length > n)
+                goto malformed;
+            PyObject *v = PyBytes_FromStringAndSize((const char *)buf + start, length);
+            if (v == NULL)
+                goto error;
+            PyTuple_SET_ITEM(raw, i, v);
+            p = start + length;
+        } else if (kind == 'n' || kind == 'u') {
+            PyTuple_SET_ITEM(raw, i, Py_NewRef(Py_None));
+            p += 1;
+        } else {
+            goto malformed;
+        }
+        kinds[i] = (char)kind;
+    }
+    PyObject *values[2];
+    values[0] = kinds_str(kinds, ncols);
+    if (values[0] == NULL)
+        goto error;
+    values[1] = raw;
+    raw = NULL;
+    result = make(&tuple_shape, values);
+    *pos = p;
+    goto done;
+malformed:
+error:
+    Py_XDECREF(raw);
+done:
+    if (kinds != small)
+        PyMem_Free(kinds);
+    return result;
+}
+
+/* read_tuple(buf: bytes, pos: int) -> (TupleData, int) | None */
+static PyObject *
+read_tuple(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "read_tuple(buf: bytes, pos: int)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    if (!ready || pos < 0)
+        Py_RETURN_NONE;
+    PyObject *tup = tuple_at((const unsigned char *)PyBytes_AS_STRING(args[0]),
+                             PyBytes_GET_SIZE(args[0]), &pos);
+    if (tup == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *end = PyLong_FromSsize_t(pos);
+    if (end == NULL) {
+        Py_DECREF(tup);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL) {
+        Py_DECREF(tup);
+        Py_DECREF(end);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, tup);
+    PyTuple_SET_ITEM(out, 1, end);
+    return out;
+}
+
+/* change(buf: bytes, xid: int | None) -> Insert | Update | Delete | None
+ * One whole Insert/Update/Delete message; xid is the open streamed block's (None outside
+ * one: the message then carries no xid). None for anything not well formed. */
+static PyObject *
+change(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "change(buf: bytes, xid: int | None)");
+        return NULL;
+    }
+    if (!ready)
+        Py_RETURN_NONE;
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    int streamed = args[1] != Py_None;
+    Py_ssize_t pos = streamed ? 9 : 5;
+    if (n < pos + 1)
+        Py_RETURN_NONE;
+    unsigned char tag = buf[0];
+    PyObject *tuples[2] = {NULL, NULL};  /* old-or-key, new */
+    unsigned char marker = buf[pos];
+    if (tag == 'I') {
+        if (marker != 'N')
+            Py_RETURN_NONE;
+    } else if (tag == 'U' || tag == 'D') {
+        if (marker == 'K' || marker == 'O') {
+            pos += 1;
+            tuples[0] = tuple_at(buf, n, &pos);
+            if (tuples[0] == NULL)
+                goto fail;
+            if (tag == 'U' && (pos >= n || buf[pos] != 'N'))
+                goto fail;
+        } else if (tag == 'D' || marker != 'N') {
+            Py_RETURN_NONE;
+        }
+    } else {
+        Py_RETURN_NONE;
+    }
+    if (tag != 'D') {
+        pos += 1;
+        tuples[1] = tuple_at(buf, n, &pos);
+        if (tuples[1] == NULL)
+            goto fail;
+    }
+    if (pos != n)
+        goto fail;
+    PyObject *xid, *relid;
+    if (streamed) {
+        xid = PyLong_FromUnsignedLong(u32(buf + 1));
+        relid = PyLong_FromUnsignedLong(u32(buf + 5));
+    } else {
+        xid = Py_NewRef(Py_None);
+        relid = PyLong_FromUnsignedLong(u32(buf + 1));
+    }
+    if (xid == NULL || relid == NULL) {
+        Py_XDECREF(xid);
+        Py_XDECREF(relid);
+        goto fail;
+    }
+    PyObject *none = Py_None, *v[5] = {xid, relid, NULL, NULL, NULL};
+    if (tag == 'I') {
+        v[2] = tuples[1];
+        return make(&insert_shape, v);
+    }
+    /* old_tuple ('O'), key_tuple ('K') */
+    if (tuples[0] == NULL) {
+        v[2] = Py_NewRef(none);
+        v[3] = Py_NewRef(none);
+    } else if (marker == 'O') {
+        v[2] = tuples[0];
+        v[3] = Py_NewRef(none);
+    } else {
+        v[2] = Py_NewRef(none);
+        v[3] = tuples[0];
+    }
+    if (tag == 'U') {
+        v[4] = tuples[1];
+        return make(&update_shape, v);
+    }
+    return make(&delete_shape, v);
+fail:
+    Py_XDECREF(tuples[0]);
+    Py_XDECREF(tuples[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* -- COPY BINARY and binary arrays ---------------------------------------------------- */
+
+static inline void
+put32(char *p, uint32_t v)
+{
+    p[0] = (char)(v >> 24);
+    p[1] = (char)(v >> 16);
+    p[2] = (char)(v >> 8);
+    p[3] = (char)v;
+}
+
+static const char COPY_HEADER[] = "PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+#define COPY_HEADER_LEN 19
+
+/* Bytes the fields of one image take (4 + len per value, 4 per NULL); -1 = TypeError set. */
+static Py_ssize_t
+fields_size(PyObject *image)
+{
+    if (!PyTuple_Check(image)) {
+        PyErr_Format(PyExc_TypeError, "a row image must be a tuple, not %.100s",
+                     Py_TYPE(image)->tp_name);
+        return -1;
+    }
+    Py_ssize_t size = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(image); i++) {
+        PyObject *v = PyTuple_GET_ITEM(image, i);
+        if (v == Py_None)
+            size += 4;
+        else if (PyBytes_Check(v))
+            size += 4 + PyBytes_GET_SIZE(v);
+        else {
+            PyErr_Format(PyExc_TypeError, "a value must be bytes or None, not %.100s",
+                         Py_TYPE(v)->tp_name);
+            return -1;
+        }
+    }
+    return size;
+}
+
+static char *
+put_fields(char *p, PyObject *image)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(image); i++) {
+        PyObject *v = PyTuple_GET_ITEM(image, i);
+        if (v == Py_None) {
+            put32(p, 0xffffffffu);
+            p += 4;
+        } else {
+            Py_ssize_t len = PyBytes_GET_SIZE(v);
+            put32(p, (uint32_t)len);
+            memcpy(p + 4, PyBytes_AS_STRING(v), (size_t)len);
+            p += 4 + len;
+        }
+    }
+    return p;
+}
+
+static int
+int32_of(PyObject *o, int32_t *out)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < INT32_MIN || v > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit an int4");
+        return -1;
+    }
+    *out = (int32_t)v;
+    return 0;
+}
+
+/* copy_rows(rows: Sequence, extra: bool) -> bytes: decoder.copyfmt.copy_rows, compiled. */
+static PyObject *
+copy_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "copy_rows(rows, extra)");
+        return NULL;
+    }
+    int extra = PyObject_IsTrue(args[1]);
+    if (extra < 0)
+        return NULL;
+    PyObject *rows = PySequence_Fast(args[0], "rows must be a sequence");
+    if (rows == NULL)
+        return NULL;
+    Py_ssize_t nrows = PySequence_Fast_GET_SIZE(rows), size = COPY_HEADER_LEN + 2;
+    PyObject **items = PySequence_Fast_ITEMS(rows), *out = NULL;
+    int32_t *ops = NULL;
+    Py_ssize_t ncols0 = -1;
+    if (extra && nrows) {
+        ops = PyMem_Malloc(sizeof(int32_t) * 2 * (size_t)nrows);
+        if (ops == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    for (Py_ssize_t r = 0; r < nrows; r++) {
+        PyObject *image = items[r];
+        if (extra) {
+            if (!PyTuple_Check(image) || PyTuple_GET_SIZE(image) != 3) {
+                PyErr_SetString(PyExc_TypeError, "rows must be (op, n, image) tuples");
+                goto done;
+            }
+            if (int32_of(PyTuple_GET_ITEM(image, 0), &ops[2 * r]) < 0
+                    || int32_of(PyTuple_GET_ITEM(image, 1), &ops[2 * r + 1]) < 0)
+                goto done;
+            image = PyTuple_GET_ITEM(image, 2);
+            size += 16;
+        }
+        Py_ssize_t s = fields_size(image);
+        if (s < 0)
+            goto done;
+        Py_ssize_t ncols = PyTuple_GET_SIZE(image) + (extra ? 2 : 0);
+        if (ncols > 32767) {
+            PyErr_SetString(PyExc_OverflowError, "more than 32767 columns");
+            goto done;
+        }
+        if (ncols0 < 0)
+            ncols0 = ncols;
+        size += 2 + s;
+    }
+    out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        goto done;
+    char *p = PyBytes_AS_STRING(out);
+    memcpy(p, COPY_HEADER, COPY_HEADER_LEN);
+    p += COPY_HEADER_LEN;
+    for (Py_ssize_t r = 0; r < nrows; r++) {
+        PyObject *image = items[r];
+        /* like the pure code: extra rows count their own columns, plain rows the first's */
+        Py_ssize_t ncols;
+        if (extra) {
+            image = PyTuple_GET_ITEM(image, 2);
+            ncols = PyTuple_GET_SIZE(image) + 2;
+        } else {
+            ncols = ncols0;
+        }
+        p[0] = (char)(ncols >> 8);
+        p[1] = (char)ncols;
+        p += 2;
+        if (extra) {
+            put32(p, 4);
+            put32(p + 4, (uint32_t)ops[2 * r]);
+            put32(p + 8, 4);
+            put32(p + 12, (uint32_t)ops[2 * r + 1]);
+            p += 16;
+        }
+        p = put_fields(p, image);
+    }
+    p[0] = p[1] = (char)0xff;
+done:
+    PyMem_Free(ops);
+    Py_DECREF(rows);
+    return out;
+}
+
+/* binary_array(elem_oid: int, values: Sequence[bytes | None]) -> bytes */
+static PyObject *
+binary_array(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "binary_array(elem_oid, values)");
+        return NULL;
+    }
+    unsigned long oid = PyLong_AsUnsignedLong(args[0]);
+    if (oid == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    if (oid > 0xffffffffUL) {
+        PyErr_SetString(PyExc_OverflowError, "elem_oid does not fit an oid");
+        return NULL;
+    }
+    PyObject *values = PySequence_Fast(args[1], "values must be a sequence");
+    if (values == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(values), size = 20;
+    PyObject **items = PySequence_Fast_ITEMS(values), *out = NULL;
+    int has_null = 0;
+    if (count > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "too many values");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (items[i] == Py_None) {
+            has_null = 1;
+            size += 4;
+        } else if (PyBytes_Check(items[i])) {
+            size += 4 + PyBytes_GET_SIZE(items[i]);
+        } else {
+            PyErr_Format(PyExc_TypeError, "a value must be bytes or None, not %.100s",
+                         Py_TYPE(items[i])->tp_name);
+            goto done;
+        }
+    }
+    out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        goto done;
+    char *p = PyBytes_AS_STRING(out);
+    put32(p, 1);
+    put32(p + 4, (uint32_t)has_null);
+    put32(p + 8, (uint32_t)oid);
+    put32(p + 12, (uint32_t)count);
+    put32(p + 16, 1);
+    p += 20;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *v = items[i];
+        if (v == Py_None) {
+            put32(p, 0xffffffffu);
+            p += 4;
+        } else {
+            Py_ssize_t len = PyBytes_GET_SIZE(v);
+            put32(p, (uint32_t)len);
+            memcpy(p + 4, PyBytes_AS_STRING(v), (size_t)len);
+            p += 4 + len;
+        }
+    }
+done:
+    Py_DECREF(values);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"setup", setup, METH_VARARGS,
+     "setup(TupleData, names, Insert, names, Update, names, Delete, names)"},
+    {"read_tuple", (PyCFunction)(void (*)(void))read_tuple, METH_FASTCALL,
+     "read_tuple(buf, pos) -> (TupleData, pos) | None (None: not well formed)"},
+    {"change", (PyCFunction)(void (*)(void))change, METH_FASTCALL,
+     "change(buf, xid) -> Insert | Update | Delete | None (None: use the pure path)"},
+    {"copy_rows", (PyCFunction)(void (*)(void))copy_rows, METH_FASTCALL,
+     "copy_rows(rows, extra) -> bytes: a complete COPY BINARY stream"},
+    {"binary_array", (PyCFunction)(void (*)(void))binary_array, METH_FASTCALL,
+     "binary_array(elem_oid, values) -> bytes: a 1-D array in binary wire format"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "decoder._speedups",
+    "The compiled hot path of decoder/ (optional; decoder/accel.py chooses).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,78 @@
+"""Which implementation of the hot path runs: compiled (decoder._speedups) or pure Python.
+
+Why two: the sidecar's catch-up speed is bound by the Python it runs per change, and a C
+extension does the same splitting and encoding several times faster - but it needs a
+compiler at install time, and the pure code must stay the reference (psycopg's pattern:
+``psycopg`` and the optional ``psycopg_c``). The compiled module is built by setup.py when a
+compiler is present (``pip install .`` succeeds either way); ``PGML_REPLICA_PURE=1`` forces
+the pure path. Both give the same results and raise the same errors (the compiled code hands
+anything malformed back to the pure code), and tests/decoder runs against both.
+
+Callers read ``accel.fast`` (the compiled module or None) and ``accel.copy_rows`` /
+``accel.binary_array`` at call time, so ``select`` switches every caller at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+from decoder import copyfmt
+
+#: The compiled module when it is in use, else None.
+fast: ModuleType | None = None
+#: "c" or "python".
+IMPLEMENTATION = "python"
+copy_rows: Callable[..., bytes] = copyfmt.copy_rows
+binary_array: Callable[[int, Sequence[bytes | None]], bytes] = copyfmt.binary_array
+
+
+def _load() -> ModuleType | None:
+    try:
+        from decoder import _speedups  # type: ignore[attr-defined]  # built by setup.py
+    except ImportError:
+        return None
+    from decoder.messages import Delete, Insert, Update
+    from decoder.tuples import TupleData
+
+    def names(cls: Any) -> tuple[str, ...]:
+        return tuple(cls.__dataclass_fields__)
+
+    _speedups.setup(TupleData, names(TupleData), Insert, names(Insert), Update, names(Update),
+                    Delete, names(Delete))
+    return _speedups  # type: ignore[no-any-return]
+
+
+def available() -> bool:
+    """Whether the compiled module is built (whichever is selected)."""
+    return _load() is not None
+
+
+def select(name: str) -> None:
+    """Use the "c" or the "python" implementation from now on (tests run both)."""
+    global fast, IMPLEMENTATION, copy_rows, binary_array
+    if name == "python":
+        fast, copy_rows, binary_array = None, copyfmt.copy_rows, copyfmt.binary_array
+    elif name == "c":
+        mod = _load()
+        if mod is None:
+            raise RuntimeError("decoder._speedups is not built (no compiler at install?)")
+        fast, copy_rows, binary_array = mod, mod.copy_rows, mod.binary_array
+    else:
+        raise ValueError(f"implementation must be 'c' or 'python', not {name!r}")
+    IMPLEMENTATION = name
+
+
+def describe() -> str:
+    """For the start-up log and /status: which one runs, and why."""
+    if IMPLEMENTATION == "c":
+        return "c (decoder._speedups)"
+    if os.environ.get("PGML_REPLICA_PURE", "") not in ("", "0"):
+        return "python (PGML_REPLICA_PURE set)"
+    return "python (decoder._speedups not built)"
+
+
+if os.environ.get("PGML_REPLICA_PURE", "") in ("", "0") and available():
+    select("c")
