@@ -26,7 +26,7 @@ CNPG = {**EXISTING, "mlReplica": {"enabled": True,
                                   "readReplicas": {"cnpg": {"enabled": True, "instances": 3}}}}
 # spec fields of postgresql.cnpg.io/v1 Cluster (CloudNativePG 1.2x, api/v1/cluster_types.go)
 # that the chart sets; a typo in the template would be silently dropped by a lax apiserver.
-CNPG_SPEC_FIELDS = {"instances", "imageName", "imagePullPolicy", "imagePullSecrets",
+CNPG_SPEC_FIELDS = {"instances", "imageCatalogRef", "imagePullPolicy", "imagePullSecrets",
                     "postgresUID", "postgresGID", "enableSuperuserAccess", "superuserSecret",
                     "enablePDB", "bootstrap", "postgresql", "storage",
                     "ephemeralVolumesSizeLimit", "resources", "env", "affinity", "monitoring"}
@@ -130,7 +130,14 @@ def test_cnpg_renders_a_cluster_instead_of_the_statefulset():
     assert set(spec) <= CNPG_SPEC_FIELDS, set(spec) - CNPG_SPEC_FIELDS
     assert set(spec["affinity"]) <= CNPG_AFFINITY_FIELDS
     assert spec["instances"] == 3
-    assert spec["imageName"] == f"pgml-replica/ml-replica:{APP_VERSION}"
+    # the image through a one-entry ImageCatalog that states its major (CNPG would read the
+    # major off an imageName's tag, and the ML image's tag is the chart's version)
+    catalog = only(m, "ImageCatalog")
+    assert catalog["apiVersion"] == "postgresql.cnpg.io/v1"
+    assert catalog["spec"] == {"images": [{"major": 18,
+                                          "image": f"pgml-replica/ml-replica:{APP_VERSION}"}]}
+    assert spec["imageCatalogRef"] == {"apiGroup": "postgresql.cnpg.io", "kind": "ImageCatalog",
+                                       "name": catalog["metadata"]["name"], "major": 18}
     assert spec["postgresUID"] == spec["postgresGID"] == 999
     assert spec["bootstrap"]["initdb"]["database"] == "ml"
     assert spec["storage"]["size"] == "20Gi"
@@ -158,7 +165,7 @@ def test_cnpg_renders_a_cluster_instead_of_the_statefulset():
 def test_cnpg_carries_gpu_storage_and_scheduling():
     m = render({**EXISTING, "mlReplica": {
         "enabled": True, "persistence": {"size": "100Gi", "storageClass": "gp3"},
-        "nodeSelector": {"pool": "ml"},
+        "postgresMajor": 17, "nodeSelector": {"pool": "ml"},
         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
         "gpu": {"enabled": True}, "shm": {"sizeLimit": "2Gi"},
         "readReplicas": {"cnpg": {"enabled": True, "instances": 2, "enablePDB": False,
@@ -166,7 +173,9 @@ def test_cnpg_carries_gpu_storage_and_scheduling():
                                       "hot_standby_feedback": "off",
                                       "max_standby_streaming_delay": "60s"}}}}}})
     spec = only(m, "Cluster")["spec"]
-    assert spec["imageName"].endswith(f":{APP_VERSION}-gpu")
+    [image] = only(m, "ImageCatalog")["spec"]["images"]
+    assert image["image"].endswith(f":{APP_VERSION}-gpu")
+    assert image["major"] == spec["imageCatalogRef"]["major"] == 17
     assert spec["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["affinity"]["nodeSelector"] == {"pool": "ml"}
     assert spec["affinity"]["tolerations"][0]["key"] == "nvidia.com/gpu"
