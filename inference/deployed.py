@@ -3,7 +3,8 @@
 The one module that caches anything read from the pgml tables, so what may go stale, and when
 it is dropped, is decided here:
 
-- Loaded models, by model id, for the life of the backend (at most MAX_CACHED_SCORERS, least
+- Loaded models, by model id, for the life of the backend (tree models as compiled trees
+  where they have them, routing.CompiledScorer, else their ONNX graph) (at most MAX_CACHED_SCORERS, least
   recently used dropped first). A model row and its files never change after training (rows
   are inserted, never updated), so a loaded Scorer can never be stale.
 - Which model a project has deployed, per statement. That *does* change, in any session, or
@@ -57,19 +58,33 @@ def loaded(model_id: int) -> Loaded:
     if found is not None:
         _LOADED.move_to_end(model_id)
         return found
-    from inference.routing import load_scorer
+    from inference.routing import load_compiled, load_scorer
 
     stored = store.stored_model(model_id)
     onnx, native = (stored.data, None) if stored.runtime == "onnx" else (None, stored.data)
-    tensor = store.model_file(model_id, "tensor.onnx") if stored.runtime == "onnx" else None
-    found = Loaded(model_id,
-                   load_scorer(stored.runtime, onnx, native, stored.task, stored.num_features,
-                               tensor=tensor),
-                   stored.joint, stored.encoding)
+
+    def general():
+        tensor = store.model_file(model_id, "tensor.onnx") if stored.runtime == "onnx" else None
+        return load_scorer(stored.runtime, onnx, native, stored.task, stored.num_features,
+                           tensor=tensor)
+
+    scorer = None
+    if stored.runtime == "onnx" and compiled_trees_enabled():
+        source = store.model_file(model_id, "trees.c")
+        if source is not None:
+            scorer = load_compiled(source, model_id, stored.task, stored.num_features, general)
+    found = Loaded(model_id, scorer or general(), stored.joint, stored.encoding)
     _LOADED[model_id] = found
     while len(_LOADED) > MAX_CACHED_SCORERS:
         _LOADED.popitem(last=False)
     return found
+
+
+def compiled_trees_enabled() -> bool:
+    """``SET pgml.compiled_trees = off`` keeps models loaded from then on in this backend on
+    their ONNX graph (a comparison, or a way out should a compiled library misbehave)."""
+    found = store.query("SELECT current_setting('pgml.compiled_trees', true) AS v")[0]["v"]
+    return (found or "on").strip().lower() not in ("off", "false", "0")
 
 
 def cached_scorers() -> dict[int, object]:

@@ -135,11 +135,19 @@ class OnnxScorer(Scorer):
 
     def __init__(self, onnx_bytes: bytes, task: str, n_features: int,
                  wanted: list[str] | None = None):
-        import onnx
         import onnxruntime as ort
 
-        model = onnx.load_from_string(bytes(onnx_bytes))
-        meta = {p.key: p.value for p in model.metadata_props}
+        onnx_bytes = bytes(onnx_bytes)
+        wanted = list(wanted or providers())
+        if ML_DOMAIN.encode() in onnx_bytes:  # the opset import of an ai.onnx.ml graph
+            wanted = [CPU]  # CUDA has no ai.onnx.ml kernels: the work would run on the CPU anyway
+        options = _session_options()
+        if CUDA in wanted:
+            options.log_severity_level = 4  # a CUDA set-up that fails falls back quietly...
+        self._session = ort.InferenceSession(onnx_bytes, sess_options=options, providers=wanted)
+        # The metadata through the session, not the onnx package: importing onnx costs a
+        # brand-new backend hundreds of milliseconds on its first predict (#1175).
+        meta = dict(self._session.get_modelmeta().custom_metadata_map)
         self.task = task
         self.n_features = n_features
         classes = json.loads(meta.get("pgml.classes", "null"))
@@ -150,15 +158,6 @@ class OnnxScorer(Scorer):
         self._error_cols = np.asarray(json.loads(meta.get("pgml.error_columns", "[]")), dtype=np.int64)
         if meta.get("pgml.task", task) != task:
             raise PgmlError(f"the ONNX model is a {meta['pgml.task']} model, not {task}")
-        wanted = list(wanted or providers())
-        if any(node.domain == ML_DOMAIN for node in model.graph.node):
-            wanted = [CPU]  # CUDA has no ai.onnx.ml kernels: the work would run on the CPU anyway
-        options = _session_options()
-        if CUDA in wanted:
-            options.log_severity_level = 4  # a CUDA set-up that fails falls back quietly...
-        self._session = ort.InferenceSession(
-            bytes(onnx_bytes), sess_options=options, providers=wanted
-        )
         self.providers = self._session.get_providers()  # ...and this says what it really got
         inputs = self._session.get_inputs()
         width = inputs[0].shape[1]

@@ -1,0 +1,428 @@
+"""Tree ensembles compiled to C: the per-row scorer of tree models where a C compiler is present.
+
+Why: a ``pgml.predict`` call through onnxruntime spends most of its time in the TreeEnsemble
+kernel's per-call machinery, not in the trees (docs/benchmarks.md, "Prediction"). Plain C with
+one ``if`` per split, called through ctypes with no arguments on a buffer that stays put, does
+the trees and nothing else; and loading it needs numpy and ctypes only -- no onnxruntime, no
+onnx -- which is what makes a brand-new backend's first call quick (PostgresML #1175).
+
+How, once per trained model (``for_training``, called by pgml.train):
+
+1. The fitted model becomes tree_graph_models.Ensemble -- the one neutral form the tensor graph
+   is built from, whose float32 comparisons already decide as the native libraries do.
+2. ``c_source`` writes it as C: the preprocessing (impute, then ``(x - offset) * factor`` in
+   float32, as the graphs do), every tree as nested ``if`` on ``x <= threshold`` (NaN to the
+   side the library sends it) -- or, above CODE_MAX_NODES nodes (deep forests), the trees as
+   constant arrays and one loop, which compiles in a second where nested ifs take minutes -- the sum in double from the base score, then ``post``
+   (identity, exp, sigmoid, softmax, proba). The source starts with a comment holding a JSON
+   header (task, classes, widths, the parity record) so it describes itself.
+3. It is compiled (``cc -O1 -shared``; -O2 doubles the build time and gains nothing
+   measurable per row) into the cache directory and scored on the same fixed
+   sample of the test split as the ONNX graphs; relative differences above RTOL (1e-5, as the
+   graphs) or a label off the decision boundary drop it. The source is stored with the model
+   (pgml.files ``trees.c``), so any backend -- another replica, a host with a cold cache --
+   rebuilds the same library from it.
+
+Loading (``load``): the library's path is ``<cache>/<model id>-<sha256 of source, flags,
+compiler>.so``; present -> dlopen, absent -> compile then dlopen; no compiler, a failed build,
+or a cache directory that is not this user's alone -> None, and routing.py scores with the ONNX
+graph as before. The cache directory is ``$PGML_COMPILED_TREES_DIR`` or
+``<tmp>/pgml-compiled-<uid>``, created 0700 and refused unless owned by this user and closed to
+others (a shared library from a directory others can write to would run their code).
+
+Not compiled (ONNX scores them): AdaBoost regression (weighted median), models whose preprocess
+has an ``impute: error`` column, joint models' single-row call (their batches are fine), and
+anything Ensemble cannot express (categorical splits, dart).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+
+import numpy as np
+
+from inference.errors import NotExportable, PgmlError
+
+FORMAT = "pgml-compiled-trees 1"
+SOURCE_FILE = "trees.c"  # the model's file in pgml.files
+RTOL = 1e-5  # as tree_graph.RTOL: relative to max(1, |native|)
+CFLAGS = ("-O1", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-w")
+COMPILE_TIMEOUT_S = 120
+# Above this many nodes (all trees) the model is not compiled (ONNX scores it): the source
+# alone would be tens of megabytes.
+MAX_NODES = 2_000_000
+# Up to this many nodes each tree is nested ifs (fastest per row); above it the trees are
+# constant arrays walked by a loop (``_table``), which builds in about a second however large.
+CODE_MAX_NODES = 20_000
+POSTS = ("identity", "exp", "sigmoid", "softmax", "proba")
+
+
+# -- C source ------------------------------------------------------------------------------
+
+
+def c_source(pipeline, *, task: str, n_features: int, classes: list | None,
+             parity_record: dict | None = None) -> str:
+    """The C source of a fitted tree pipeline; NotExportable when it has no compiled form."""
+    from inference.tree_graph import unwrap
+    from inference.tree_graph_models import ensemble_of
+
+    spec, final = unwrap(pipeline)
+    n_classes = None if task != "classification" else len(classes)
+    ens = ensemble_of(final, n_features, n_classes)
+    if ens.post not in POSTS:
+        raise NotExportable(f"{type(final).__name__} ({ens.post} of the trees) is not compiled")
+    if n_classes is not None and ens.post == "identity":
+        raise NotExportable(f"{type(final).__name__} gives no class scores")
+    prep = None
+    if spec is not None:
+        from inference.preprocess import arrays
+
+        fill, offset, factor, errors = arrays(spec)
+        if len(errors):
+            raise NotExportable("a preprocess column with impute 'error' is checked by the graph")
+        prep = (fill.astype(np.float32), offset.astype(np.float32), factor.astype(np.float32))
+    n_out = ens.n_outputs if n_classes is None else n_classes
+    header = {"format": FORMAT, "task": task, "n_features": n_features, "n_outputs": n_out,
+              "classes": classes, "post": ens.post, "trees": len(ens.trees),
+              "max_depth": ens.max_depth(), "parity": parity_record}
+    nodes = sum(len(t.left) for t in ens.trees)
+    if nodes > MAX_NODES:
+        raise NotExportable(f"{nodes} tree nodes: above {MAX_NODES}, compiling takes too long")
+    w = _Writer()
+    w.line("/* " + json.dumps(header).replace("*/", "* /") + " */")
+    w.line("#include <math.h>\n#include <stdint.h>\n#include <string.h>")
+    w.line(f"#define NF {n_features}\n#define K {ens.n_outputs}\n#define NOUT {n_out}")
+    w.line("float pgml_input[NF];")
+    w.line("int32_t pgml_n_features(void) { return NF; }")
+    w.line("int32_t pgml_n_outputs(void) { return NOUT; }")
+    table = nodes > CODE_MAX_NODES
+    if table:
+        _table(w, ens)
+    else:
+        for i, t in enumerate(ens.trees):  # a function per tree: compile time stays linear
+            w.line(f"static void tree{i}(const float *x, double *r) {{")
+            _tree(w, t, ens.n_outputs)
+            w.line("}")
+    w.line("static void raw_sum(const float *in, double *r) {")
+    if prep is None:
+        w.line("  const float *x = in;")
+    else:
+        fill, offset, factor = prep
+        w.line(f"  static const float FILL[NF] = {{{_floats(fill)}}};")
+        w.line(f"  static const float OFF[NF] = {{{_floats(offset)}}};")
+        w.line(f"  static const float FAC[NF] = {{{_floats(factor)}}};")
+        w.line("  float x[NF];")
+        w.line("  for (int j = 0; j < NF; j++) { float v = in[j]; if (isnan(v)) v = FILL[j];"
+               " v = v - OFF[j]; x[j] = v * FAC[j]; }")
+    for k in range(ens.n_outputs):
+        w.line(f"  r[{k}] = {_double(ens.base[k])};")
+    if table:
+        w.line("  walk(x, r);")
+    else:
+        for i in range(len(ens.trees)):
+            w.line(f"  tree{i}(x, r);")
+    if ens.post_scale != 1.0:
+        w.line(f"  for (int k = 0; k < K; k++) r[k] *= {_double(ens.post_scale)};")
+    w.line("}")
+    _finish(w, ens.post, task)
+    return w.text()
+
+
+class _Writer:
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def line(self, s: str) -> None:
+        self.parts.append(s)
+
+    def text(self) -> str:
+        return "\n".join(self.parts) + "\n"
+
+
+def _floats(values) -> str:
+    return ", ".join(_float(v) for v in values)
+
+
+def _float(v) -> str:
+    v = np.float32(v)
+    if np.isnan(v):
+        return "NAN"
+    if np.isinf(v):
+        return "INFINITY" if v > 0 else "-INFINITY"
+    return f"{float(v).hex()}f"  # exact: a hex float literal is the float32 value itself
+
+
+def _double(v) -> str:
+    v = float(v)
+    if v != v:
+        return "NAN"
+    if v in (float("inf"), float("-inf")):
+        return "INFINITY" if v > 0 else "-INFINITY"
+    return v.hex()
+
+
+def _tree(w: _Writer, t, K: int) -> None:
+    """One tree as nested if/else; NaN goes where ``missing_left`` says."""
+    def node(i: int, pad: str) -> None:
+        if t.left[i] < 0:
+            adds = " ".join(f"r[{k}] += {_double(t.value[i, k])};" for k in range(K)
+                            if t.value[i, k] != 0)
+            w.line(f"{pad}{adds}" if adds else f"{pad};")
+            return
+        x, thr = f"x[{int(t.feature[i])}]", _float(t.threshold[i])
+        cond = f"!({x} > {thr})" if t.missing_left[i] else f"{x} <= {thr}"
+        w.line(f"{pad}if ({cond}) {{")
+        node(int(t.left[i]), pad + " ")
+        w.line(f"{pad}}} else {{")
+        node(int(t.right[i]), pad + " ")
+        w.line(f"{pad}}}")
+
+    node(0, "  ")
+
+
+def _table(w: _Writer, ens) -> None:
+    """All trees as constant arrays and one loop that walks them (large models: the compiler
+    reads numbers much faster than it optimises nested branches)."""
+    feat, thr, left, right, mleft, val, roots = [], [], [], [], [], [], []
+    for t in ens.trees:
+        base = len(feat)
+        roots.append(base)
+        leaf = t.left < 0
+        feat += np.where(leaf, -1, t.feature).tolist()
+        thr += [_float(0.0 if lf else v) for lf, v in zip(leaf, t.threshold, strict=True)]
+        left += np.where(leaf, -1, t.left + base).tolist()
+        right += np.where(leaf, -1, t.right + base).tolist()
+        mleft += t.missing_left.astype(int).tolist()
+        val += [_double(v) for v in t.value.reshape(-1)]
+    w.line(f"#define T {len(roots)}")
+    w.line(f"static const int32_t ROOT[T] = {{{', '.join(map(str, roots))}}};")
+    w.line(f"static const int32_t FEAT[] = {{{', '.join(map(str, feat))}}};")
+    w.line(f"static const float THR[] = {{{', '.join(thr)}}};")
+    w.line(f"static const int32_t LEFT[] = {{{', '.join(map(str, left))}}};")
+    w.line(f"static const int32_t RIGHT[] = {{{', '.join(map(str, right))}}};")
+    w.line(f"static const unsigned char MLEFT[] = {{{', '.join(map(str, mleft))}}};")
+    w.line(f"static const double VAL[] = {{{', '.join(val)}}};")
+    w.line("static void walk(const float *x, double *r) {\n"
+           "  for (int t = 0; t < T; t++) {\n    int32_t i = ROOT[t];\n"
+           "    while (FEAT[i] >= 0) {\n      float v = x[FEAT[i]];\n"
+           "      int go_left = MLEFT[i] ? !(v > THR[i]) : (v <= THR[i]);\n"
+           "      i = go_left ? LEFT[i] : RIGHT[i];\n    }\n"
+           "    for (int k = 0; k < K; k++) r[k] += VAL[(int64_t) i * K + k];\n  }\n}")
+
+
+def _finish(w: _Writer, post: str, task: str) -> None:
+    """``finish``: raw sums -> outputs (regression values or class probabilities) + label."""
+    w.line("static int64_t finish(double *r, double *out) {")
+    if task != "classification":
+        expr = {"identity": "r[k]", "exp": "exp(r[k])", "sigmoid": "1.0 / (1.0 + exp(-r[k]))"}
+        w.line(f"  for (int k = 0; k < K; k++) out[k] = {expr[post]};\n  return 0;\n}}")
+    elif post == "sigmoid":  # binary: one score; label by its sign, as the graphs do
+        w.line("  double p = 1.0 / (1.0 + exp(-r[0]));\n  out[0] = 1.0 - p; out[1] = p;\n"
+               "  return r[0] > 0.0 ? 1 : 0;\n}")
+    else:  # softmax or proba: label = first maximum of the scores
+        w.line("  int64_t best = 0;\n  for (int k = 1; k < K; k++) if (r[k] > r[best]) best = k;")
+        if post == "softmax":
+            w.line("  double s = 0.0;\n  for (int k = 0; k < K; k++) { out[k] = exp(r[k] - r[best]);"
+                   " s += out[k]; }\n  for (int k = 0; k < K; k++) out[k] /= s;")
+        else:
+            w.line("  for (int k = 0; k < K; k++) out[k] = r[k];")
+        w.line("  return best;\n}")
+    # pgml_one: the row in pgml_input -> the prediction (class index for classification)
+    w.line("double pgml_one(void) {\n  double r[K], out[NOUT];\n  raw_sum(pgml_input, r);\n"
+           "  int64_t label = finish(r, out);")
+    w.line("  return (double) label;\n}" if task == "classification" else "  return out[0];\n}")
+    w.line("void pgml_rows(const float *X, int64_t n, double *out, int64_t *labels) {\n"
+           "  double r[K];\n  for (int64_t i = 0; i < n; i++) {\n"
+           "    raw_sum(X + i * NF, r);\n    int64_t label = finish(r, out + i * NOUT);\n"
+           "    if (labels) labels[i] = label;\n  }\n}")
+
+
+def header(source: str) -> dict:
+    """The JSON header of a source written by c_source."""
+    first = source.split("\n", 1)[0]
+    if not (first.startswith("/* ") and first.endswith(" */")):
+        raise PgmlError("not a compiled-trees source (no header)")
+    found = json.loads(first[3:-3])
+    if found.get("format") != FORMAT:
+        raise PgmlError(f"compiled-trees format {found.get('format')!r}, expected {FORMAT!r}")
+    return found
+
+
+# -- building and loading ----------------------------------------------------------------------
+
+
+def compiler() -> str | None:
+    """The C compiler to use: $CC, else cc or gcc on PATH or in /usr/bin; None if there is none."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "/usr/bin/cc", "/usr/bin/gcc"):
+        if name:
+            found = shutil.which(name)
+            if found:
+                return found
+    return None
+
+
+def cache_dir() -> str | None:
+    """This user's directory of compiled libraries, created if need be; None when unsafe."""
+    path = os.environ.get("PGML_COMPILED_TREES_DIR") or os.path.join(
+        tempfile.gettempdir(), f"pgml-compiled-{os.getuid()}")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None  # someone else could plant a library here
+    return path
+
+
+def library_path(model_id: int, source: str, cc: str) -> str | None:
+    directory = cache_dir()
+    if directory is None:
+        return None
+    body = source.split("\n", 1)[-1]  # the header (parity record) is a comment: not hashed
+    key = hashlib.sha256("\0".join((body, " ".join(CFLAGS), cc)).encode()).hexdigest()[:24]
+    return os.path.join(directory, f"{int(model_id)}-{key}.so")
+
+
+def build(source: str, model_id: int) -> str | None:
+    """The compiled library's path, building it when the cache lacks it; None if it cannot."""
+    cc = compiler()
+    path = None if cc is None else library_path(model_id, source, cc)
+    if path is None:
+        return None
+    if os.path.exists(path):
+        return path
+    directory = os.path.dirname(path)
+    fd, c_path = tempfile.mkstemp(suffix=".c", dir=directory)
+    so_tmp = c_path[:-2] + ".so.tmp"
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        done = subprocess.run([cc, *CFLAGS, "-o", so_tmp, c_path, "-lm"], capture_output=True,
+                              timeout=COMPILE_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            return None
+        os.replace(so_tmp, path)  # atomic: a concurrent backend sees all of it or nothing
+        return path
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        for leftover in (c_path, so_tmp):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+
+
+class CompiledTrees:
+    """A loaded library: ``one(values)`` for a row, ``rows(X)`` for a float32 matrix."""
+
+    def __init__(self, path: str, meta: dict):
+        self.path, self.meta = path, meta
+        self.n_features, self.n_outputs = meta["n_features"], meta["n_outputs"]
+        held = ctypes.PyDLL(path)  # keeps the GIL: a row is shorter than releasing it
+        free = ctypes.CDLL(path)  # releases it: batches
+        if held.pgml_n_features() != self.n_features or held.pgml_n_outputs() != self.n_outputs:
+            raise PgmlError(f"compiled library {path} does not match its source's header")
+        self._one = held.pgml_one
+        self._one.restype = ctypes.c_double
+        self._one.argtypes = ()
+        self._rows = free.pgml_rows
+        self._rows.restype = None
+        self._rows.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
+        self._input = (ctypes.c_float * self.n_features).in_dll(held, "pgml_input")
+        self._pack = struct.Struct(f"{self.n_features}f").pack_into
+        self._keep = (held, free)
+
+    def one(self, values) -> float:
+        """The row's prediction (class index for classification); struct.error / TypeError
+        when the values are not n_features numbers (None among them, say)."""
+        self._pack(self._input, 0, *values)
+        return self._one()
+
+    def rows(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(outputs [n, n_outputs] float64, labels [n] int64) of float32 rows."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        n = len(X)
+        out = np.empty((n, self.n_outputs), dtype=np.float64)
+        labels = np.empty(n, dtype=np.int64)
+        self._rows(X.ctypes.data, n, out.ctypes.data, labels.ctypes.data)
+        return out, labels
+
+
+def load(source: str, model_id: int) -> CompiledTrees | None:
+    """The model's library, built into the cache if need be; None when it cannot be had."""
+    try:
+        meta = header(source)
+    except (PgmlError, ValueError):
+        return None
+    path = build(source, model_id)
+    if path is None:
+        return None
+    try:
+        return CompiledTrees(path, meta)
+    except (OSError, AttributeError, PgmlError):
+        return None
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def checked(pipeline, X: np.ndarray, *, task: str, classes: list | None, n_features: int,
+            model_id: int) -> tuple[str | None, dict]:
+    """(source or None, parity record): generated, compiled, scored on ``X`` and compared."""
+    if compiler() is None:
+        return None, {"ok": False, "reason": "no C compiler on this host"}
+    try:
+        source = c_source(pipeline, task=task, n_features=n_features, classes=classes)
+    except NotExportable as exc:
+        return None, {"ok": False, "reason": str(exc)}
+    trees = load(source, model_id)
+    if trees is None:
+        return None, {"ok": False, "reason": "the C compiler failed or the cache is unusable"}
+    X = np.asarray(X, dtype=np.float32)
+    record = {"rows_checked": len(X), "tolerance": RTOL}
+    out, labels = trees.rows(X)
+    X64 = X.astype(np.float64)
+    if task == "classification":
+        native_proba = np.asarray(pipeline.predict_proba(X64), dtype=np.float64)
+        native_labels = np.asarray(pipeline.predict(X64), dtype=np.float64)
+        top2 = np.sort(native_proba, axis=1)[:, -2:]
+        boundary = (top2[:, -1] - top2[:, 0]) <= RTOL
+        ours = np.asarray(classes, dtype=np.float64)[labels]
+        record["label_mismatches"] = int(np.sum((ours != native_labels) & ~boundary))
+        native, ours_values = native_proba, out
+    else:
+        native = np.asarray(pipeline.predict(X64), dtype=np.float64).reshape(len(X), -1)
+        ours_values = out
+    diff = np.abs(native - ours_values) / np.maximum(1.0, np.abs(native))
+    record["max_rel_diff"] = float(diff.max()) if diff.size else 0.0
+    record["ok"] = record["max_rel_diff"] <= RTOL and not record.get("label_mismatches")
+    if not record["ok"]:
+        record["reason"] = "compiled trees differ from the native model"
+        return None, record
+    final = c_source(pipeline, task=task, n_features=n_features, classes=classes,
+                     parity_record=record)
+    build(final, model_id)  # into this host's cache now: the first predict finds it
+    return final, record
+
+
+def for_training(result, task: str, feature_names: list[str], X_test: np.ndarray,
+                 random_state: int, model_id: int) -> tuple[bytes | None, dict]:
+    """The C source pgml.train stores beside the graphs (served tree models), and its record."""
+    from inference import parity
+
+    if result.runtime != "onnx":
+        return None, {"ok": False, "reason": "the model is not served from ONNX"}
+    rows = parity.sample_rows(len(X_test), random_state)
+    X = X_test if rows is None else X_test[rows]
+    source, record = checked(result.estimator, X, task=task, classes=result.classes,
+                             n_features=len(feature_names), model_id=model_id)
+    return (None if source is None else source.encode()), record

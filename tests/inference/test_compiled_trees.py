@@ -1,0 +1,175 @@
+"""The compiled-trees contract: every tree algorithm x task of the registry compiles to C that
+answers like the native model (relative 1e-5, labels equal off the decision boundary), through
+both entry points (one row in the fixed buffer, a batch), with NaN sent where the library sends
+it; and where it cannot be compiled the scorer falls back instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from inference import algorithms, compiled_trees, routing
+from inference.runtime import OnnxScorer
+from inference.training import train
+from tests.inference.conftest import split
+from tests.inference.test_tree_graph import DATASETS, _is_tree
+
+pytest.importorskip("xgboost")
+pytest.importorskip("lightgbm")
+needs_cc = pytest.mark.skipif(compiled_trees.compiler() is None, reason="no C compiler")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "compiled"
+    monkeypatch.setenv("PGML_COMPILED_TREES_DIR", str(cache))
+    return cache
+
+
+def _cases():
+    for task in algorithms.TASKS:
+        for name in algorithms.names(task):
+            if _is_tree(algorithms.spec(name, task).cls()):
+                for dataset in DATASETS[task]:
+                    yield pytest.param(name, task, dataset, id=f"{name}-{task}-{dataset}")
+
+
+def _train(name, task, dataset, **kw):
+    s = split(dataset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return s, train(task, name, s.X_train, s.y_train, s.X_test, s.y_test,
+                        feature_names=s.feature_names, random_state=0, **kw)
+
+
+@needs_cc
+@pytest.mark.parametrize(("name", "task", "dataset"), list(_cases()))
+def test_compiled_trees_answer_like_the_native_model(name, task, dataset):
+    s, result = _train(name, task, dataset)
+    n = len(s.feature_names)
+    source, record = compiled_trees.checked(result.estimator, s.X_test, task=task,
+                                            classes=result.classes, n_features=n, model_id=1)
+    if source is None:  # only what the module docstring lists may be refused
+        assert name == "ada_boost" and task == "regression", record
+        return
+    assert record["ok"] and record["max_rel_diff"] <= compiled_trees.RTOL
+    assert compiled_trees.header(source)["parity"] == record
+    onnx = OnnxScorer(result.onnx, task, n) if result.onnx else None
+    scorer = routing.load_compiled(source.encode(), 1, task, n, lambda: onnx)
+    X = s.X_test.astype(np.float32).astype(np.float64)
+    native = result.estimator.predict(X)
+    one = np.array([scorer.predict_one(row) for row in X.tolist()])
+    batch = scorer.predict(X)
+    if task == "regression":
+        for ours in (one, batch):
+            assert np.max(np.abs(ours - native) / np.maximum(1.0, np.abs(native))) <= 1e-5
+    else:
+        np.testing.assert_array_equal(one, native)
+        np.testing.assert_array_equal(batch, native)
+        np.testing.assert_allclose(scorer.predict_proba(X), result.estimator.predict_proba(X),
+                                   rtol=0, atol=compiled_trees.RTOL)
+
+
+@needs_cc
+@pytest.mark.parametrize("kind", ["xgboost", "lightgbm", "hist_gradient_boosting",
+                                  "random_forest"])
+def test_nan_takes_the_native_branch(kind):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 5))
+    y = X[:, 0] * 3 + np.where(X[:, 1] > 0, 2.0, -1.0)
+    X[rng.random(X.shape) < 0.2] = np.nan
+    size = {"max_iter": 20} if kind == "hist_gradient_boosting" else {"n_estimators": 20}
+    est = algorithms.make_estimator(kind, "regression", size, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X[:400], y[:400])
+    source, record = compiled_trees.checked(est, X[400:], task="regression", classes=None,
+                                            n_features=5, model_id=2)
+    assert record["ok"], record
+    scorer = routing.load_compiled(source.encode(), 2, "regression", 5, lambda: None)
+    Xt = X[400:].astype(np.float32).astype(np.float64)
+    native = est.predict(Xt)
+    # a row with a NULL element (None from PL/Python) takes the numpy path: same answer
+    rows = [[None if v != v else v for v in row] for row in Xt.tolist()]
+    one = np.array([scorer.predict_one(row) for row in rows])
+    assert any(None in row for row in rows)
+    assert np.max(np.abs(one - native) / np.maximum(1.0, np.abs(native))) <= 1e-5
+
+
+@needs_cc
+def test_a_wrong_width_says_expected_versus_given(diabetes):
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
+    source, _ = compiled_trees.checked(result.estimator, diabetes.X_test, task="regression",
+                                       classes=None, n_features=10, model_id=3)
+    scorer = routing.load_compiled(source.encode(), 3, "regression", 10, lambda: None)
+    from inference.errors import InvalidData
+
+    with pytest.raises(InvalidData, match="expected 10 features, got 3"):
+        scorer.predict_one([1.0, 2.0, 3.0])
+
+
+@needs_cc
+def test_large_batches_go_to_the_onnx_scorer_loaded_on_first_need(diabetes):
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
+    source, _ = compiled_trees.checked(result.estimator, diabetes.X_test, task="regression",
+                                       classes=None, n_features=10, model_id=4)
+    loads = []
+
+    def onnx():
+        loads.append(1)
+        return OnnxScorer(result.onnx, "regression", 10)
+
+    scorer = routing.load_compiled(source.encode(), 4, "regression", 10, onnx)
+    small = scorer.predict(diabetes.X_test)
+    assert loads == [] and scorer.graph == "compiled" and scorer.runtime == "onnx"
+    big = np.tile(diabetes.X_test, (routing.COMPILED_MAX_ROWS // len(diabetes.X_test) + 1, 1))
+    out = scorer.predict(big)
+    assert loads == [1]
+    np.testing.assert_allclose(out[: len(small)], small, rtol=1e-5)
+
+
+def test_no_compiler_means_no_source_and_a_reason(monkeypatch, diabetes):
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
+    monkeypatch.setattr(compiled_trees, "compiler", lambda: None)
+    source, record = compiled_trees.checked(result.estimator, diabetes.X_test,
+                                            task="regression", classes=None, n_features=10,
+                                            model_id=5)
+    assert source is None and record == {"ok": False, "reason": "no C compiler on this host"}
+
+
+@needs_cc
+def test_a_cache_directory_others_can_write_is_refused(tmp_path, monkeypatch, diabetes):
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
+    source = compiled_trees.c_source(result.estimator, task="regression", n_features=10,
+                                     classes=None)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    monkeypatch.setenv("PGML_COMPILED_TREES_DIR", str(shared))
+    assert compiled_trees.cache_dir() is None
+    assert compiled_trees.load(source, 6) is None  # routing then keeps the ONNX graph
+
+
+@needs_cc
+def test_the_library_is_built_once_and_keyed_by_source_not_header(_private_cache, diabetes):
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
+    plain = compiled_trees.c_source(result.estimator, task="regression", n_features=10,
+                                    classes=None)
+    stamped = compiled_trees.c_source(result.estimator, task="regression", n_features=10,
+                                      classes=None, parity_record={"ok": True})
+    first = compiled_trees.build(plain, 7)
+    assert compiled_trees.build(stamped, 7) == first
+    assert sorted(os.listdir(_private_cache)) == [os.path.basename(first)]
+    assert oct(os.stat(_private_cache).st_mode & 0o777) == "0o700"
+
+
+def test_models_that_are_not_trees_have_no_compiled_form(diabetes):
+    _, result = _train("linear", "regression", "diabetes")
+    source, record = compiled_trees.checked(result.estimator, diabetes.X_test,
+                                            task="regression", classes=None, n_features=10,
+                                            model_id=8)
+    assert source is None and "not a tree model" in record["reason"]
