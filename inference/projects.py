@@ -133,10 +133,24 @@ def _store_and_deploy(project, project_name, task, snap, algorithm, features, re
         tensor = for_training(result, task, features, X_test, snap.random_state)
         if tensor is not None:
             store.add_file(model_id, "tensor.onnx", tensor)
+        _compile_trees(model_id, result, task, features, X_test, snap.random_state)
     deployed = bool(automatic_deploy) and _beats_deployed(project.id, task, result.metrics)
     if deployed:
         store.deploy(project.id, model_id, "new_score")
     return project.name, task, algorithm, "deployed" if deployed else "not deployed"
+
+
+def _compile_trees(model_id, result, task, features, X_test, random_state) -> None:
+    """Tree models: the C source of the per-row scorer (compiled_trees.py), parity-checked;
+    its record joins the model's parity column under 'compiled_trees' either way."""
+    from inference.compiled_trees import SOURCE_FILE, for_training
+
+    source, record = for_training(result, task, features, X_test, random_state, model_id)
+    if source is not None:
+        store.add_file(model_id, SOURCE_FILE, source)
+    store.query("UPDATE pgml.models SET parity = coalesce(parity, '{}'::jsonb)"
+                " || jsonb_build_object('compiled_trees', $2::jsonb) WHERE id = $1",
+                ("int8", "text"), (model_id, store.dumps(record)))
 
 
 def _expand_arrays(preprocess: dict, widths: dict[str, int]) -> dict:
