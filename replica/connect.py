@@ -14,16 +14,20 @@ rotated file, a secret command or an IAM token that expires is read anew each ti
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
+import time
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from replica import credentials
-from replica.errors import ConfigError, translate
+from replica.errors import ConfigError, ReplicaError, translate
 from replica.secrets import register
+
+log = logging.getLogger("pgml_replica")
 
 PINNED = {"datestyle": "ISO", "intervalstyle": "postgres", "extra_float_digits": "3",
           "timezone": "UTC"}
@@ -105,14 +109,88 @@ def bounded(conn: psycopg.Connection, seconds: float):
     blocked read then fails (OperationalError, a lost connection). Why not only
     statement_timeout or keepalives: a peer that accepts bytes but never answers (a stuck
     proxy or pooler, a stopped server) is invisible to both."""
-    def cut() -> None:
-        with contextlib.suppress(OSError):
-            socket.socket(fileno=os.dup(conn.fileno())).shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(seconds, cut)
+    timer = threading.Timer(seconds, _cut, (conn,))
     timer.daemon = True
     timer.start()
     try:
         yield conn
     finally:
         timer.cancel()
+
+
+def _cut(conn: psycopg.Connection) -> None:
+    """Shut the socket down under whoever waits on it: the wait fails as a lost connection."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        socket.socket(fileno=os.dup(conn.fileno())).shutdown(socket.SHUT_RDWR)
+
+
+# The backend of a session waiting on a reply: is it working on it? ('disabled' or NULL:
+# track_activities is off or we may not see it - then nothing can be told, and it is left)
+_BACKEND_SQL = ("SELECT state, now() - state_change > make_interval(secs => %s)"
+                " FROM pg_stat_activity WHERE pid = %s")
+
+
+class Watchdog:
+    """Bounds how long ``conn`` may wait on a server that accepts bytes but never answers
+    (a stuck proxy or pooler, a reply path gone silent while the kernel still ACKs, a
+    backend stopped with SIGSTOP). Keepalives and tcp_user_timeout cannot see these (the
+    bytes are acknowledged), and statement_timeout runs on the server that is stuck.
+
+    Why not a plain timeout on every statement: a statement may rightly run long (an ALTER
+    that rewrites a big table, a lock wait up to lock_timeout). So the watchdog asks the
+    server, over a new session, what the backend is doing once a wait has lasted
+    ``seconds``: working on a statement ('active') - busy, look again later; idle for longer
+    than ``seconds`` while we wait for it, gone, or no answer from a new session within
+    ``seconds`` either - stuck. Then it terminates that backend (so that what it holds can
+    never commit after the sidecar has moved on: a stopped backend dies of it as soon as
+    it runs again, before it reads another statement) and shuts the socket down: the wait
+    fails as a lost connection, and the caller reconnects and replays. A wait is noticed
+    between ``seconds`` and about 2.25 x ``seconds`` after it began (sampling at a quarter,
+    plus the probe's own bound). Not bounded: a backend frozen in the middle of a statement
+    ('active' forever, indistinguishable from a long statement).
+
+    Psycopg holds ``conn.lock`` while a statement or a COPY waits on the server: the
+    watchdog only looks at that, so it needs no hook in the code that uses the connection.
+    Its thread ends when the connection is closed or after it cut it.
+    """
+
+    def __init__(self, conn: psycopg.Connection, dsn: str, peer: str, seconds: float) -> None:
+        self.conn, self.dsn, self.peer, self.seconds = conn, dsn, peer, seconds
+        self.pid = conn.info.backend_pid
+        self.cut = threading.Event()  # set once it cut the connection
+        threading.Thread(target=self._run, name=f"watchdog-{peer}-{self.pid}",
+                         daemon=True).start()
+
+    def _run(self) -> None:
+        held_at = None
+        while not self.conn.closed and not self.cut.wait(self.seconds / 4):
+            if not self.conn.lock.locked():
+                held_at = None
+                continue
+            now = time.monotonic()
+            if held_at is None:
+                held_at = now
+            elif now - held_at >= self.seconds:
+                if not self._stuck():
+                    held_at = now  # busy: look again a bound later
+                    continue
+                _cut(self.conn)
+                self.cut.set()
+
+    def _stuck(self) -> bool:
+        why = "no answer from a new session either"
+        try:
+            with connect(self.dsn, self.peer, "watchdog", timeout=self.seconds) as probe, \
+                    bounded(probe, self.seconds):
+                row = probe.execute(_BACKEND_SQL, (self.seconds, self.pid)).fetchone()
+                if row is not None and (row[0] in (None, "active", "disabled") or not row[1]):
+                    return False
+                why = "its session is gone" if row is None else f"its backend is {row[0]}"
+                if row is not None:
+                    probe.execute("SELECT pg_terminate_backend(%s)", (self.pid,))
+                    why += ", terminated"
+        except (ReplicaError, psycopg.Error, OSError) as exc:
+            why += f" ({type(exc).__name__})"
+        log.warning("the %s has not answered a statement for over %g s (backend pid %s: %s);"
+                    " dropping the connection", self.peer, self.seconds, self.pid, why)
+        return True

@@ -51,7 +51,7 @@ from decoder import (
 )
 from replica import metrics
 from replica.config import Settings
-from replica.connect import bounded, connect
+from replica.connect import Watchdog, bounded, connect
 from replica.errors import ProtocolError, TransientError, UnsupportedError
 from replica.history.recorder import record_change, recorder_for
 from replica.source.catalog import TableKey
@@ -84,6 +84,7 @@ class Stream(StreamedSteps):
         target.execute(self._lock_timeout())  # every target write waits a bounded time
         target.commit()
         self.writer = TargetWriter(target, settings.slot, skip_locked=True)
+        Watchdog(target, settings.target, "target", settings.receive_timeout)
         self.history = recorder_for(settings)  # None unless --history
         self.writer.history = self.history
         self.flow = FlowControl(applied_lsn=start_lsn, status_interval=settings.status_interval,
@@ -115,6 +116,7 @@ class Stream(StreamedSteps):
     def _new_writer(self) -> TargetWriter:
         conn = connect(self.settings.target, "target", "stream", autocommit=False)
         conn.execute(self._lock_timeout())
+        Watchdog(conn, self.settings.target, "target", self.settings.receive_timeout)
         return TargetWriter(conn, self.settings.slot)
 
     def _lock_timeout(self) -> str:

@@ -1,0 +1,54 @@
+"""A target that accepts bytes but never answers: the backend serving the sidecar's apply
+connection stopped with SIGSTOP (its kernel still takes and ACKs what the sidecar sends, so
+keepalives and tcp_user_timeout see nothing, and statement_timeout runs in the stopped
+process). connect.Watchdog notices the unanswered wait within its bound (the receive
+timeout, up to ~2.25 x it), terminates that backend and drops the connection; the sidecar
+reconnects and catches up while the old backend is still stopped, and the old backend dies
+as soon as it runs again, without applying anything it had been sent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.faults.compare import wait_equal
+from tests.faults.test_network import RECEIVE_TIMEOUT, TABLES, _detect, _reconnects, _setup, _work
+from tests.replica.conftest import wait_for
+
+
+def _apply_pid(replica_db, besides: int = 0) -> int:
+    return wait_for(lambda: replica_db.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgml-replica apply'"
+        " AND datname = current_database() AND pid <> %s", (besides,)), 30,
+        "the apply session")[0][0]
+
+
+def _stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_stopped_target_backend_is_dropped_and_replaced(source_db, replica_db, sidecars):
+    _setup(source_db)
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn,
+                  receive_timeout=RECEIVE_TIMEOUT).wait_streaming()
+    wait_equal(sc, source_db, replica_db, TABLES, 30, "the copy")
+    pid = _apply_pid(replica_db)
+    before, at = _reconnects("target"), time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _work(source_db, 2000)
+        took = _detect(sc, "target", before, at, RECEIVE_TIMEOUT * 2.25 + 10)
+        wait_equal(sc, source_db, replica_db, TABLES, 60, "recovery beside the stopped backend")
+        assert _stopped(pid)  # recovered while it is still stopped
+        _apply_pid(replica_db, besides=pid)  # a new apply session
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # terminated while stopped: it ends as soon as it runs, having applied nothing more
+    wait_for(lambda: not replica_db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                                            (pid,)), 30, "the stopped backend to end")
+    _work(source_db, 3000)
+    wait_equal(sc, source_db, replica_db, TABLES, 60, "streaming on")
+    assert sc.error is None
