@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from replica.errors import ConfigError
@@ -73,8 +73,7 @@ class Settings(BaseSettings):
     failover_slot: bool = Field(False, description="create the slot with FAILOVER so a "
                                 "standby synchronizes it (PostgreSQL 17+, docs/sidecar.md)")
     history: str | None = Field(None, description="keep every version of these tables on the "
-                                "replica (comma list of schema.table, or all; docs/history.md); "
-                                "decodes with protocol 1")
+                                "replica (comma list of schema.table, or all; docs/history.md)")
     history_retention: str | None = Field(None, description="drop history versions replaced "
                                           "longer ago than this (90d, 12h; default: keep)")
     decoding_work_mem: str | None = Field(
@@ -144,14 +143,6 @@ class Settings(BaseSettings):
             if name and name.count(".") > 1:
                 raise ValueError(f"table {name!r}: expected schema.table or table")
         return v
-
-    @model_validator(mode="after")
-    def _history_decodes_whole_transactions(self) -> Settings:
-        # history records a transaction's changes with its commit time and LSN, known at
-        # Begin with protocol 1; streamed transactions (2+) are not recorded yet
-        if self.history and self.protocol != 1:
-            self.protocol = 1
-        return self
 
     def table_list(self) -> list[tuple[str, str]]:
         """``--tables`` as (schema, table) pairs; unqualified names are in ``public``."""

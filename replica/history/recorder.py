@@ -1,16 +1,25 @@
 """Versions from the change stream, written with the data in the same target transaction.
 
 Why before netting: a batch (stream/batch.py) keeps only the last change per key, history
-needs every one. ``record`` sees each change as the stream routes it (ordinary transactions;
-with history on, the sidecar decodes with protocol 1, so a big transaction arrives at its
-commit like any other); ``write`` runs in ``TargetWriter.commit`` just before the progress
-row, so data, versions and position commit together or not at all (a rollback ``clear``s).
+needs every one. ``change`` sees each change as the stream routes it; ``write`` runs in
+``TargetWriter.commit`` just before the progress row, so data, versions and position commit
+together or not at all (a rollback ``forget``s). Every ``SPILL`` versions the rows go to the
+target writer's thread (``attach``), so the server stores them while the stream decodes on
+instead of all at once while the commit waits.
 
-Rows go in by one COPY BINARY per table: pgoutput's binary values are COPY's field format,
-and the metadata is encoded here (timestamptz: int8 microseconds since 2000-01-01; pg_lsn:
-int8; int4; "char": one byte; text[]: the array binary format). Unchanged-TOAST values ('u')
-are stored NULL with their column names in ``_pgml_unchanged``; readers fill them from the
+Rows go in by one COPY BINARY per table and write: pgoutput's binary values are COPY's
+field format, and the metadata is encoded here (timestamptz: int8 microseconds since
+2000-01-01; pg_lsn: int8; int4; "char": one byte; text[]: the array binary format). The hot
+path builds one ``bytes`` per version and nothing else: the commit time and LSN are packed
+once per transaction, the row header once per table shape. Unchanged-TOAST values ('u') are
+stored NULL with their column names in ``_pgml_unchanged``; readers fill them from the
 previous version of the key (reading the target's value here would cost a round trip).
+
+Streamed transactions (protocol 2) do not know their commit time and LSN until Stream Commit:
+their recorder (``streamed()``, replica/history/staged.py) puts the same rows into a
+temporary table of the transaction and moves them into the history table at commit, stamped
+with the commit's time and LSN; a rolled-back subtransaction or transaction takes its rows
+with it.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from decoder import Insert, Update
 from replica import metrics
 from replica.errors import ApplyError, TransientError
 from replica.history import store
@@ -28,10 +38,15 @@ from replica.history import store
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _NULL = b"\xff\xff\xff\xff"
 _LEN = struct.Struct(">i").pack
-_HDR = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" * 2
-_META = struct.Struct(">iqiqiiib").pack  # len 8 time, len 8 lsn, len 4 seq, len 1 op
+HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" * 2
+TRAILER = b"\xff\xff"
+_TIME_LSN = struct.Struct(">iqiq").pack  # len 8 time, len 8 lsn: once per transaction
+_SEQ_OP = struct.Struct(">iiib").pack  # len 4 seq, len 1 op
+_SEQ_OP_NULL = struct.Struct(">iiibi").pack  # ... and a NULL _pgml_unchanged
+_NCOLS = struct.Struct(">h").pack
 _TEXT_OID = 25
-_OPS = {"I": b"I", "U": b"U", "D": b"D", "T": b"T"}
+SPILL = 2_000  # versions buffered before they go to the writer's thread
+OP_I, OP_U, OP_D, OP_T = b"IUDT"
 
 
 def micros(t: datetime) -> int:
@@ -67,79 +82,183 @@ def parse_retention(spec: str | None) -> timedelta | None:
     return timedelta(seconds=int(spec[:-1]) * units[spec[-1]])
 
 
+class _Table:
+    """What the hot path needs of one table shape: its buffered rows (None: no history)."""
+
+    __slots__ = ("tw", "rows", "head", "keyed", "key_pos", "columns")
+
+    def __init__(self, tw, wanted: bool) -> None:
+        self.tw = tw
+        self.rows: list[bytes] | None = [] if wanted else None
+        self.columns = tw.layout.columns
+        self.head = _NCOLS(len(self.columns) + len(store.META))
+        self.keyed = tw.layout.keyed
+        self.key_pos = tw.layout.key_pos
+
+
 class Recorder:
     """The open target transaction's versions, per history table, until commit."""
 
     def __init__(self, tables: frozenset[str], retention: timedelta | None) -> None:
         self.tables, self.retention = tables, retention
-        self._rows: dict[str, tuple[object, list[bytes]]] = {}  # qualname -> (table, rows)
+        self._by_rel: dict[int, _Table] = {}  # relation id -> the shape in use
+        self._retired: list[_Table] = []  # earlier shapes with rows not written yet
         self._ready: dict[str, tuple] = {}  # qualname -> columns its history table has
-        self._meta = b""
-        self._lsn = 0
+        self._prefix = _TIME_LSN(8, 0, 8, 0)
         self._seq = 0
+        self._buffered = 0
+        self._gen = 0  # bumped by forget(): a write taken before it counts for nothing
         self.versions = 0  # written since start
         self._pending: dict[str, list[int]] = {}  # qualname -> [versions, bytes] uncommitted
+        self.writer = None  # stream.apply.TargetWriter whose thread takes spilled rows
+
+    def attach(self, writer) -> Recorder:
+        """Record for ``writer``: it writes the versions at its commit."""
+        self.writer = writer
+        writer.history = self
+        return self
+
+    def streamed(self) -> Recorder:
+        """A recorder for one streamed transaction (replica/history/staged.py)."""
+        from replica.history.staged import StagedRecorder
+        return StagedRecorder(self.tables, self.retention)
 
     def wants(self, qualname: str) -> bool:
         return "*" in self.tables or qualname in self.tables
 
     def begin(self, final_lsn: int, commit_time: datetime) -> None:
-        self._lsn, self._time = final_lsn, micros(commit_time)
+        self._prefix = _TIME_LSN(8, micros(commit_time), 8, final_lsn)
         self._seq = 0
 
-    def record(self, tw, op: str, raw: tuple, kinds: str) -> None:
-        """One version of a row of ``tw`` (a MirroredTable): its values as pgoutput sent
-        them, in the table's column order."""
-        entry = self._rows.get(tw.qualname)
-        if entry is None:
-            entry = self._rows[tw.qualname] = (tw, [])
-        cols = tw.layout.columns
-        unchanged = [cols[i] for i, k in enumerate(kinds) if k == "u"] if "u" in kinds else []
-        meta = _META(8, self._time, 8, self._lsn, 4, self._seq, 1, _OPS[op][0])
-        self._seq += 1
-        entry[1].append(struct.pack(">h", len(raw) + 5) + b"".join(
-            [_NULL if v is None else _LEN(len(v)) + v for v in raw]) + meta
-            + (_text_array(unchanged) if unchanged else _NULL))
+    # -- the hot path ---------------------------------------------------------------------
+
+    def _table(self, tw) -> _Table:
+        t = self._by_rel.get(tw.relation_id)
+        if t is None or t.tw is not tw:  # first change, or the table was re-shaped
+            if t is not None and t.rows:  # rows of the old shape: written apart, in order
+                self._retired.append(t)
+            t = self._by_rel[tw.relation_id] = _Table(tw, self.wants(tw.qualname))
+        return t
+
+    def change(self, tw, msg) -> None:
+        """An Insert, Update or Delete as versions: a key change ends the old key's version
+        (a D) before the new key's (the new image's unchanged TOAST values, if any, are then
+        filled from the new key's previous version: a known limit, docs/history.md)."""
+        t = self._by_rel.get(tw.relation_id)
+        if t is None or t.tw is not tw:
+            t = self._table(tw)
+        rows = t.rows
+        if rows is None:
+            return
+        kind = type(msg)
+        seq = self._seq
+        if kind is Insert or kind is Update:
+            new = msg.new_tuple
+            op = OP_I
+            if kind is Update:
+                op = OP_U
+                old = msg.key_tuple or msg.old_tuple
+                if old is not None and t.keyed:
+                    o, n = old.raw, new.raw
+                    if any(o[i] != n[i] for i in t.key_pos):
+                        rows.append(t.head + b"".join(
+                            [_NULL if v is None else _LEN(len(v)) + v for v in o])
+                            + self._prefix + _SEQ_OP_NULL(4, seq, 1, OP_D, -1))
+                        seq += 1
+            kinds = new.kinds
+            if "u" in kinds:
+                cols = t.columns
+                tail = _SEQ_OP(4, seq, 1, op) + _text_array(
+                    [cols[i] for i, k in enumerate(kinds) if k == "u"])
+            else:
+                tail = _SEQ_OP_NULL(4, seq, 1, op, -1)
+            raw = new.raw
+        else:  # Delete
+            raw = (msg.old_tuple or msg.key_tuple).raw
+            tail = _SEQ_OP_NULL(4, seq, 1, OP_D, -1)
+        rows.append(t.head + b"".join([_NULL if v is None else _LEN(len(v)) + v for v in raw])
+                    + self._prefix + tail)
+        self._seq = seq + 1
+        self._buffered += 1
+        if self._buffered >= SPILL and self.writer is not None:
+            self.spill()
 
     def truncate(self, tw) -> None:
-        self.record(tw, "T", (None,) * len(tw.layout.columns), "n" * len(tw.layout.columns))
+        """TRUNCATE: one marker that ends every version before it (all columns NULL)."""
+        t = self._table(tw)
+        if t.rows is None:
+            return
+        t.rows.append(t.head + _NULL * len(t.columns) + self._prefix
+                      + _SEQ_OP_NULL(4, self._seq, 1, OP_T, -1))
+        self._seq += 1
+        self._buffered += 1
+
+    # -- writing --------------------------------------------------------------------------
+
+    def spill(self) -> None:
+        """Hand the rows so far to the writer's thread (after what it was given before)."""
+        if self._buffered:
+            self.writer.submit(None, self.take())
+
+    def _taken(self) -> list[tuple[_Table, list[bytes]]]:
+        out = [(t, t.rows) for t in self._retired]
+        self._retired = []
+        for t in self._by_rel.values():
+            if t.rows:
+                out.append((t, t.rows))
+                t.rows = []
+        self._buffered = 0
+        return out
+
+    def _ensure(self, conn: psycopg.Connection, tw) -> None:
+        cols = tw.layout.columns
+        if self._ready.get(tw.qualname) != cols:
+            key = [cols[i] for i in tw.layout.key_pos]
+            store.ensure(conn, tw.schema, tw.name, key, self.retention)
+            self._ready[tw.qualname] = cols
+
+    def _copy(self, conn: psycopg.Connection, tw, rows: list[bytes]) -> None:
+        self._ensure(conn, tw)
+        target = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+            sql.Identifier(store.SCHEMA, store.history_name(tw.schema, tw.name)),
+            sql.SQL(", ").join(map(sql.Identifier, (*tw.layout.columns, *store.META))))
+        self._write_rows(conn, target, tw.qualname, rows)
+
+    def _write_rows(self, conn: psycopg.Connection, target: sql.Composable, qualname: str,
+                    rows: list[bytes], count: bool = True) -> None:
+        rows.insert(0, HEADER)
+        rows.append(TRAILER)
+        data = b"".join(rows)
+        with conn.cursor().copy(target) as cp:
+            cp.write(data)
+        if count:
+            pending = self._pending.setdefault(qualname, [0, 0])
+            pending[0] += len(rows) - 2
+            pending[1] += len(data)
+
+    def _write(self, conn: psycopg.Connection, taken, gen: int) -> int:
+        n = 0
+        for t, rows in taken:
+            if gen != self._gen:
+                break
+            n += len(rows)
+            self._copy(conn, t.tw, rows)
+        return n
 
     def write(self, conn: psycopg.Connection) -> int:
         """COPY every buffered version into the open transaction; return how many."""
-        n = 0
-        for qualname, (tw, rows) in self._rows.items():
-            if not rows:
-                continue
-            cols = tw.layout.columns
-            if self._ready.get(qualname) != cols:
-                key = [cols[i] for i in tw.layout.key_pos]
-                store.ensure(conn, tw.schema, tw.name, key, self.retention)
-                self._ready[qualname] = cols
-            target = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
-                sql.Identifier(store.SCHEMA, store.history_name(tw.schema, tw.name)),
-                sql.SQL(", ").join(map(sql.Identifier, (*cols, *store.META))))
-            data = _HDR + b"".join(rows) + b"\xff\xff"
-            with conn.cursor().copy(target) as cp:
-                cp.write(data)
-            n += len(rows)
-            pending = self._pending.setdefault(qualname, [0, 0])
-            pending[0] += len(rows)
-            pending[1] += len(data)
+        n = self._write(conn, self._taken(), self._gen)
         self.versions += n
-        self.clear()
         return n
 
     def take(self):
         """The versions buffered so far, handed to the target writer's thread: a call that
         COPYs them into the open transaction (while the stream decodes on)."""
-        taken = Recorder(self.tables, self.retention)
-        taken._rows, self._rows = self._rows, {}
-        taken._ready = self._ready  # shared: only ever used by one thread at a time
-        taken._pending = self._pending
+        taken, gen = self._taken(), self._gen
 
         def write(conn: psycopg.Connection) -> None:
             try:
-                self.versions += taken.write(conn)
+                self.versions += self._write(conn, taken, gen)
             except psycopg.OperationalError as exc:
                 raise TransientError(f"target connection lost writing history: {exc}",
                                      "target") from exc
@@ -149,7 +268,8 @@ class Recorder:
         return write
 
     def clear(self) -> None:
-        self._rows.clear()
+        """Forget the rows not written yet (a rolled-back subtransaction's)."""
+        self._taken()
 
     def committed(self) -> None:
         """The open transaction committed: its versions count (metrics)."""
@@ -160,8 +280,9 @@ class Recorder:
 
     def forget(self) -> None:
         """A rollback may have undone a history table's DDL: check again at the next write."""
+        self._gen += 1
         self._ready.clear()
-        self._rows.clear()
+        self._taken()
         self._pending.clear()
 
 
@@ -174,18 +295,5 @@ def recorder_for(settings) -> Recorder | None:
 
 
 def record_change(rec: Recorder, tw, msg) -> None:
-    """An Insert, Update or Delete as versions: a key change ends the old key's version
-    (a D) before the new key's (the new image's unchanged TOAST values, if any, are then
-    filled from the new key's previous version: a known limit, docs/history.md)."""
-    name = type(msg).__name__
-    if name == "Insert":
-        rec.record(tw, "I", msg.new_tuple.raw, msg.new_tuple.kinds)
-    elif name == "Update":
-        old = msg.key_tuple or msg.old_tuple
-        if old is not None and tw.layout.keyed and any(
-                old.raw[i] != msg.new_tuple.raw[i] for i in tw.layout.key_pos):
-            rec.record(tw, "D", old.raw, "n" * len(old.raw))
-        rec.record(tw, "U", msg.new_tuple.raw, msg.new_tuple.kinds)
-    else:
-        old = msg.old_tuple or msg.key_tuple
-        rec.record(tw, "D", old.raw, "n" * len(old.raw))
+    """An Insert, Update or Delete of ``tw`` as versions (``Recorder.change``)."""
+    rec.change(tw, msg)

@@ -52,12 +52,20 @@ class StreamedTxn:
             elif not b.empty or any(b.ops):
                 self.batches[rid] = (tw, TableBatch(tw.layout))
                 self.writer.submit(tw, b)
+        if background and self.writer.history is not None:  # before any savepoint comes
+            self.writer.history.spill()
         self.unwritten = 0
 
     def replay(self, m: Message, tw: MirroredTable) -> None:
         """A change kept until the commit LSN was known."""
         self.rows += 1
         apply_change(m, tw, self.batch(tw), self.writer)
+        history = self.writer.history
+        if history is not None:
+            if type(m) is Truncate:
+                history.truncate(tw)
+            else:
+                history.change(tw, m)
 
     def replay_kept(self, relations: Relations, commit_lsn: int,
                     others: list[TargetWriter]) -> None:
@@ -102,8 +110,10 @@ class StreamedTxn:
 class StreamedApply:
     """The in-progress transactions of one session."""
 
-    def __init__(self, new_writer: Callable[[], TargetWriter], segment_rows: int) -> None:
+    def __init__(self, new_writer: Callable[[], TargetWriter], segment_rows: int,
+                 history=None) -> None:
         self._new_writer = new_writer
+        self.history = history  # replica.history.recorder.Recorder of the stream, or None
         self._pool: list[TargetWriter] = []
         self.segment_rows = segment_rows
         self.in_flight: dict[int, StreamedTxn] = {}
@@ -114,6 +124,9 @@ class StreamedApply:
         if txn is None:
             writer = self._pool.pop() if self._pool else self._new_writer()
             txn = self.in_flight[xid] = StreamedTxn(xid, writer, subxid=xid)
+            writer.history = None
+            if self.history is not None:  # versions stamped at Stream Commit (history/staged)
+                self.history.streamed().attach(writer)
         self.current = txn
 
     def stop(self) -> None:
@@ -166,8 +179,12 @@ class StreamedApply:
                                  may_alter=False) is None:
             self.defer(rel, start=True)
 
-    def commit(self, txn: StreamedTxn, end_lsn: int, commit_time: datetime) -> None:
-        """Write what is left and commit with the end LSN in the progress row."""
+    def commit(self, txn: StreamedTxn, end_lsn: int, commit_time: datetime,
+               commit_lsn: int = 0) -> None:
+        """Write what is left and commit with the end LSN in the progress row (versions
+        with the commit's LSN and time)."""
+        if txn.writer.history is not None:
+            txn.writer.history.stamp(commit_lsn, commit_time)
         txn.write(background=False)
         txn.writer.commit(end_lsn, commit_time)
         self.release(txn)
@@ -187,6 +204,8 @@ class StreamedApply:
             for _, b in txn.batches.values():  # in memory: the latest subtransaction's
                 b.clear()
                 b.ops = [0, 0, 0, 0]
+            if txn.writer.history is not None:  # its versions too
+                txn.writer.history.clear()
             txn.writer.rollback_to(f"s{msg.subxid}")
             del txn.savepoints[i + 1:]
             txn.subxid = -1

@@ -53,7 +53,7 @@ from replica import metrics
 from replica.config import Settings
 from replica.connect import Watchdog, bounded, connect
 from replica.errors import ProtocolError, TransientError, UnsupportedError
-from replica.history.recorder import record_change, recorder_for
+from replica.history.recorder import recorder_for
 from replica.source.catalog import TableKey
 from replica.source.replconn import ReplicationConnection
 from replica.state import Phase, SidecarState
@@ -86,14 +86,15 @@ class Stream(StreamedSteps):
         self.writer = TargetWriter(target, settings.slot, skip_locked=True)
         Watchdog(target, settings.target, "target", settings.receive_timeout)
         self.history = recorder_for(settings)  # None unless --history
-        self.writer.history = self.history
+        if self.history is not None:
+            self.history.attach(self.writer)
         self.flow = FlowControl(applied_lsn=start_lsn, status_interval=settings.status_interval,
                                 batch_max_rows=settings.batch_max_rows,
                                 batch_max_seconds=settings.batch_max_seconds)
         self.negotiated = negotiate(source.info.server_version, settings.protocol,
                                     settings.origin)
         self.decoder = Decoder(protocol_version=self.negotiated.protocol)
-        self.streamed = StreamedApply(self._new_writer, settings.segment_rows)
+        self.streamed = StreamedApply(self._new_writer, settings.segment_rows, self.history)
         self.last_commit_lsn = start_lsn  # transactions committing from now on are past it
         self.relations = Relations(source, synced, applied_lsn=start_lsn)
         self.tables = self.relations.tables  # relation id -> MirroredTable
@@ -354,16 +355,16 @@ class Stream(StreamedSteps):
         to = self._route(msg.relation_id, msg)
         if to is not None:
             apply_change(msg, *to)
-            if self.history is not None and self.history.wants(to[0].qualname):
-                record_change(self.history, to[0], msg)
+            if to[2].history is not None:  # the writer's: streamed transactions have their own
+                to[2].history.change(to[0], msg)
 
     def _truncate(self, msg: Truncate) -> None:
         for rid in msg.relation_ids:
             to = self._route(rid, msg)
             if to is not None:
                 apply_change(msg, *to)
-                if self.history is not None and self.history.wants(to[0].qualname):
-                    self.history.truncate(to[0])
+                if to[2].history is not None:
+                    to[2].history.truncate(to[0])
             elif self.history is not None and not self.skip_txn and rid in self.tables \
                     and self.streamed.current is None \
                     and self.history.wants(self.tables[rid].qualname):

@@ -46,7 +46,7 @@ class StreamedSteps:
             return
         txn.replay_kept(self.relations, msg.commit_lsn, self._writers())
         self.flow.wal(msg.end_lsn)
-        self.streamed.commit(txn, msg.end_lsn, msg.commit_time)
+        self.streamed.commit(txn, msg.end_lsn, msg.commit_time, msg.commit_lsn)
         self.flow.streamed_committed(msg.end_lsn, msg.commit_time)
         self._applied(1, txn.rows)
         now = time.monotonic()
