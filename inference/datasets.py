@@ -26,10 +26,11 @@ FLOAT4 features are what PostgresML stores, so a model trained here sees the sam
 one trained there. ``limit`` keeps the first rows; loading again replaces the table (as
 PostgresML's DROP/CREATE does), without a NOTICE.
 
-Any other name is a Hugging Face dataset: with the ``datasets`` library installed it is
-loaded (a hub name, or a local dataset directory) into ``pgml."<name>"``, every split one after
-another, one column per feature; without the library, or when the hub cannot be reached, the
-error says so and what to do.
+Any other name is a Hugging Face dataset: with the ``datasets`` library installed (the
+``hf`` extra) it is loaded -- a hub name, or a local dataset directory -- into
+``pgml."<name>"``, every split one after another, one column per feature typed as PostgresML
+types it (string TEXT, int64 BIGINT, float32 REAL, bool BOOLEAN, lists and dicts JSONB, ...);
+without the library, or when the hub cannot be reached, the error says so and what to do.
 """
 
 from __future__ import annotations
@@ -135,11 +136,22 @@ def _create(table: str, name: str, columns: list[tuple[str, str]], rows: list[tu
 
 # -- Hugging Face ----------------------------------------------------------------------------
 
-_SQL_TYPES = ((bool, "boolean"), (int, "bigint"), (float, "double precision"), (str, "text"))
+# A feature's dtype -> the column type PostgresML 2.9 creates for it (its
+# bindings/transformers load_dataset); a ClassLabel is int64 there too.
+_HF_TYPES = {"string": "text", "large_string": "text", "int64": "bigint", "int32": "integer",
+             "int16": "smallint", "int8": "smallint", "uint8": "smallint", "uint16": "integer",
+             "uint32": "bigint", "float64": "double precision", "float32": "real",
+             "float16": "real", "bool": "boolean", "list": "jsonb", "dict": "jsonb"}
 
 
 def _hugging_face(source: str, subset, limit, kwargs) -> tuple[str, int]:
-    """``datasets.load_dataset(source, subset, **kwargs)`` into pgml."<source>"."""
+    """``datasets.load_dataset(source, subset, **kwargs)`` into pgml."<source>".
+
+    As PostgresML: every split one after another (it re-splits when training), one column
+    per feature typed by the feature's dtype, nested values as jsonb; ``limit`` keeps the
+    first rows. A name that is a local directory (CSV, Parquet, JSON files, or a directory
+    ``Dataset.save_to_disk`` wrote) loads without the hub.
+    """
     if not source:
         raise UnknownDataset("load_dataset needs a dataset name")
     try:
@@ -148,29 +160,89 @@ def _hugging_face(source: str, subset, limit, kwargs) -> tuple[str, int]:
         raise UnknownDataset(
             f"dataset {source!r} is not one of the built-in datasets "
             f"({', '.join(sorted(DATASETS))}) and the Hugging Face 'datasets' library is not "
-            "installed in the replica's Python environment; install it (pip install datasets) "
-            "to load Hugging Face datasets or local dataset directories") from None
-    try:
-        loaded = hf.load_dataset(source, subset, **kwargs)
-    except Exception as exc:  # the library raises many kinds: offline hub, unknown name, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UnknownDataset(
-            f"dataset {source!r} could not be loaded by the Hugging Face datasets library: "
-            f"{first} (is the hub reachable from the database server? a local dataset "
-            "directory works offline)") from None
+            "installed in the replica's Python environment; install it (pip install "
+            "'pgml-replica[hf]' or pip install datasets) to load Hugging Face datasets or "
+            "local dataset directories") from None
+    loaded = _hf_load(hf, source, subset, kwargs)
     splits = [loaded[k] for k in loaded] if hasattr(loaded, "keys") else [loaded]
+    features = splits[0].features if splits else {}
     records: list[dict] = []
     for part in splits:
         for record in part:
             if limit is not None and len(records) >= limit:
                 break
             records.append(record)
-    names = list(splits[0].column_names) if splits else []
-    columns = [(n, _sql_type([r.get(n) for r in records])) for n in names]
+    names = list(features)
+    columns = [(n, _hf_type(features[n], [r.get(n) for r in records])) for n in names]
     rows = [tuple(_sql_value(r.get(n), t) for n, t in columns) for r in records]
-    table = f"pgml.{plpy.quote_ident(source)}"
-    _create(table, source, columns, rows)
-    return source, len(rows)
+    name = _table_name(source)
+    _create(f"pgml.{plpy.quote_ident(name)}", name, columns, rows)
+    return name, len(rows)
+
+
+def _table_name(source: str) -> str:
+    """PostgresML's table name, pgml."<source>" (a hub name keeps its slash, also when a
+    directory of that relative name stands in for it); a path (/..., ./..., ../..., ~/...)
+    gives its last component, so the path does not become the table's name."""
+    import os
+
+    is_path = source.startswith(("/", "./", "../", "~")) and os.path.isdir(
+        os.path.expanduser(source))
+    name = os.path.basename(os.path.normpath(os.path.expanduser(source))) if is_path else source
+    if len(name.encode()) > 63:  # PostgreSQL would truncate it (NAMEDATALEN)
+        raise UnknownDataset(f"dataset name {name!r} is longer than a PostgreSQL table name "
+                             "(63 bytes); load it from a directory with a shorter name")
+    return name
+
+
+def _hf_load(hf, source: str, subset, kwargs):
+    """The dataset: a directory ``save_to_disk`` wrote, else ``datasets.load_dataset``."""
+    import os
+
+    source = os.path.expanduser(source)
+    try:
+        if os.path.isdir(source) and any(
+                os.path.exists(os.path.join(source, marker))
+                for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            return hf.load_from_disk(source)
+        if "engine" not in kwargs and os.path.isdir(source) and any(
+                f.endswith((".csv", ".tsv")) for _, _, files in os.walk(source) for f in files):
+            kwargs = {**kwargs, "engine": "python"}  # (see below)
+        try:
+            return hf.load_dataset(source, subset, **kwargs)
+        except Exception as exc:
+            # pandas' C CSV tokenizer fails inside a PostgreSQL backend ("C error: out of
+            # memory", whatever the size); the csv builder's python engine reads the same file
+            if "engine" in kwargs or "C error: out of memory" not in _causes(exc):
+                raise
+            return hf.load_dataset(source, subset, **kwargs, engine="python")
+    except Exception as exc:  # the library raises many kinds: offline hub, unknown name, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnknownDataset(
+            f"dataset {source!r} could not be loaded by the Hugging Face datasets library: "
+            f"{first} (is the hub reachable from the database server? a local dataset "
+            "directory works offline)") from None
+
+
+def _causes(exc: BaseException) -> str:
+    """The messages of an exception and of everything it was raised from."""
+    seen: list[str] = []
+    while exc is not None and len(seen) < 20:
+        seen.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(seen)
+
+
+def _hf_type(feature, values: list) -> str:
+    dtype = getattr(feature, "dtype", None)
+    if isinstance(dtype, str) and dtype in _HF_TYPES:
+        return _HF_TYPES[dtype]
+    if isinstance(feature, dict | list):
+        return "jsonb"
+    return _sql_type(values)
+
+
+_SQL_TYPES = ((bool, "boolean"), (int, "bigint"), (float, "double precision"), (str, "text"))
 
 
 def _sql_type(values: list) -> str:

@@ -40,7 +40,8 @@ SEARCHES = ("grid", "random")
 def train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search,
           search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess,
           joint=False):
-    """Train a model for the project; (project, task, algorithm, deployment status)."""
+    """Train a model for the project; (project, task, algorithm, deployed) as PostgresML
+    2.9's ``pgml.train`` answers."""
     from inference import algorithms, encoding, training
 
     if not project_name:
@@ -125,8 +126,10 @@ def _store_and_deploy(project, project_name, task, snap, algorithm, features, re
 
     if project is None:
         project = store.create_project(project_name, task)
+    importances = None if task in UNSUPERVISED else feature_importances(result.estimator,
+                                                                         features)
     model_id = store.insert_model(project.id, snap.id, algorithm, len(features), result, search,
-                                  search_params, search_args, joint)
+                                  search_params, search_args, joint, importances)
     if task not in UNSUPERVISED:
         from inference.tree_graph import for_training  # tree models: the GPU-ready tensor graph
 
@@ -134,10 +137,56 @@ def _store_and_deploy(project, project_name, task, snap, algorithm, features, re
         if tensor is not None:
             store.add_file(model_id, "tensor.onnx", tensor)
         _compile_trees(model_id, result, task, features, X_test, snap.random_state)
-    deployed = bool(automatic_deploy) and _beats_deployed(project.id, task, result.metrics)
+    # NULL deploys as true does (PostgresML 2.9: ``Some(true) | None``)
+    deployed = automatic_deploy is not False and _beats_deployed(project.id, task,
+                                                                  result.metrics)
     if deployed:
         store.deploy(project.id, model_id, "new_score")
-    return project.name, task, algorithm, "deployed" if deployed else "not deployed"
+    return project.name, task, algorithm, deployed
+
+
+def feature_importances(estimator, features: list[str]) -> dict[str, float] | None:
+    """{feature: importance} of a model that has them, stored in pgml.models.feature_importances.
+
+    Tree ensembles (scikit-learn, XGBoost, LightGBM, CatBoost) answer ``feature_importances_``;
+    linear models the magnitude of ``coef_`` (averaged over classes or targets), which ranks
+    features only when they share a scale -- preprocess with a scaler for that. Joint models
+    fitted one estimator per target average their estimators'. None where the model has
+    neither (SVMs with kernels, k-NN, ...) or the widths disagree (nothing is guessed).
+    """
+    model = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    inner = getattr(model, "estimator_", None)  # LabelEncodedClassifier, RANSAC (a forest's
+    if inner is not None and _answer(model) is None:  # estimator_ is its unfitted template)
+        model = inner
+    parts = getattr(model, "estimators_", None)
+    members = parts if isinstance(parts, list) and parts and not hasattr(
+        model, "feature_importances_") else [model]
+    rows = []
+    for member in members:
+        values = _answer(member)
+        if values is None:
+            return None
+        values = np.asarray(values, dtype=np.float64)
+        values = values.reshape(-1, values.shape[-1]).mean(axis=0) if values.ndim else values
+        if values.shape != (len(features),):
+            return None
+        rows.append(values)
+    mean = np.mean(rows, axis=0)
+    if not np.all(np.isfinite(mean)):
+        return None
+    return {name: float(v) for name, v in zip(features, mean, strict=True)}
+
+
+def _answer(model):
+    """``feature_importances_``, else ``|coef_|``; None when the model has neither."""
+    try:
+        values = getattr(model, "feature_importances_", None)
+        if values is None:
+            coef = getattr(model, "coef_", None)
+            values = None if coef is None else np.abs(np.asarray(coef, dtype=np.float64))
+    except Exception:  # noqa: BLE001 - a property that cannot answer means "has none"
+        return None
+    return values
 
 
 def _compile_trees(model_id, result, task, features, X_test, random_state) -> None:
@@ -247,7 +296,7 @@ def _snapshot_for(project, project_name, relation_name, y_columns, test_size, te
 
 def take_snapshot(relation_name, y_columns, test_size, test_sampling):
     """Copy the relation into a new snapshot table; (snapshot, rows, column values)."""
-    oid, source = relations.resolve(relation_name)
+    oid, source = _resolve(relation_name)
     cols = relations.columns(oid)
     relations.check_columns(source, cols, y_columns)
     fraction = relations.test_fraction(test_size)
@@ -268,11 +317,30 @@ def take_snapshot(relation_name, y_columns, test_size, test_sampling):
     return snap, n, values
 
 
+def _resolve(relation_name: str) -> tuple[int, str]:
+    """relations.resolve, and PostgresML's unquoted ``schema.name`` where the name itself
+    holds characters an identifier cannot (``'pgml.jdxcosta/diamonds'``, the table
+    load_dataset made for a Hugging Face name): split at the first dot, looked up exactly."""
+    try:
+        return relations.resolve(relation_name)
+    except UnknownRelation:
+        schema, dot, name = (relation_name or "").partition(".")
+        if not dot:
+            raise
+        rows = store.query(
+            "SELECT format('%I.%I', n.nspname, c.relname) AS quoted FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = $1 AND c.relname = $2", ("text", "text"), (schema, name))
+        if not rows:
+            raise
+        return relations.resolve(rows[0]["quoted"])
+
+
 # -- deployment ----------------------------------------------------------------------------
 
 
 def deploy(project_name, strategy, algorithm_name):
-    """Deploy the model the strategy chooses; (project, task, algorithm)."""
+    """Deploy the model the strategy chooses; (project, strategy, algorithm) as PostgresML."""
     from inference.algorithms import canonical_name
     from inference.training import key_metric
 
@@ -296,7 +364,7 @@ def deploy(project_name, strategy, algorithm_name):
             f"project {project_name!r} has no model{which} to deploy with strategy {strategy!r}"
             + (" (no earlier deployment of another model)" if strategy == "rollback" else ""))
     store.deploy(project.id, chosen.model_id, strategy)
-    return project.name, project.task, chosen.algorithm
+    return project.name, strategy, chosen.algorithm
 
 
 def deploy_model(model_id: int):

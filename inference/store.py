@@ -159,22 +159,23 @@ def project_snapshot(project_id: int) -> Snapshot | None:
 
 def insert_model(project_id: int, snapshot_id: int, algorithm: str, num_features: int,
                  result, search: str | None, search_params: dict, search_args: dict,
-                 joint: bool) -> int:
+                 joint: bool, feature_importances: dict | None = None) -> int:
     """The model row and its files (ONNX graph when exported, native pickle always)."""
     rows = query(
         "INSERT INTO pgml.models (project_id, snapshot_id, num_features, algorithm, runtime,"
         " hyperparams, metrics, search, search_params, search_args, search_results, parity,"
-        " preprocess, classes, joint, warnings) VALUES ($1, $2, $3, $4, $5, $6::jsonb,"
-        " $7::jsonb, $8, $9::jsonb, $10::jsonb, $11::jsonb, $12::jsonb, $13::jsonb, $14::jsonb,"
-        " $15, $16::jsonb) RETURNING id",
+        " preprocess, classes, joint, warnings, feature_importances) VALUES ($1, $2, $3, $4,"
+        " $5, $6::jsonb, $7::jsonb, $8, $9::jsonb, $10::jsonb, $11::jsonb, $12::jsonb,"
+        " $13::jsonb, $14::jsonb, $15, $16::jsonb, $17::jsonb) RETURNING id",
         ("int8", "int8", "int4", "text", "text", "text", "text", "text", "text", "text", "text",
-         "text", "text", "text", "bool", "text"),
+         "text", "text", "text", "bool", "text", "text"),
         (project_id, snapshot_id, num_features, algorithm, result.runtime,
          dumps(result.hyperparams), dumps(result.metrics), search, dumps(search_params or {}),
          dumps(search_args or {}),
          None if result.search_results is None else dumps(result.search_results),
          dumps(result.parity), dumps(result.preprocessor), dumps(result.classes), joint,
-         dumps(result.warnings)))
+         dumps(result.warnings),
+         None if feature_importances is None else dumps(feature_importances)))
     model_id = rows[0]["id"]
     files = {"model.pkl": result.native}
     if result.onnx:

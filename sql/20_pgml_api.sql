@@ -45,58 +45,76 @@ $$;
 
 -- Training ---------------------------------------------------------------------------------
 
--- PostgresML's train plus as_of (docs/history.md): train on relation_name as it was then.
--- The 13-argument form of earlier installs is dropped so calls are never ambiguous.
+-- PostgresML 2.9.3's train, argument for argument and result column for result column,
+-- plus as_of (docs/history.md): train on relation_name as it was then. runtime ('python' or
+-- 'rust' there) is checked and otherwise has no effect: every model here scores through ONNX
+-- with its native pipeline as the checked fallback. materialize_snapshot is accepted for the
+-- same reason: a snapshot here is always a table (retrains and #527's statistics read it).
+-- Earlier installs' forms (13 and 14 arguments, status text) are dropped so calls are never
+-- ambiguous and the result type can change.
 DROP FUNCTION IF EXISTS pgml.train(text, text, text, text, text, jsonb, text, jsonb, jsonb,
                                    real, text, boolean, jsonb);
+DROP FUNCTION IF EXISTS pgml.train(text, text, text, text, text, jsonb, text, jsonb, jsonb,
+                                   real, text, boolean, jsonb, timestamptz);
+DROP FUNCTION IF EXISTS pgml.train_joint(text, text, text, text[], text, jsonb, text, jsonb,
+                                         jsonb, real, text, boolean, jsonb);
 
 CREATE OR REPLACE FUNCTION pgml.train(
-    project_name     text,
-    task             text DEFAULT NULL,
-    relation_name    text DEFAULT NULL,
-    y_column_name    text DEFAULT NULL,
-    algorithm        text DEFAULT 'linear',
-    hyperparams      jsonb DEFAULT '{}',
-    search           text DEFAULT NULL,
-    search_params    jsonb DEFAULT '{}',
-    search_args      jsonb DEFAULT '{}',
-    test_size        real DEFAULT 0.25,
-    test_sampling    text DEFAULT 'random',
-    automatic_deploy boolean DEFAULT true,
-    preprocess       jsonb DEFAULT '{}',
-    as_of            timestamptz DEFAULT NULL)
-RETURNS TABLE (project_name text, task text, algorithm_name text, status text)
+    project_name         text,
+    task                 text DEFAULT NULL,
+    relation_name        text DEFAULT NULL,
+    y_column_name        text DEFAULT NULL,
+    algorithm            text DEFAULT 'linear',
+    hyperparams          jsonb DEFAULT '{}',
+    search               text DEFAULT NULL,
+    search_params        jsonb DEFAULT '{}',
+    search_args          jsonb DEFAULT '{}',
+    test_size            real DEFAULT 0.25,
+    test_sampling        text DEFAULT 'random',
+    runtime              text DEFAULT NULL,
+    automatic_deploy     boolean DEFAULT true,
+    materialize_snapshot boolean DEFAULT false,
+    preprocess           jsonb DEFAULT '{}',
+    as_of                timestamptz DEFAULT NULL)
+RETURNS TABLE (project text, task text, algorithm text, deployed boolean)
 LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+if runtime is not None and runtime.strip().lower() not in ("python", "rust"): plpy.error(f"runtime {runtime!r} is not one of python, rust (every model here scores through ONNX)", sqlstate="22023")
 relation = relation_name if as_of is None else GD["pgml"].history_as_of(relation_name, as_of, None)
 return GD["pgml"].train(project_name, task, relation, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess)
 $$;
 
 CREATE OR REPLACE FUNCTION pgml.train_joint(
-    project_name     text,
-    task             text DEFAULT NULL,
-    relation_name    text DEFAULT NULL,
-    y_column_name    text[] DEFAULT NULL,
-    algorithm        text DEFAULT 'linear',
-    hyperparams      jsonb DEFAULT '{}',
-    search           text DEFAULT NULL,
-    search_params    jsonb DEFAULT '{}',
-    search_args      jsonb DEFAULT '{}',
-    test_size        real DEFAULT 0.25,
-    test_sampling    text DEFAULT 'random',
-    automatic_deploy boolean DEFAULT true,
-    preprocess       jsonb DEFAULT '{}')
-RETURNS TABLE (project_name text, task text, algorithm_name text, status text)
+    project_name         text,
+    task                 text DEFAULT NULL,
+    relation_name        text DEFAULT NULL,
+    y_column_name        text[] DEFAULT NULL,
+    algorithm            text DEFAULT 'linear',
+    hyperparams          jsonb DEFAULT '{}',
+    search               text DEFAULT NULL,
+    search_params        jsonb DEFAULT '{}',
+    search_args          jsonb DEFAULT '{}',
+    test_size            real DEFAULT 0.25,
+    test_sampling        text DEFAULT 'random',
+    runtime              text DEFAULT NULL,
+    automatic_deploy     boolean DEFAULT true,
+    materialize_snapshot boolean DEFAULT false,
+    preprocess           jsonb DEFAULT '{}')
+RETURNS TABLE (project text, task text, algorithm text, deployed boolean)
 LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+if runtime is not None and runtime.strip().lower() not in ("python", "rust"): plpy.error(f"runtime {runtime!r} is not one of python, rust (every model here scores through ONNX)", sqlstate="22023")
 return GD["pgml"].train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess, joint=True)
 $$;
 
+-- PostgresML's result columns (project, strategy, algorithm); earlier installs answered
+-- (project_name, task, algorithm_name), hence the DROP.
+DROP FUNCTION IF EXISTS pgml.deploy(text, text, text);
 CREATE OR REPLACE FUNCTION pgml.deploy(
     project_name   text,
     strategy       text DEFAULT 'best_score',
     algorithm_name text DEFAULT NULL)
-RETURNS TABLE (project_name text, task text, algorithm_name text)
+RETURNS TABLE (project text, strategy text, algorithm text)
 LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 return GD["pgml"].deploy(project_name, strategy, algorithm_name)

@@ -162,6 +162,6 @@ def test_installed_install_makes_pgml_train_and_predict_work(ml_prefix, replica_
                        " FROM generate_series(1, 60) g")
     [row] = replica_db.execute("SELECT * FROM pgml.train('wheel', 'regression', 'pts', 'y',"
                                " 'linear')")
-    assert row == ("wheel", "regression", "linear", "deployed")
+    assert row == ("wheel", "regression", "linear", True)
     [(pred,)] = replica_db.execute("SELECT pgml.predict('wheel', ARRAY[100::float8])")
     assert pred == pytest.approx(301, rel=1e-6)

@@ -44,7 +44,7 @@ def test_algorithm_trains_and_predicts_via_sql(conn, dataset, task, algorithm):
     project = f"{dataset}_{algorithm}"
     row = conn.execute("SELECT * FROM pgml.train(%s, %s, %s, %s, %s)",
                        (project, task, f"pgml.{dataset}", y_column(dataset), algorithm)).fetchone()
-    assert row == (project, task, algorithm, "deployed")
+    assert row == (project, task, algorithm, True)
     model = latest_model(conn, project)
     estimator, expected = reference(dataset, task, algorithm)
     for key, value in expected.items():

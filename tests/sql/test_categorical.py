@@ -35,7 +35,7 @@ def conn(shared_pgml_db):
 
 def _train(conn, project, algorithm, preprocess):
     return conn.execute(
-        "SELECT status FROM pgml.train(%s, 'classification', 'fruit', 'label', %s,"
+        "SELECT deployed FROM pgml.train(%s, 'classification', 'fruit', 'label', %s,"
         " preprocess => %s::jsonb)", (project, algorithm, json.dumps(preprocess))).fetchone()[0]
 
 
@@ -52,7 +52,7 @@ ENCODINGS = {
 @pytest.mark.parametrize("algorithm", ["xgboost", "random_forest"])
 def test_every_encoding_learns_and_predicts_the_class(conn, encode, algorithm):
     project = f"fruit_{encode}_{algorithm}"
-    assert _train(conn, project, algorithm, ENCODINGS[encode]) == "deployed"
+    assert _train(conn, project, algorithm, ENCODINGS[encode]) is True
     runtime = one(conn, "SELECT runtime FROM pgml.models m JOIN pgml.projects p"
                   " ON p.id = m.project_id WHERE p.name = %s", (project,))
     assert runtime == "onnx"  # the graph takes the encoded features

@@ -48,7 +48,7 @@ def test_best_score_most_recent_and_algorithm_filter(trained):
         models = conn.execute("SELECT id, algorithm FROM pgml.models ORDER BY id").fetchall()
         best = min(models, key=lambda m: mse(conn, m[0]))
         assert conn.execute("SELECT * FROM pgml.deploy('d', 'most_recent')").fetchone() == (
-            "d", "regression", "ridge")
+            "d", "most_recent", "ridge")
         assert deployed(conn) == models[-1]
         assert conn.execute("SELECT * FROM pgml.deploy('d')").fetchone()[2] == best[1]
         assert deployed(conn) == best

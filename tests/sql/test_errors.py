@@ -130,7 +130,7 @@ def test_odd_project_and_column_names_are_data(conn):
     project = "it's; DROP TABLE victim --"
     row = conn.execute("SELECT * FROM pgml.train(%s, 'regression', %s, %s)",
                        (project, sql.Identifier(table).as_string(conn), y)).fetchone()
-    assert row[0] == project and row[3] == "deployed"
+    assert row[0] == project and row[3] is True
     assert one(conn, "SELECT pgml.predict(%s, ARRAY[10]::float8[])", (project,)) == \
         pytest.approx(20, abs=1e-3)
     assert one(conn, "SELECT to_regclass('victim') IS NOT NULL") is True

@@ -81,7 +81,7 @@ def test_450_a_materialized_view_is_a_relation_name(conn):
     conn.execute("CREATE MATERIALIZED VIEW public.iris_mv AS SELECT * FROM pgml.iris")
     row = conn.execute("SELECT * FROM pgml.train('mv', 'classification', 'public.iris_mv',"
                        " 'target')").fetchone()
-    assert row[3] == "deployed"
+    assert row[3] is True
 
 
 def test_test_sampling_default_is_random_as_documented(conn):

@@ -22,7 +22,7 @@ def test_positional_call_in_the_seed_order(pgml_db):
         conn.execute("SELECT pgml.load_dataset('diabetes')")
         row = conn.execute("SELECT * FROM pgml.train('Diabetes', 'regression', 'pgml.diabetes',"
                            " 'target', 'ridge', '{\"alpha\": 0.5}')").fetchone()
-        assert row == ("Diabetes", "regression", "ridge", "deployed")
+        assert row == ("Diabetes", "regression", "ridge", True)
         model = latest_model(conn, "Diabetes")
         assert model["hyperparams"]["alpha"] == 0.5
         s = split("diabetes")
@@ -38,7 +38,7 @@ def test_named_calls_reuse_the_projects_task_relation_y_and_snapshot(pgml_db):
         first = conn.execute(
             "SELECT * FROM pgml.train(project_name => 'Iris', task => 'classification',"
             " relation_name => 'pgml.iris', y_column_name => 'target')").fetchone()
-        assert first == ("Iris", "classification", "linear", "deployed")
+        assert first == ("Iris", "classification", "linear", True)
         again = conn.execute("SELECT * FROM pgml.train('Iris', algorithm => 'xgboost',"
                              " hyperparams => '{\"n_estimators\": 5}')").fetchone()
         assert again[:3] == ("Iris", "classification", "xgboost")
@@ -199,7 +199,7 @@ def test_train_joint_and_predict_joint_on_linnerud(pgml_db):
         conn.execute("SELECT pgml.load_dataset('linnerud')")
         row = conn.execute("SELECT * FROM pgml.train_joint('fit', 'regression', 'pgml.linnerud',"
                            " ARRAY['weight', 'waist', 'pulse'])").fetchone()
-        assert row == ("fit", "regression", "linear", "deployed")
+        assert row == ("fit", "regression", "linear", True)
         out = one(conn, "SELECT pgml.predict_joint('fit', ARRAY[5, 162, 60]::float8[])")
         assert len(out) == 3
         with pytest.raises(Exception, match="joint"):
@@ -211,7 +211,7 @@ def test_automatic_deploy_false_trains_without_deploying(pgml_db):
         conn.execute("SELECT pgml.load_dataset('iris')")
         row = conn.execute("SELECT * FROM pgml.train('nd', 'classification', 'pgml.iris',"
                            " 'target', automatic_deploy => false)").fetchone()
-        assert row[3] == "not deployed"
+        assert row[3] is False
         assert one(conn, "SELECT count(*) FROM pgml.deployments") == 0
         assert one(conn, "SELECT count(*) FROM pgml.models") == 1
 
@@ -223,7 +223,7 @@ def test_worse_model_is_not_deployed_automatically(pgml_db):
         # lasso with a huge alpha predicts the mean: a worse mean_squared_error
         row = conn.execute("SELECT * FROM pgml.train('w', algorithm => 'lasso',"
                            " hyperparams => '{\"alpha\": 1000}')").fetchone()
-        assert row[3] == "not deployed"
+        assert row[3] is False
         assert one(conn, "SELECT algorithm FROM pgml.deployed_models") == "linear"
 
 

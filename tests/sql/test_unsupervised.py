@@ -25,7 +25,7 @@ def conn(shared_pgml_db):
 def test_clustering_example(conn):
     row = conn.execute("SELECT * FROM pgml.train('Handwritten Digit Clusters', 'clustering',"
                        " 'pgml.digit_vectors', hyperparams => '{\"n_clusters\": 10}')").fetchone()
-    assert row == ("Handwritten Digit Clusters", "clustering", "kmeans", "deployed")
+    assert row == ("Handwritten Digit Clusters", "clustering", "kmeans", True)
     model = latest_model(conn, "Handwritten Digit Clusters")
     assert model["runtime"] == "onnx", model["parity"]
     assert -1 <= model["metrics"]["silhouette"] <= 1 and model["metrics"]["num_clusters"] == 10
@@ -76,7 +76,7 @@ def test_dbscan_noise_and_nearest_row_labels():
 def test_decomposition_example(conn):
     row = conn.execute("SELECT * FROM pgml.train('Handwritten Digits Reduction', 'decomposition',"
                        " 'digit_vectors')").fetchone()
-    assert row == ("Handwritten Digits Reduction", "decomposition", "pca", "deployed")
+    assert row == ("Handwritten Digits Reduction", "decomposition", "pca", True)
     conn.execute("SELECT * FROM pgml.train('Handwritten Digits Reduction',"
                  " hyperparams => '{\"n_components\": 3}')")
     model = latest_model(conn, "Handwritten Digits Reduction")
