@@ -28,7 +28,7 @@ from datetime import datetime
 from decoder import Message, Relation, StreamAbort, Truncate
 from replica.stream.apply import TargetWriter, apply_change
 from replica.stream.batch import TableBatch
-from replica.stream.relations import Relations
+from replica.stream.relations import NEVER, Relations
 from replica.stream.tables import MirroredTable
 
 
@@ -86,6 +86,10 @@ class StreamedTxn:
                     for rid in m.relation_ids:
                         if commit_lsn >= (table := relations.tables[rid]).sync_lsn:
                             self.replay(m, table)
+                        elif table.sync_lsn == NEVER and self.writer.history is not None:
+                            # waiting for its re-copy: its versions still end here, as
+                            # for an ordinary transaction (stream/loop.py _truncate)
+                            self.writer.history.truncate(table)
             elif commit_lsn >= (table := relations.tables[m.relation_id]).sync_lsn:
                 self.replay(m, table)
 
