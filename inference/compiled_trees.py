@@ -3,7 +3,7 @@
 Why: a ``pgml.predict`` call through onnxruntime spends most of its time in the TreeEnsemble
 kernel's per-call machinery, not in the trees (docs/benchmarks.md, "Prediction"). Plain C with
 one ``if`` per split, called through ctypes with no arguments on a buffer that stays put, does
-the trees and nothing else; and loading it needs numpy and ctypes only -- no onnxruntime, no
+the trees and nothing else; and loading it needs ctypes only -- no numpy, no onnxruntime, no
 onnx -- which is what makes a brand-new backend's first call quick (PostgresML #1175).
 
 How, once per trained model (``for_training``, called by pgml.train):
@@ -23,12 +23,8 @@ How, once per trained model (``for_training``, called by pgml.train):
    (pgml.files ``trees.c``), so any backend -- another replica, a host with a cold cache --
    rebuilds the same library from it.
 
-Loading (``load``): the library's path is ``<cache>/<model id>-<sha256 of source, flags,
-compiler>.so``; present -> dlopen, absent -> compile then dlopen; no compiler, a failed build,
-or a cache directory that is not this user's alone -> None, and routing.py scores with the ONNX
-graph as before. The cache directory is ``$PGML_COMPILED_TREES_DIR`` or
-``<tmp>/pgml-compiled-<uid>``, created 0700 and refused unless owned by this user and closed to
-others (a shared library from a directory others can write to would run their code).
+Loading, and the scorer that answers pgml.predict with it: compiled_scorer.py (which imports
+neither numpy nor this module, so a scoring backend stays light).
 
 Not compiled (ONNX scores them): AdaBoost regression (weighted median), models whose preprocess
 has an ``impute: error`` column, joint models' single-row call (their batches are fine), and
@@ -37,24 +33,15 @@ anything Ensemble cannot express (categorical splits, dart).
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import json
-import os
-import shutil
-import struct
-import subprocess
-import tempfile
 
 import numpy as np
 
-from inference.errors import NotExportable, PgmlError
+from inference.compiled_scorer import FORMAT, build, compiler, load
+from inference.errors import NotExportable
 
-FORMAT = "pgml-compiled-trees 1"
 SOURCE_FILE = "trees.c"  # the model's file in pgml.files
 RTOL = 1e-5  # as tree_graph.RTOL: relative to max(1, |native|)
-CFLAGS = ("-O1", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-w")
-COMPILE_TIMEOUT_S = 120
 # Above this many nodes (all trees) the model is not compiled (ONNX scores it): the source
 # alone would be tens of megabytes.
 MAX_NODES = 2_000_000
@@ -89,14 +76,14 @@ def c_source(pipeline, *, task: str, n_features: int, classes: list | None,
             raise NotExportable("a preprocess column with impute 'error' is checked by the graph")
         prep = (fill.astype(np.float32), offset.astype(np.float32), factor.astype(np.float32))
     n_out = ens.n_outputs if n_classes is None else n_classes
-    header = {"format": FORMAT, "task": task, "n_features": n_features, "n_outputs": n_out,
+    head = {"format": FORMAT, "task": task, "n_features": n_features, "n_outputs": n_out,
               "classes": classes, "post": ens.post, "trees": len(ens.trees),
               "max_depth": ens.max_depth(), "parity": parity_record}
     nodes = sum(len(t.left) for t in ens.trees)
     if nodes > MAX_NODES:
         raise NotExportable(f"{nodes} tree nodes: above {MAX_NODES}, compiling takes too long")
     w = _Writer()
-    w.line("/* " + json.dumps(header).replace("*/", "* /") + " */")
+    w.line("/* " + json.dumps(head).replace("*/", "* /") + " */")
     w.line("#include <math.h>\n#include <stdint.h>\n#include <string.h>")
     w.line(f"#define NF {n_features}\n#define K {ens.n_outputs}\n#define NOUT {n_out}")
     w.line("float pgml_input[NF];")
@@ -242,134 +229,6 @@ def _finish(w: _Writer, post: str, task: str) -> None:
            "  double r[K];\n  for (int64_t i = 0; i < n; i++) {\n"
            "    raw_sum(X + i * NF, r);\n    int64_t label = finish(r, out + i * NOUT);\n"
            "    if (labels) labels[i] = label;\n  }\n}")
-
-
-def header(source: str) -> dict:
-    """The JSON header of a source written by c_source."""
-    first = source.split("\n", 1)[0]
-    if not (first.startswith("/* ") and first.endswith(" */")):
-        raise PgmlError("not a compiled-trees source (no header)")
-    found = json.loads(first[3:-3])
-    if found.get("format") != FORMAT:
-        raise PgmlError(f"compiled-trees format {found.get('format')!r}, expected {FORMAT!r}")
-    return found
-
-
-# -- building and loading ----------------------------------------------------------------------
-
-
-def compiler() -> str | None:
-    """The C compiler to use: $CC, else cc or gcc on PATH or in /usr/bin; None if there is none."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "/usr/bin/cc", "/usr/bin/gcc"):
-        if name:
-            found = shutil.which(name)
-            if found:
-                return found
-    return None
-
-
-def cache_dir() -> str | None:
-    """This user's directory of compiled libraries, created if need be; None when unsafe."""
-    path = os.environ.get("PGML_COMPILED_TREES_DIR") or os.path.join(
-        tempfile.gettempdir(), f"pgml-compiled-{os.getuid()}")
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.stat(path)
-    except OSError:
-        return None
-    if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        return None  # someone else could plant a library here
-    return path
-
-
-def library_path(model_id: int, source: str, cc: str) -> str | None:
-    directory = cache_dir()
-    if directory is None:
-        return None
-    body = source.split("\n", 1)[-1]  # the header (parity record) is a comment: not hashed
-    key = hashlib.sha256("\0".join((body, " ".join(CFLAGS), cc)).encode()).hexdigest()[:24]
-    return os.path.join(directory, f"{int(model_id)}-{key}.so")
-
-
-def build(source: str, model_id: int) -> str | None:
-    """The compiled library's path, building it when the cache lacks it; None if it cannot."""
-    cc = compiler()
-    path = None if cc is None else library_path(model_id, source, cc)
-    if path is None:
-        return None
-    if os.path.exists(path):
-        return path
-    directory = os.path.dirname(path)
-    fd, c_path = tempfile.mkstemp(suffix=".c", dir=directory)
-    so_tmp = c_path[:-2] + ".so.tmp"
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        done = subprocess.run([cc, *CFLAGS, "-o", so_tmp, c_path, "-lm"], capture_output=True,
-                              timeout=COMPILE_TIMEOUT_S, check=False)
-        if done.returncode != 0:
-            return None
-        os.replace(so_tmp, path)  # atomic: a concurrent backend sees all of it or nothing
-        return path
-    except (OSError, subprocess.SubprocessError):
-        return None
-    finally:
-        for leftover in (c_path, so_tmp):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-
-
-class CompiledTrees:
-    """A loaded library: ``one(values)`` for a row, ``rows(X)`` for a float32 matrix."""
-
-    def __init__(self, path: str, meta: dict):
-        self.path, self.meta = path, meta
-        self.n_features, self.n_outputs = meta["n_features"], meta["n_outputs"]
-        held = ctypes.PyDLL(path)  # keeps the GIL: a row is shorter than releasing it
-        free = ctypes.CDLL(path)  # releases it: batches
-        if held.pgml_n_features() != self.n_features or held.pgml_n_outputs() != self.n_outputs:
-            raise PgmlError(f"compiled library {path} does not match its source's header")
-        self._one = held.pgml_one
-        self._one.restype = ctypes.c_double
-        self._one.argtypes = ()
-        self._rows = free.pgml_rows
-        self._rows.restype = None
-        self._rows.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
-        self._input = (ctypes.c_float * self.n_features).in_dll(held, "pgml_input")
-        self._pack = struct.Struct(f"{self.n_features}f").pack_into
-        self._keep = (held, free)
-
-    def one(self, values) -> float:
-        """The row's prediction (class index for classification); struct.error / TypeError
-        when the values are not n_features numbers (None among them, say)."""
-        self._pack(self._input, 0, *values)
-        return self._one()
-
-    def rows(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(outputs [n, n_outputs] float64, labels [n] int64) of float32 rows."""
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        n = len(X)
-        out = np.empty((n, self.n_outputs), dtype=np.float64)
-        labels = np.empty(n, dtype=np.int64)
-        self._rows(X.ctypes.data, n, out.ctypes.data, labels.ctypes.data)
-        return out, labels
-
-
-def load(source: str, model_id: int) -> CompiledTrees | None:
-    """The model's library, built into the cache if need be; None when it cannot be had."""
-    try:
-        meta = header(source)
-    except (PgmlError, ValueError):
-        return None
-    path = build(source, model_id)
-    if path is None:
-        return None
-    try:
-        return CompiledTrees(path, meta)
-    except (OSError, AttributeError, PgmlError):
-        return None
 
 
 # -- training ------------------------------------------------------------------------------

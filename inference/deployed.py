@@ -58,12 +58,12 @@ def loaded(model_id: int) -> Loaded:
     if found is not None:
         _LOADED.move_to_end(model_id)
         return found
-    from inference.routing import load_compiled, load_scorer
-
     stored = store.stored_model(model_id)
     onnx, native = (stored.data, None) if stored.runtime == "onnx" else (None, stored.data)
 
-    def general():
+    def general():  # imports numpy and, for ONNX, onnxruntime: only when it is needed
+        from inference.routing import load_scorer
+
         tensor = store.model_file(model_id, "tensor.onnx") if stored.runtime == "onnx" else None
         return load_scorer(stored.runtime, onnx, native, stored.task, stored.num_features,
                            tensor=tensor)
@@ -72,7 +72,10 @@ def loaded(model_id: int) -> Loaded:
     if stored.runtime == "onnx" and compiled_trees_enabled():
         source = store.model_file(model_id, "trees.c")
         if source is not None:
-            scorer = load_compiled(source, model_id, stored.task, stored.num_features, general)
+            from inference import compiled_scorer
+
+            scorer = compiled_scorer.load_scorer(source, model_id, stored.task,
+                                                 stored.num_features, general)
     found = Loaded(model_id, scorer or general(), stored.joint, stored.encoding)
     _LOADED[model_id] = found
     while len(_LOADED) > MAX_CACHED_SCORERS:

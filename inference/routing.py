@@ -1,6 +1,7 @@
-"""Which scorer scores a stored model: its compiled trees (rows, small batches) where it has
-them and a C compiler is at hand, its ONNX graph, the pickled estimator for models ONNX cannot
-express, and - with a CUDA device - the tensor graph for large batches.
+"""Which scorer scores a stored model: its ONNX graph, the pickled estimator for models ONNX
+cannot express, and - with a CUDA device - the tensor graph for large batches. (Tree models'
+compiled trees, which score rows ahead of all of these, load from compiled_scorer.py without
+this module: deployed.loaded tries them first.)
 
 Why apart from runtime.py: runtime.py is the per-row hot path (one onnxruntime session, its
 buffers); the choice between graphs and runtimes is made once per model load here.
@@ -9,7 +10,6 @@ buffers); the choice between graphs and runtimes is made once per model load her
 from __future__ import annotations
 
 import pickle
-import struct
 
 import numpy as np
 
@@ -99,94 +99,6 @@ class RoutedScorer(Scorer):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self._pick(X).predict_proba(X)
-
-
-class CompiledScorer(Scorer):
-    """Compiled trees (compiled_trees.py) for rows and small batches; the ONNX scorer, loaded
-    on first need, for large batches (threads, the GPU's tensor graph, bulk's native path).
-
-    ``runtime`` stays 'onnx' -- the model's runtime, what bulk.py and the model row speak of;
-    ``graph`` 'compiled' says what scores a row. Both sides passed parity with the native
-    model at training, so which one answers a call does not change the answer beyond RTOL.
-    """
-
-    runtime = "onnx"
-    graph = "compiled"
-
-    def __init__(self, trees, task: str, n_features: int, onnx_scorer):
-        meta = trees.meta
-        if meta["task"] != task or meta["n_features"] != n_features:
-            raise PgmlError(f"the compiled trees are a {meta['task']} model of "
-                            f"{meta['n_features']} features, not {task} of {n_features}")
-        self.trees, self._make_onnx, self._onnx = trees, onnx_scorer, None
-        self.task, self.n_features = task, n_features
-        classes = meta["classes"]
-        self.classes = None if classes is None else np.asarray(classes, dtype=np.float64)
-        self._labels = None if classes is None else self.classes.tolist()
-        self.has_proba = task == "classification"
-        self.feature_names = None
-        self.providers = ["CompiledTrees"]
-        self._pack, self._input, self._one = trees._pack, trees._input, trees._one
-        if task != "classification" and trees.n_outputs != 1:  # joint: no single number
-            self.predict_one = lambda values: Scorer.predict_one(self, values)
-
-    @property
-    def onnx(self) -> Scorer:
-        """The model's ONNX scorer (default graph, routed to CUDA where there is one)."""
-        if self._onnx is None:
-            self._onnx = self._make_onnx()
-        return self._onnx
-
-    @property
-    def cuda(self) -> bool:
-        return bool(getattr(self.onnx, "cuda", False))
-
-    def predict_one(self, values) -> float:
-        try:
-            self._pack(self._input, 0, *values)
-        except (struct.error, TypeError):  # NULL element, wrong count: numpy says what
-            return float(self.predict(np.array(values, dtype=np.float64))[0])
-        value = self._one()
-        return self._labels[int(value)] if self._labels is not None else value
-
-    def predict(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
-        X = self._rows(X)
-        if len(X) >= COMPILED_MAX_ROWS:
-            return self.onnx.predict(X, threads)
-        out, labels = self.trees.rows(X)
-        if self.classes is not None:
-            return self.classes[labels]
-        return out.reshape(-1) if out.shape[1] == 1 else out
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        self._proba_allowed()
-        X = self._rows(X)
-        if len(X) >= COMPILED_MAX_ROWS:
-            return self.onnx.predict_proba(X)
-        return self.trees.rows(X)[0]
-
-
-# Batches from this many rows go to the ONNX scorer of a CompiledScorer (it has threads and,
-# with CUDA, the tensor graph); below it the compiled trees, one call for the whole batch.
-COMPILED_MAX_ROWS = sessions.PARALLEL_MIN_ROWS
-
-
-def load_compiled(source: bytes, model_id: int, task: str, n_features: int,
-                  onnx_scorer) -> CompiledScorer | None:
-    """A CompiledScorer for the model's ``trees.c``, or None (no compiler, failed build...).
-
-    ``onnx_scorer``: a callable that loads the model's ONNX scorer, called on first need only
-    -- so a backend that scores rows never imports onnxruntime.
-    """
-    from inference import compiled_trees
-
-    trees = compiled_trees.load(bytes(source).decode(), model_id)
-    if trees is None:
-        return None
-    try:
-        return CompiledScorer(trees, task, n_features, onnx_scorer)
-    except PgmlError:
-        return None
 
 
 def load_scorer(

@@ -5,6 +5,10 @@ arguments into Python values (jsonb text into objects, predict_batch's array int
 calls the module that does the work -- projects.py (train, snapshot, deploy), deployed.py
 (the model to score with), datasets.py -- and turns what comes back into SQL results.
 
+Imports: only what the per-row path needs (no numpy, no projects.py and what it loads): a
+brand-new backend's first pgml.predict pays for the imports it makes (#1175); the other entry
+points import their modules inside.
+
 Errors: every library error (inference.errors) becomes a PostgreSQL error with the SQLSTATE
 its class carries and its message as written; nothing here decides a code. Because
 everything a function writes happens in the calling statement, an error leaves nothing
@@ -17,9 +21,7 @@ import json
 import struct
 import sys
 
-import numpy as np
-
-from inference import deployed, projects, store
+from inference import deployed, store
 from inference.errors import InvalidData, PgmlError
 from inference.sql_entry import _entry, _json, _raise
 
@@ -70,6 +72,8 @@ def environment() -> str:
 def train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search,
           search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess,
           joint=False):
+    from inference import projects
+
     return [projects.train(project_name, task, relation_name, y_column_name, algorithm,
                            _json(hyperparams), search, _json(search_params), _json(search_args),
                            test_size, test_sampling, automatic_deploy, _json(preprocess),
@@ -80,17 +84,23 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
 def snapshot(relation_name, y_column_name, test_size, test_sampling):
     if not y_column_name:
         raise PgmlError("y_column_name must name a column")
+    from inference import projects
+
     snap, _, _ = projects.take_snapshot(relation_name, [y_column_name], test_size, test_sampling)
     return [(snap.relation_name, y_column_name, snap.id, snap.table)]
 
 
 @_entry
 def deploy(project_name, strategy, algorithm_name):
+    from inference import projects
+
     return [projects.deploy(project_name, strategy, algorithm_name)]
 
 
 @_entry
 def deploy_model(model_id):
+    from inference import projects
+
     return [projects.deploy_model(model_id)]
 
 
@@ -251,11 +261,15 @@ def _proba(model, features) -> list[float]:
 
 
 def _joint(model, features) -> list[float]:
+    import numpy as np
+
     return np.asarray(model.scorer.predict(_matrix(features))).reshape(-1).tolist()
 
 
-def _matrix(features) -> np.ndarray:
+def _matrix(features):
     """One row of features as a 1 x n matrix; a multi-dimensional array is flattened."""
+    import numpy as np
+
     return np.array(features, dtype=np.float64).reshape(1, -1)
 
 
@@ -295,12 +309,14 @@ def forget_deployments() -> None:
 # -- arguments -----------------------------------------------------------------------------
 
 
-def float8_array(buf: bytes) -> np.ndarray:
+def float8_array(buf: bytes):
     """A float8[] in array_send's binary form as float64 (NULL -> NaN), flattened.
 
     Layout: ndim, has-nulls flag, element type, (length, lower bound) per dimension, then per
     element an int32 byte length (-1 for NULL) and the big-endian value.
     """
+    import numpy as np
+
     ndim, has_nulls, _ = struct.unpack_from(">iiI", buf, 0)
     if ndim == 0:
         return np.empty(0)

@@ -24,8 +24,10 @@ def runtime_info(project_name=None) -> str:
         "available_providers": ort.get_available_providers(),
         "requested_providers": runtime.providers(),
         "probe_session_providers": runtime.probe_providers(runtime.providers()),
-        "sessions": [{"model_id": model_id, "runtime": s.runtime, "providers": list(s.providers)}
+        "sessions": [{"model_id": model_id, "runtime": s.runtime, "providers": list(s.providers),
+                      "graph": getattr(s, "graph", None)}
                      for model_id, s in deployed.cached_scorers().items()],
+        "compiled_trees": _compiled_trees_info(),
     }
     if project_name is not None:
         model_id = store.deployed_model(project_name)
@@ -70,9 +72,28 @@ def predict_relation(project_name, relation_name, key_columns, into):
 BULK_THREAD_ROWS = 1 << 30  # predict_relation always asks for Postgres' per-query parallelism
 
 
+def _compiled_trees_info() -> dict:
+    """Whether this backend can build and load compiled trees (routing.CompiledScorer)."""
+    from inference import compiled_scorer
+
+    return {"enabled": deployed.compiled_trees_enabled(), "compiler": compiled_scorer.compiler(),
+            "cache_dir": compiled_scorer.cache_dir(),
+            "max_rows": compiled_scorer.COMPILED_MAX_ROWS}
+
+
 def _batch_graph(scorer) -> dict:
-    """Which graph and providers score one row and a large batch (routing.choose_graph)."""
+    """Which graph and providers score one row and a large batch (routing.choose_graph);
+    a CompiledScorer's rows and small batches are its compiled trees (its ``library``)."""
+    from inference.compiled_scorer import COMPILED_MAX_ROWS
     from inference.routing import GPU_MIN_ROWS
+
+    trees = getattr(scorer, "trees", None)
+    if trees is not None:
+        big = _batch_graph(scorer.onnx)
+        compiled = {"graph": "compiled", "providers": list(scorer.providers),
+                    "library": trees.path}
+        return {"single_row": compiled, f"batch_below_{COMPILED_MAX_ROWS}_rows": compiled,
+                **{k: v for k, v in big.items() if k != "single_row"}}
 
     routed = getattr(scorer, "tensor", None)
     default = getattr(scorer, "default", scorer)

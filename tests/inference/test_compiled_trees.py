@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from inference import algorithms, compiled_trees, routing
+from inference import algorithms, compiled_scorer, compiled_trees
 from inference.runtime import OnnxScorer
 from inference.training import train
 from tests.inference.conftest import split
@@ -57,9 +57,9 @@ def test_compiled_trees_answer_like_the_native_model(name, task, dataset):
         assert name == "ada_boost" and task == "regression", record
         return
     assert record["ok"] and record["max_rel_diff"] <= compiled_trees.RTOL
-    assert compiled_trees.header(source)["parity"] == record
+    assert compiled_scorer.header(source)["parity"] == record
     onnx = OnnxScorer(result.onnx, task, n) if result.onnx else None
-    scorer = routing.load_compiled(source.encode(), 1, task, n, lambda: onnx)
+    scorer = compiled_scorer.load_scorer(source.encode(), 1, task, n, lambda: onnx)
     X = s.X_test.astype(np.float32).astype(np.float64)
     native = result.estimator.predict(X)
     one = np.array([scorer.predict_one(row) for row in X.tolist()])
@@ -90,7 +90,7 @@ def test_nan_takes_the_native_branch(kind):
     source, record = compiled_trees.checked(est, X[400:], task="regression", classes=None,
                                             n_features=5, model_id=2)
     assert record["ok"], record
-    scorer = routing.load_compiled(source.encode(), 2, "regression", 5, lambda: None)
+    scorer = compiled_scorer.load_scorer(source.encode(), 2, "regression", 5, lambda: None)
     Xt = X[400:].astype(np.float32).astype(np.float64)
     native = est.predict(Xt)
     # a row with a NULL element (None from PL/Python) takes the numpy path: same answer
@@ -105,7 +105,7 @@ def test_a_wrong_width_says_expected_versus_given(diabetes):
     _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
     source, _ = compiled_trees.checked(result.estimator, diabetes.X_test, task="regression",
                                        classes=None, n_features=10, model_id=3)
-    scorer = routing.load_compiled(source.encode(), 3, "regression", 10, lambda: None)
+    scorer = compiled_scorer.load_scorer(source.encode(), 3, "regression", 10, lambda: None)
     from inference.errors import InvalidData
 
     with pytest.raises(InvalidData, match="expected 10 features, got 3"):
@@ -123,10 +123,10 @@ def test_large_batches_go_to_the_onnx_scorer_loaded_on_first_need(diabetes):
         loads.append(1)
         return OnnxScorer(result.onnx, "regression", 10)
 
-    scorer = routing.load_compiled(source.encode(), 4, "regression", 10, onnx)
+    scorer = compiled_scorer.load_scorer(source.encode(), 4, "regression", 10, onnx)
     small = scorer.predict(diabetes.X_test)
     assert loads == [] and scorer.graph == "compiled" and scorer.runtime == "onnx"
-    big = np.tile(diabetes.X_test, (routing.COMPILED_MAX_ROWS // len(diabetes.X_test) + 1, 1))
+    big = np.tile(diabetes.X_test, (compiled_scorer.COMPILED_MAX_ROWS // len(diabetes.X_test) + 1, 1))
     out = scorer.predict(big)
     assert loads == [1]
     np.testing.assert_allclose(out[: len(small)], small, rtol=1e-5)
@@ -134,7 +134,7 @@ def test_large_batches_go_to_the_onnx_scorer_loaded_on_first_need(diabetes):
 
 def test_no_compiler_means_no_source_and_a_reason(monkeypatch, diabetes):
     _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
-    monkeypatch.setattr(compiled_trees, "compiler", lambda: None)
+    monkeypatch.setattr(compiled_trees, "compiler", lambda: None)  # as imported there
     source, record = compiled_trees.checked(result.estimator, diabetes.X_test,
                                             task="regression", classes=None, n_features=10,
                                             model_id=5)
@@ -150,8 +150,8 @@ def test_a_cache_directory_others_can_write_is_refused(tmp_path, monkeypatch, di
     shared.mkdir()
     os.chmod(shared, 0o777)
     monkeypatch.setenv("PGML_COMPILED_TREES_DIR", str(shared))
-    assert compiled_trees.cache_dir() is None
-    assert compiled_trees.load(source, 6) is None  # routing then keeps the ONNX graph
+    assert compiled_scorer.cache_dir() is None
+    assert compiled_scorer.load(source, 6) is None  # routing then keeps the ONNX graph
 
 
 @needs_cc
@@ -161,8 +161,8 @@ def test_the_library_is_built_once_and_keyed_by_source_not_header(_private_cache
                                     classes=None)
     stamped = compiled_trees.c_source(result.estimator, task="regression", n_features=10,
                                       classes=None, parity_record={"ok": True})
-    first = compiled_trees.build(plain, 7)
-    assert compiled_trees.build(stamped, 7) == first
+    first = compiled_scorer.build(plain, 7)
+    assert compiled_scorer.build(stamped, 7) == first
     assert sorted(os.listdir(_private_cache)) == [os.path.basename(first)]
     assert oct(os.stat(_private_cache).st_mode & 0o777) == "0o700"
 

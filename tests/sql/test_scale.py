@@ -118,9 +118,12 @@ def test_predict_relation_errors_leave_nothing(conn):
 def test_runtime_info_names_the_graphs_without_a_gpu(conn):
     info = one(conn, "SELECT pgml.runtime_info('xgb')")
     project = info["project"]
-    assert project["graph"] == "default"  # no CUDA device here: the tensor graph is not loaded
+    # rows: compiled trees where a C compiler is (tests/sql/test_compiled_predict.py); batches
+    # of 10,000 rows and more: the default graph -- no CUDA device here, no tensor graph
+    assert project["graph"] == ("compiled" if info["compiled_trees"]["compiler"] else "default")
     batch = project["batch_graph"]
-    assert all(v["providers"] == ["CPUExecutionProvider"] for v in batch.values())
+    assert batch["batch_10000_rows_and_more"] == {"graph": "default",
+                                                  "providers": ["CPUExecutionProvider"]}
     assert info["requested_providers"] == ["CPUExecutionProvider"]
 
 

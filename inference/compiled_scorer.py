@@ -1,0 +1,269 @@
+"""Compiled trees at scoring time: build (if need be) and load a model's library, and the
+Scorer that answers ``pgml.predict`` with it.
+
+Why a module apart from compiled_trees.py (which writes the C at training): this one is on the
+first call of a brand-new backend, so importing it costs next to nothing -- os, json, struct,
+ctypes; no numpy (a batch imports it when it comes), no onnxruntime, not the code generator.
+The compiler, subprocess and tempfile are touched only when the cache lacks the library.
+
+Cache: ``<dir>/<model id>-<key>.so`` with key = sha256 of (the source below its header line,
+CFLAGS, the compiler's path); <dir> is ``$PGML_COMPILED_TREES_DIR`` or
+``<tmp>/pgml-compiled-<uid>``, created 0700 and refused unless this user owns it and no one
+else may write to it -- a library found there is run, so only this user may put one there.
+The source itself comes from pgml.files, as trusted as the pickled model beside it (which
+unpickling runs too).
+
+Which side answers: rows and batches under COMPILED_MAX_ROWS go to the library; larger
+batches to the model's ONNX scorer (threads, CUDA's tensor graph, bulk's native path), loaded
+on their first need. Both passed parity with the native model at training.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import struct
+
+from inference.errors import InvalidData, PgmlError
+
+FORMAT = "pgml-compiled-trees 1"
+CFLAGS = ("-O1", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-w")
+COMPILE_TIMEOUT_S = 120
+# Batches from this many rows go to the ONNX scorer (runtime.PARALLEL_MIN_ROWS: where its
+# threads start to pay; with CUDA routing.GPU_MIN_ROWS, the same number).
+COMPILED_MAX_ROWS = 10_000
+
+
+def header(source: str) -> dict:
+    """The JSON header of a source written by compiled_trees.c_source."""
+    first = source.split("\n", 1)[0]
+    if not (first.startswith("/* ") and first.endswith(" */")):
+        raise PgmlError("not a compiled-trees source (no header)")
+    found = json.loads(first[3:-3])
+    if found.get("format") != FORMAT:
+        raise PgmlError(f"compiled-trees format {found.get('format')!r}, expected {FORMAT!r}")
+    return found
+
+
+def compiler() -> str | None:
+    """The C compiler: $CC, else cc or gcc on PATH or in /usr/bin; None when there is none."""
+    names = [os.environ.get("CC"), "cc", "gcc"]
+    dirs = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]
+    for name in filter(None, names):
+        for candidate in ([name] if os.sep in name else [os.path.join(d, name) for d in dirs]):
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+    return None
+
+
+def cache_dir() -> str | None:
+    """This user's directory of compiled libraries, created if need be; None when unsafe."""
+    path = os.environ.get("PGML_COMPILED_TREES_DIR")
+    if not path:
+        tmp = os.environ.get("TMPDIR") or "/tmp"  # tempfile.gettempdir()'s first choices
+        path = os.path.join(tmp, f"pgml-compiled-{os.getuid()}")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None  # someone else could plant a library here
+    return path
+
+
+def library_path(model_id: int, source: str, cc: str) -> str | None:
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        from _sha256 import sha256  # the built-in: hashlib would load OpenSSL (ms, #1175)
+    except ImportError:  # pragma: no cover - a Python built without it
+        from hashlib import sha256
+    body = source.split("\n", 1)[-1]  # the header (parity record) is a comment: not hashed
+    key = sha256("\0".join((body, " ".join(CFLAGS), cc)).encode()).hexdigest()[:24]
+    return os.path.join(directory, f"{int(model_id)}-{key}.so")
+
+
+def build(source: str, model_id: int) -> str | None:
+    """The compiled library's path, building it when the cache lacks it; None if it cannot."""
+    cc = compiler()
+    path = None if cc is None else library_path(model_id, source, cc)
+    if path is None or os.path.exists(path):
+        return path
+    import subprocess
+    import tempfile
+
+    fd, c_path = tempfile.mkstemp(suffix=".c", dir=os.path.dirname(path))
+    so_tmp = c_path[:-2] + ".so.tmp"
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        done = subprocess.run([cc, *CFLAGS, "-o", so_tmp, c_path, "-lm"], capture_output=True,
+                              timeout=COMPILE_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            return None
+        os.replace(so_tmp, path)  # atomic: a concurrent backend sees all of it or nothing
+        return path
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        for leftover in (c_path, so_tmp):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+
+
+class CompiledTrees:
+    """A loaded library: ``pgml_one`` scores the row in ``pgml_input``, ``rows`` a matrix."""
+
+    def __init__(self, path: str, meta: dict):
+        self.path, self.meta = path, meta
+        self.n_features, self.n_outputs = meta["n_features"], meta["n_outputs"]
+        held = ctypes.PyDLL(path)  # keeps the GIL: a row is shorter than releasing it
+        free = ctypes.CDLL(path)  # releases it: batches
+        if held.pgml_n_features() != self.n_features or held.pgml_n_outputs() != self.n_outputs:
+            raise PgmlError(f"compiled library {path} does not match its source's header")
+        self._one = held.pgml_one
+        self._one.restype = ctypes.c_double
+        self._one.argtypes = ()
+        self._rows = free.pgml_rows
+        self._rows.restype = None
+        self._rows.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
+        self._input = (ctypes.c_float * self.n_features).in_dll(held, "pgml_input")
+        self._pack = struct.Struct(f"{self.n_features}f").pack_into
+        self._keep = (held, free)
+
+    def one(self, values) -> float:
+        """The row's prediction (class index for classification); struct.error / TypeError
+        when the values are not n_features numbers (None among them, say)."""
+        self._pack(self._input, 0, *values)
+        return self._one()
+
+    def rows(self, X):
+        """(outputs [n, n_outputs] float64, labels [n] int64) of the rows of ``X``."""
+        import numpy as np
+
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        n = len(X)
+        out = np.empty((n, self.n_outputs), dtype=np.float64)
+        labels = np.empty(n, dtype=np.int64)
+        self._rows(X.ctypes.data, n, out.ctypes.data, labels.ctypes.data)
+        return out, labels
+
+
+def load(source: str, model_id: int) -> CompiledTrees | None:
+    """The model's library, built into the cache if need be; None when it cannot be had."""
+    try:
+        meta = header(source)
+    except (PgmlError, ValueError):
+        return None
+    path = build(source, model_id)
+    if path is None:
+        return None
+    try:
+        return CompiledTrees(path, meta)
+    except (OSError, AttributeError, PgmlError):
+        return None
+
+
+class CompiledScorer:
+    """The Scorer interface (runtime.Scorer) over compiled trees, without importing numpy.
+
+    ``runtime`` stays 'onnx' -- the model's runtime, what bulk.py and the model row speak of;
+    ``graph`` 'compiled' says what scores a row.
+    """
+
+    runtime = "onnx"
+    graph = "compiled"
+    providers = ["CompiledTrees"]
+    feature_names = None
+
+    def __init__(self, trees: CompiledTrees, task: str, n_features: int, onnx_scorer):
+        meta = trees.meta
+        if meta["task"] != task or meta["n_features"] != n_features:
+            raise PgmlError(f"the compiled trees are a {meta['task']} model of "
+                            f"{meta['n_features']} features, not {task} of {n_features}")
+        self.trees, self._make_onnx, self._onnx = trees, onnx_scorer, None
+        self.task, self.n_features = task, n_features
+        self._labels = meta["classes"]
+        self.has_proba = task == "classification"
+        self._pack, self._input, self._one = trees._pack, trees._input, trees._one
+        self._joint = task != "classification" and trees.n_outputs != 1
+
+    @property
+    def classes(self):
+        if self._labels is None:
+            return None
+        import numpy as np
+
+        return np.asarray(self._labels, dtype=np.float64)
+
+    @property
+    def onnx(self):
+        """The model's ONNX scorer (default graph, routed to CUDA where there is one)."""
+        if self._onnx is None:
+            self._onnx = self._make_onnx()
+        return self._onnx
+
+    @property
+    def cuda(self) -> bool:
+        return bool(getattr(self.onnx, "cuda", False))
+
+    def predict_one(self, values) -> float:
+        if not self._joint:
+            try:
+                self._pack(self._input, 0, *values)
+            except (struct.error, TypeError):  # NULL element, wrong count: numpy says what
+                pass
+            else:
+                value = self._one()
+                return self._labels[int(value)] if self._labels is not None else value
+        import numpy as np
+
+        return float(self.predict(np.array(values, dtype=np.float64))[0])
+
+    def predict(self, X, threads: int = 1):
+        X = self._rows(X)
+        if len(X) >= COMPILED_MAX_ROWS:
+            return self.onnx.predict(X, threads)
+        out, labels = self.trees.rows(X)
+        if self._labels is not None:
+            return self.classes[labels]
+        return out.reshape(-1) if out.shape[1] == 1 else out
+
+    def predict_proba(self, X):
+        if not self.has_proba:
+            raise PgmlError("predict_proba needs a classification model; this one is regression")
+        X = self._rows(X)
+        if len(X) >= COMPILED_MAX_ROWS:
+            return self.onnx.predict_proba(X)
+        return self.trees.rows(X)[0]
+
+    def _rows(self, X):
+        import numpy as np
+
+        X = np.asarray(X)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            given = X.shape[-1] if X.ndim else 0
+            raise InvalidData(f"expected {self.n_features} features, got {given}")
+        return X
+
+
+def load_scorer(source: bytes, model_id: int, task: str, n_features: int,
+                onnx_scorer) -> CompiledScorer | None:
+    """A CompiledScorer for the model's ``trees.c``, or None (no compiler, failed build...).
+
+    ``onnx_scorer``: a callable that loads the model's ONNX scorer, called on first need only.
+    """
+    trees = load(bytes(source).decode(), model_id)
+    if trees is None:
+        return None
+    try:
+        return CompiledScorer(trees, task, n_features, onnx_scorer)
+    except PgmlError:
+        return None
