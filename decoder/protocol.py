@@ -140,6 +140,11 @@ class Decoder:
 
     def decode(self, payload: bytes) -> Message:
         """Decode one pgoutput message (an XLogData payload)."""
+        fast = accel.fast  # compiled Insert/Update/Delete (decoder/accel.py); None back for
+        if fast is not None and type(payload) is bytes:  # other tags and anything malformed
+            msg = fast.change(payload, self.stream_xid)
+            if msg is not None:
+                return msg  # type: ignore[no-any-return]
         if type(payload) is not bytes:
             payload = bytes(payload)
         if not payload:
@@ -166,9 +171,6 @@ class Decoder:
         return None, _U32(buf, 1)[0], 5
 
     def _insert(self, buf: bytes) -> Insert:
-        fast = accel.fast  # the compiled path; None back means malformed: the checks below
-        if fast is not None and (msg := fast.change(buf, self.stream_xid)) is not None:
-            return msg  # type: ignore[no-any-return]
         if self.stream_xid is None and len(buf) > 5:  # inline _head: the hottest path
             xid, relid, pos = None, _U32(buf, 1)[0], 5
         else:
@@ -181,9 +183,6 @@ class Decoder:
         return _new_insert(xid, relid, tup)
 
     def _update(self, buf: bytes) -> Update:
-        fast = accel.fast  # the compiled path; None back means malformed: the checks below
-        if fast is not None and (msg := fast.change(buf, self.stream_xid)) is not None:
-            return msg  # type: ignore[no-any-return]
         if self.stream_xid is None and len(buf) > 5:
             xid, relid, pos = None, _U32(buf, 1)[0], 5
         else:
@@ -202,9 +201,6 @@ class Decoder:
         return _new_update(xid, relid, old, key, new)
 
     def _delete(self, buf: bytes) -> Delete:
-        fast = accel.fast  # the compiled path; None back means malformed: the checks below
-        if fast is not None and (msg := fast.change(buf, self.stream_xid)) is not None:
-            return msg  # type: ignore[no-any-return]
         xid, relid, pos = self._head(buf, "Delete")
         marker = buf[pos:pos + 1]
         if marker not in (b"K", b"O"):
