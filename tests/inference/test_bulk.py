@@ -1,0 +1,159 @@
+"""predict_relation's bulk path on a real PL/Python cluster: the binary COPY stream copybin
+builds is what PostgreSQL reads back, and the table predict_relation writes -- through COPY
+FROM a server file, or through array parameters where COPY is not allowed -- holds per-row
+pgml.predict's answers under keys of any type, NULL keys and NULL features included."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+
+import numpy as np
+import pytest
+
+from inference import copybin
+from replica.target.pgml_install import install
+
+
+def _sent(values: list[bytes | None]) -> copybin.Fixed | copybin.Varying:
+    lengths = np.array([-1 if v is None else len(v) for v in values])
+    return copybin.sent_field(lengths, b"".join(v for v in values if v is not None))
+
+
+def test_copy_stream_reads_back_as_written(replica_db):
+    """Fixed and varying fields, NULLs, NaN predictions and float8[] probabilities survive
+    COPY FROM STDIN (FORMAT binary) exactly."""
+    ids = [1, 2, 3, 4]
+    names = [b"a", None, b"", "\u00e9t\u00e9".encode()]
+    prediction = np.array([0.5, np.nan, -1e300, 3.0])
+    proba = np.array([[0.1, 0.9], [1.0, 0.0], [0.25, 0.75], [np.nan, 0.5]])
+    fixed = _sent([i.to_bytes(8, "big", signed=True) for i in ids])
+    varying = _sent(names)
+    assert isinstance(fixed, copybin.Fixed) and isinstance(varying, copybin.Varying)
+    for fields, table, cols in (
+            ([fixed, copybin.float8_field(prediction), copybin.float8_array_field(proba)],
+             "all_fixed", "id int8, prediction float8, probabilities float8[]"),
+            ([fixed, varying, copybin.float8_field(prediction), copybin.float8_array_field(proba)],
+             "mixed", "id int8, name text, prediction float8, probabilities float8[]")):
+        data = copybin.encode(len(ids), fields)
+        with replica_db.connect(autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE {table} ({cols})")
+            with conn.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy:
+                copy.write(data)
+            rows = conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()  # noqa: S608
+        assert [r[0] for r in rows] == ids
+        got_prediction = np.array([r[-2] for r in rows])
+        np.testing.assert_array_equal(got_prediction, prediction)
+        np.testing.assert_array_equal(np.array([r[-1] for r in rows]), proba)
+        if table == "mixed":
+            assert [r[1] for r in rows] == [None if v is None else v.decode() for v in names]
+
+
+def test_copy_stream_of_no_rows_is_header_and_trailer():
+    assert copybin.encode(0, [_sent([]), copybin.float8_field(np.empty(0))]) == (
+        copybin.HEADER + copybin.TRAILER)
+
+
+@pytest.fixture(scope="module")
+def scored_db(pg_replica, plpython_path):
+    from tests.fix_pg import Database
+
+    name = "bulkscore"
+    pg_replica.create_database(name)
+    db = Database(pg_replica, name)
+    install(db.dsn, python_path=plpython_path)
+    with db.connect(autocommit=True) as conn:
+        conn.execute("SELECT pgml.load_dataset('diabetes'), pgml.load_dataset('iris')")
+        conn.execute("SELECT pgml.train('xgb', 'regression', 'pgml.diabetes', 'target',"
+                     " 'xgboost', '{\"n_estimators\": 10}')")
+        conn.execute("SELECT pgml.train('forest', 'classification', 'pgml.iris', 'target',"
+                     " 'random_forest', '{\"n_estimators\": 5}')")
+        # keys of several types, NULL keys, NULL features; the features are diabetes'
+        conn.execute(
+            "CREATE TABLE keyed AS SELECT row_number() OVER () AS n,"
+            " CASE WHEN row_number() OVER () % 7 = 0 THEN NULL"
+            "      ELSE 'k' || repeat('x', (row_number() OVER () % 5)::int) END AS tag,"
+            " md5(row_number() OVER ()::text)::uuid AS u, (row_number() OVER () / 3.0)::numeric"
+            " AS amount, date '2020-01-01' + (row_number() OVER ())::int AS day,"
+            " ARRAY[row_number() OVER (), 1]::int[] AS pair,"
+            " age, sex, CASE WHEN row_number() OVER () % 5 = 0 THEN NULL ELSE bmi END AS bmi,"
+            " bp, s1, s2, s3, s4, s5, s6 FROM pgml.diabetes")
+    yield db
+    if pg_replica.is_running():
+        pg_replica.drop_database(name)
+
+
+KEYS = "n, tag, u, amount, day, pair"
+FEATURES = "age, sex, bmi, bp, s1, s2, s3, s4, s5, s6"
+
+
+@pytest.mark.parametrize("bulk_copy", ["on", "off"])
+def test_predict_relation_keys_of_any_type_match_per_row_predict(scored_db, bulk_copy):
+    with scored_db.connect(autocommit=True) as conn:
+        conn.execute("SELECT set_config('pgml.bulk_copy', %s, false)", (bulk_copy,))
+        target = f"scored_{bulk_copy}"
+        n = conn.execute(f"SELECT pgml.predict_relation('xgb', 'keyed', '{{{KEYS}}}', %s)",
+                         (target,)).fetchone()[0]
+        assert n == 442
+        types = conn.execute(
+            "SELECT array_agg(format_type(atttypid, atttypmod) ORDER BY attnum) FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attnum > 0", (target,)).fetchone()[0]
+        assert types == ["bigint", "text", "uuid", "numeric", "date", "integer[]",
+                         "double precision"]
+        rows = conn.execute(
+            f"SELECT s.n, s.tag, s.u, s.amount, s.day, s.pair, s.prediction,"  # noqa: S608 - constants
+            f" pgml.predict('xgb', ARRAY[{FEATURES}]) FROM {target} s JOIN keyed k USING (n)"
+            " ORDER BY s.n").fetchall()
+        want = conn.execute(f"SELECT {KEYS} FROM keyed ORDER BY n").fetchall()  # noqa: S608
+    assert [r[:6] for r in rows] == want
+    # per-row pgml.predict may score through compiled trees (routing.py), bulk through the
+    # ONNX graph: both passed parity with the native model at training (relative 1e-5)
+    np.testing.assert_allclose([r[6] for r in rows], [r[7] for r in rows], rtol=1e-5)
+    assert sum(r[1] is None for r in rows) == 442 // 7
+    assert isinstance(rows[0][2], uuid.UUID) and isinstance(rows[0][3], decimal.Decimal)
+    assert isinstance(rows[0][4], datetime.date)
+
+
+@pytest.mark.parametrize("bulk_copy", ["on", "off"])
+def test_predict_relation_probabilities_match_per_row(scored_db, bulk_copy):
+    with scored_db.connect(autocommit=True) as conn:
+        conn.execute("SELECT set_config('pgml.bulk_copy', %s, false)", (bulk_copy,))
+        target = f"iris_{bulk_copy}"
+        conn.execute("CREATE TABLE IF NOT EXISTS iris_keyed AS SELECT row_number() OVER () AS id,"
+                     " * FROM pgml.iris")
+        n = conn.execute("SELECT pgml.predict_relation('forest', 'iris_keyed', '{id}', %s)",
+                         (target,)).fetchone()[0]
+        assert n == 150
+        rows = conn.execute(
+            f"SELECT s.prediction, s.probabilities, pgml.predict('forest', f), "  # noqa: S608 - constants
+            f" pgml.predict_proba('forest', f) FROM {target} s JOIN (SELECT id, ARRAY[sepal_length,"
+            " sepal_width, petal_length, petal_width] AS f FROM iris_keyed) k USING (id)"
+        ).fetchall()
+    assert len(rows) == 150
+    for label, proba, one_label, one_proba in rows:
+        assert label == one_label
+        np.testing.assert_allclose(proba, one_proba, atol=1e-6)
+
+
+def test_predict_relation_without_file_privileges_takes_the_array_path(scored_db):
+    """A role that may not read server files gets the same table through array parameters."""
+    with scored_db.connect(autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS bulk_plain")
+        conn.execute("CREATE ROLE bulk_plain")
+        conn.execute("GRANT ALL ON SCHEMA public, pgml TO bulk_plain")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA pgml TO bulk_plain")
+        conn.execute("GRANT SELECT ON keyed TO bulk_plain")
+        conn.execute("SET ROLE bulk_plain")
+        try:
+            assert conn.execute("SELECT pg_has_role(current_user, 'pg_read_server_files',"
+                                " 'USAGE')").fetchone()[0] is False
+            n = conn.execute("SELECT pgml.predict_relation('xgb', 'keyed', '{n}', 'plain_out')"
+                             ).fetchone()[0]
+            got = conn.execute("SELECT n, prediction FROM plain_out ORDER BY n").fetchall()
+        finally:
+            conn.execute("RESET ROLE")
+        want = conn.execute(f"SELECT n, pgml.predict('xgb', ARRAY[{FEATURES}]) FROM keyed"  # noqa: S608
+                            " ORDER BY n").fetchall()
+    assert n == 442 and [g[0] for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-5)
