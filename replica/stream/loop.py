@@ -275,6 +275,8 @@ class Stream(StreamedSteps):
             flow.skipped()
             metrics.TRANSACTIONS_SKIPPED.inc()
             return
+        if self.relations.suspects:  # storage this transaction changed: truncated or not
+            self.relations.committed(self.xid, self.writer)
         flow.commit(msg.end_lsn, msg.commit_time, self.txn_rows)
         now = self.state.last_message_at = time.monotonic()
         if flow.batch_due(now):
@@ -362,6 +364,7 @@ class Stream(StreamedSteps):
         for rid in msg.relation_ids:
             to = self._route(rid, msg)
             if to is not None:
+                self.relations.truncated(rid, self.xid)  # its new storage: no re-copy
                 apply_change(msg, *to)
                 if to[2].history is not None:
                     to[2].history.truncate(to[0])
@@ -383,7 +386,8 @@ class Stream(StreamedSteps):
         if txn is None:
             self.writer.sync()
             self.relations.wait_visible(self.xid)
-            self.relations.on_relation(rel, self.writer, self.final_lsn, self._writers())
+            self.relations.on_relation(rel, self.writer, self.final_lsn, self._writers(),
+                                       xid=self.xid)
         else:
             self.streamed.relation(rel, self.relations, self.last_commit_lsn, self._writers())
 

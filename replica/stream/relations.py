@@ -46,6 +46,9 @@ class Relations:
         self.pending_sync: set[TableKey] = set()
         self.tables: dict[int, MirroredTable] = {}
         self.relations: dict[int, Relation] = {}
+        # relation id -> [table, xid, storage now, truncated]: storage changed by the
+        # transaction in hand, decided at its commit (truncated, committed)
+        self.suspects: dict[int, list] = {}
 
     def wait_visible(self, xid: int, timeout: float = 10.0) -> None:
         """Wait until transaction ``xid`` is visible on the source. The walsender may send a
@@ -69,11 +72,13 @@ class Relations:
         self.pending_sync |= {k for k in keys if k not in self.synced}
 
     def on_relation(self, rel: Relation, writer: TargetWriter, position: int,
-                    writers: list[TargetWriter], may_alter: bool = True) -> MirroredTable | None:
+                    writers: list[TargetWriter], may_alter: bool = True,
+                    xid: int = 0) -> MirroredTable | None:
         """Install the table for ``rel``; ``writer`` holds the transaction the message came
         in, ``position`` is an LSN every change that follows commits at or after. With
         ``may_alter`` False (a streamed transaction, whose DDL the source's catalog does not
-        show yet) return None instead of altering the target."""
+        show yet) return None instead of altering the target. ``xid``: the (committed,
+        visible) transaction the message came in, 0 when unknown."""
         self.relations[rel.relation_id] = rel
         old = self.tables.get(rel.relation_id)
         key = (rel.namespace or "pg_catalog", rel.name)
@@ -82,7 +87,8 @@ class Relations:
         sync_lsn = self.synced.get(key)
         target = None if sync_lsn is None else schema.read_target(writer.conn, *key)
         if target is not None and position >= sync_lsn and position >= self.applied_lsn \
-                and key not in self.pending_sync and self._rewritten(key, writer):
+                and key not in self.pending_sync \
+                and self._rewritten(key, writer, rel.relation_id, xid):
             self.pending_sync.add(key)
         if target is None or key in self.pending_sync:
             self.pending_sync.add(key)
@@ -115,13 +121,20 @@ class Relations:
         self.tables[rel.relation_id] = tw
         return tw
 
-    def _rewritten(self, key: TableKey, writer: TargetWriter) -> bool:
+    def _rewritten(self, key: TableKey, writer: TargetWriter, rid: int = 0,
+                   xid: int = 0) -> bool:
         """Were the table's rows rewritten on the source since it was copied (its storage
         files changed)? Then DDL the WAL does not carry ran - ADD COLUMN ... DEFAULT
         <volatile>, ALTER COLUMN ... TYPE ... USING, ATTACH/DETACH PARTITION under a root
-        published via_root (also VACUUM FULL, CLUSTER and TRUNCATE, which cost a needless
-        copy) - and only a re-copy makes the target right. A Relation message is where it
-        shows: pgoutput sends one after every relcache invalidation, and DDL is one."""
+        published via_root (also VACUUM FULL and CLUSTER, which cost a needless copy: their
+        rewrite cannot be told from ALTER ... TYPE ... USING to the same type) - and only a
+        re-copy makes the target right. A Relation message is where it shows: pgoutput sends
+        one after every relcache invalidation, and DDL is one.
+
+        A TRUNCATE changes the files too, but the stream carries it. Its transaction (``xid``)
+        brings a Relation message before its Truncate message, so here the storage has
+        changed and nothing says why yet: when the change is the transaction's own and not a
+        column's (``_own_storage``), the decision waits for its commit (``committed``)."""
         now = table_filenodes(self.source, *key)
         then = progress.copied_filenode(writer.conn, writer.slot, *key)
         if now is None or now == then:
@@ -129,9 +142,54 @@ class Relations:
         if then is None:  # copied by a version that did not record it: from here on
             progress.record_filenode(writer.conn, writer.slot, *key, now)
             return False
+        if xid and self._own_storage(key, xid):
+            self.suspects[rid] = [key, xid, now, False]
+            return False
         log.warning("%s.%s was rewritten on the source by DDL the stream cannot follow "
                     "(storage %s -> %s): copying it again", *key, then, now)
         return True
+
+    def _own_storage(self, key: TableKey, xid: int) -> bool:
+        """Are the storage files the table has now those transaction ``xid`` left, with no
+        column changed by it? Why this is the question: the source's catalog shows its
+        *current* state, which may be later than the transaction in hand - a later
+        transaction's ALTER ... TYPE ... USING must still be re-copied. The table's pg_class
+        row made by ``xid`` (its xmin) means no later transaction replaced it, so the files
+        read now are the ones ``xid`` committed. No pg_attribute row of the table made by
+        ``xid`` means that it changed no column: no ADD COLUMN ... DEFAULT <volatile> nor
+        ALTER ... TYPE after its TRUNCATE rewrote rows the stream carried (those rewrites
+        update the column's row; the rewrites that leave no trace there - CLUSTER, SET
+        TABLESPACE, SET LOGGED - keep every value). A plain table only (a partitioned one's files are its
+        leaves'); a TRUNCATE in a subtransaction (xmin is the subtransaction's) is re-copied."""
+        return bool(self.source.execute(
+            "SELECT c.xmin::text::int8 = %(x)s AND c.relkind = 'r' AND NOT EXISTS (SELECT 1"
+            " FROM pg_attribute a WHERE a.attrelid = c.oid AND a.xmin::text::int8 = %(x)s)"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %(s)s AND c.relname = %(t)s",
+            {"x": xid, "s": key[0], "t": key[1]}).fetchone()[0])
+
+    def truncated(self, rid: int, xid: int) -> None:
+        """A Truncate message for ``rid`` applied in transaction ``xid``."""
+        suspect = self.suspects.get(rid)
+        if suspect is not None and suspect[1] == xid:
+            suspect[3] = True
+
+    def committed(self, xid: int, writer: TargetWriter) -> None:
+        """Transaction ``xid`` commits: a table whose new storage it made with a TRUNCATE the
+        stream applied records that storage as its copy's (in the same target transaction
+        as the truncate, so both or neither commit) - no re-copy. One it rewrote otherwise
+        is copied again at the next boundary (its rows so far are replaced by the copy)."""
+        writer.sync()
+        for key, sx, now, truncated in self.suspects.values():
+            if truncated and sx == xid:
+                progress.record_filenode(writer.conn, writer.slot, *key, now)
+                log.info("%s.%s was truncated on the source: its new storage %s recorded, "
+                         "no copy needed", *key, now)
+            else:
+                log.warning("%s.%s was rewritten on the source by DDL the stream cannot "
+                            "follow (storage now %s): copying it again", *key, now)
+                self.pending_sync.add(key)
+        self.suspects.clear()
 
     def _reshape(self, key: TableKey, target: schema.TargetTable, wanted: list[ColumnDef],
                  writer: TargetWriter) -> schema.TargetTable | None:

@@ -40,7 +40,7 @@ def test_a_stopped_target_backend_is_dropped_and_replaced(source_db, replica_db,
     os.kill(pid, signal.SIGSTOP)
     try:
         _work(source_db, 2000)
-        took = _detect(sc, "target", before, at, RECEIVE_TIMEOUT * 2.25 + 10)
+        _detect(sc, "target", before, at, RECEIVE_TIMEOUT * 2.25 + 10)
         wait_equal(sc, source_db, replica_db, TABLES, 60, "recovery beside the stopped backend")
         assert _stopped(pid)  # recovered while it is still stopped
         _apply_pid(replica_db, besides=pid)  # a new apply session
