@@ -109,6 +109,17 @@ NATIVE_BULK = ("XGBRegressor", "XGBClassifier", "XGBRFRegressor", "XGBRFClassifi
 LAST_RUN: dict = {}  # what scored this backend's last predict_relation (pgml.runtime_info)
 NATIVE_MIN_ROWS = 20_000  # below this, loading the pickle costs more than it saves
 CHECK_ROWS = 2_000
+_PIPELINES: dict = {}  # model id -> its unpickled pipeline (a model's files never change)
+
+
+def batch_scorer(model, X: np.ndarray, threads: int):
+    """What scores a large pgml.predict_batch: the native pipeline (native_scorer) or None."""
+    scorer = model.scorer
+    if getattr(scorer, "graph", None) == "compiled":
+        if len(X) < NATIVE_MIN_ROWS:
+            return None
+        scorer = scorer.onnx
+    return native_scorer(model.model_id, scorer, X, threads)
 
 
 def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int):
@@ -131,10 +142,14 @@ def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int):
     setting = store.query("SELECT current_setting('pgml.native_bulk', true) AS v")[0]["v"]
     if (setting or "on").strip().lower() in ("off", "false", "0"):  # SET pgml.native_bulk = off
         return None
-    data = store.model_file(model_id, "model.pkl")
-    if data is None:
-        return None
-    pipeline = pickle.loads(data)  # noqa: S301 - our own model file, written by pgml.train
+    pipeline = _PIPELINES.get(model_id)
+    if pipeline is None:
+        data = store.model_file(model_id, "model.pkl")
+        if data is None:
+            return None
+        pipeline = pickle.loads(data)  # noqa: S301 - our own model file, written by pgml.train
+        _PIPELINES.clear()  # one model's pipeline at a time: a backend scores one at a time
+        _PIPELINES[model_id] = pipeline
     final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
     inner = getattr(final, "estimator_", final)
     if type(inner).__name__ not in NATIVE_BULK:

@@ -160,7 +160,14 @@ def _batch(model, features: bytes):
     if not values.size:
         return []
     rows = values.reshape(-1, scorer.n_features)
-    return scorer.predict(rows, threads=_batch_threads(len(rows))).tolist()
+    threads = _batch_threads(len(rows))
+    from inference import bulk
+
+    if len(rows) >= bulk.NATIVE_MIN_ROWS:  # XGBoost/LightGBM: their own batch predictor
+        native = bulk.batch_scorer(model, rows, threads)
+        if native is not None:
+            return native.predict(rows).astype("float64").tolist()
+    return scorer.predict(rows, threads=threads).tolist()
 
 
 def _batch_threads(n_rows: int) -> int:

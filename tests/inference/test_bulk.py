@@ -85,6 +85,7 @@ def scored_db(pg_replica, plpython_path):
 
 
 KEYS = "n, tag, u, amount, day, pair"
+NATIVE_ROWS = 20_000  # inference.bulk.NATIVE_MIN_ROWS (bulk imports plpy: not importable here)
 FEATURES = "age, sex, bmi, bp, s1, s2, s3, s4, s5, s6"
 
 
@@ -157,3 +158,26 @@ def test_predict_relation_without_file_privileges_takes_the_array_path(scored_db
                             " ORDER BY n").fetchall()
     assert n == 442 and [g[0] for g in got] == [w[0] for w in want]
     np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-5)
+
+
+def test_predict_batch_of_many_rows_agrees_with_the_graph(scored_db):
+    """From bulk.NATIVE_MIN_ROWS rows an XGBoost predict_batch scores through the model's own
+    predictor (after the parity check on the batch's first rows); its answers stay within
+    parity of the ONNX graph's (``SET pgml.native_bulk = off``) for every row."""
+    rng = np.random.default_rng(3)
+    with scored_db.connect(autocommit=True) as conn:
+        base = np.array(conn.execute(f"SELECT {FEATURES} FROM pgml.diabetes").fetchall(),  # noqa: S608
+                        dtype=np.float64)
+        rows = base[rng.integers(0, len(base), NATIVE_ROWS + 500)]
+        rows += rng.normal(0, 0.002, rows.shape)
+        query = "SELECT array_agg(p ORDER BY n) FROM pgml.predict_batch('xgb', %s) WITH ORDINALITY b(p, n)"
+        native = np.array(conn.execute(query, (rows.ravel().tolist(),)).fetchone()[0])
+        conn.execute("SET pgml.native_bulk = off")
+        graph = np.array(conn.execute(query, (rows.ravel().tolist(),)).fetchone()[0])
+        conn.execute("RESET pgml.native_bulk")
+        sample = [conn.execute("SELECT pgml.predict('xgb', %s::float8[])", (r.tolist(),))
+                  .fetchone()[0] for r in rows[::1000]]
+    assert len(native) == len(graph) == len(rows)
+    scale = np.abs(graph).max()
+    np.testing.assert_allclose(native, graph, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(native[::1000], sample, rtol=0, atol=1e-5 * scale)
