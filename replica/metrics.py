@@ -68,6 +68,18 @@ HISTORY_VERSIONS = Counter("history_versions_total", "Row versions committed to 
                            "tables (--history)", ["table"], namespace=_NS, registry=REGISTRY)
 HISTORY_BYTES = Counter("history_bytes_total", "Bytes of row versions committed to the history "
                         "tables (COPY payload)", ["table"], namespace=_NS, registry=REGISTRY)
+HISTORY_STORED_VERSIONS = Gauge("history_stored_versions", "Row versions a history table holds "
+                                "now (where: postgres - statistics estimate - or parquet)",
+                                ["table", "where"], namespace=_NS, registry=REGISTRY)
+HISTORY_STORED_BYTES = Gauge("history_stored_bytes", "Bytes a history table holds now (where: "
+                             "postgres or parquet)", ["table", "where"], namespace=_NS,
+                             registry=REGISTRY)
+HISTORY_COMPACTIONS = Counter("history_compactions_total", "Compactions to Parquet seen by the "
+                              "sidecar (the table's segment rewritten)", ["table"],
+                              namespace=_NS, registry=REGISTRY)
+HISTORY_LAST_COMPACTION = Gauge("history_last_compaction_timestamp_seconds", "When the table's "
+                                "Parquet segment was last written", ["table"], namespace=_NS,
+                                registry=REGISTRY)
 TRANSACTIONS_APPLIED = Counter("transactions_applied_total",
                                "Source transactions committed on the target", namespace=_NS,
                                registry=REGISTRY)

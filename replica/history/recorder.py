@@ -24,7 +24,9 @@ with it.
 
 from __future__ import annotations
 
+import logging
 import struct
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -33,7 +35,7 @@ from psycopg import sql
 from decoder import Insert, Update
 from replica import metrics
 from replica.errors import ApplyError, TransientError
-from replica.history import store
+from replica.history import report, store
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _NULL = b"\xff\xff\xff\xff"
@@ -45,6 +47,7 @@ _SEQ_OP = struct.Struct(">iiib").pack  # len 4 seq, len 1 op
 _SEQ_OP_NULL = struct.Struct(">iiibi").pack  # ... and a NULL _pgml_unchanged
 _NCOLS = struct.Struct(">h").pack
 _TEXT_OID = 25
+log = logging.getLogger("pgml_replica")
 SPILL = 2_000  # versions buffered before they go to the writer's thread
 OP_I, OP_U, OP_D, OP_T = b"IUDT"
 
@@ -111,6 +114,8 @@ class Recorder:
         self.versions = 0  # written since start
         self._pending: dict[str, list[int]] = {}  # qualname -> [versions, bytes] uncommitted
         self.writer = None  # stream.apply.TargetWriter whose thread takes spilled rows
+        self._next_report = 0.0  # when to read what the history holds (history/report.py)
+        self.reports = True
 
     def attach(self, writer) -> Recorder:
         """Record for ``writer``: it writes the versions at its commit."""
@@ -277,6 +282,12 @@ class Recorder:
             metrics.HISTORY_VERSIONS.labels(qualname).inc(n)
             metrics.HISTORY_BYTES.labels(qualname).inc(size)
         self._pending.clear()
+        if self.reports and self.writer is not None and time.monotonic() >= self._next_report:
+            self._next_report = time.monotonic() + report.INTERVAL
+            try:
+                report.refresh(self.writer.conn)
+            except psycopg.Error as exc:  # the gauges can wait; the next write will tell
+                log.debug("reading the history's size: %s", exc)
 
     def forget(self) -> None:
         """A rollback may have undone a history table's DDL: check again at the next write."""

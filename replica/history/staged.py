@@ -37,6 +37,7 @@ class StagedRecorder(Recorder):
         self._stages: dict[tuple[int, tuple], tuple[str, object]] = {}  # -> (name, tw)
         self._commit: tuple[int, datetime] | None = None
         self._staged_bytes = 0
+        self.reports = False  # the stream's own recorder reads the sizes
 
     def stamp(self, commit_lsn: int, commit_time: datetime) -> None:
         """The Stream Commit's LSN and time: what ``write`` puts on every version."""

@@ -98,11 +98,37 @@ def registry_view() -> dict[str, Any]:
         "transactions_applied": int(sum(v for _, v in
                                         _samples(metrics.TRANSACTIONS_APPLIED, "_total"))),
     }
+    history = history_view()
+    if history:
+        view["history"] = history
     wal_status = [labels["status"] for labels, v in _samples(metrics.SLOT_WAL_STATUS) if v == 1]
     if wal_status:  # only once the loop has looked at the slot; 0 would be a guess
         view["wal_status"] = wal_status[0]
         view["retained_wal_bytes"] = int(_samples(metrics.SLOT_RETAINED_WAL_BYTES)[0][1])
     return view
+
+
+def history_view() -> dict[str, dict[str, Any]]:
+    """Per ``--history`` table: versions and bytes this process committed, what the table
+    holds now in Postgres and in Parquet, compactions seen (replica/history/report.py)."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def row(table: str) -> dict[str, Any]:
+        return out.setdefault(table, {"versions_recorded": 0, "bytes_recorded": 0,
+                                      "compactions": 0, "last_compaction": None})
+    for labels, v in _samples(metrics.HISTORY_VERSIONS, "_total"):
+        row(labels["table"])["versions_recorded"] = int(v)
+    for labels, v in _samples(metrics.HISTORY_BYTES, "_total"):
+        row(labels["table"])["bytes_recorded"] = int(v)
+    for labels, v in _samples(metrics.HISTORY_STORED_VERSIONS):
+        row(labels["table"])[f"versions_{labels['where']}"] = int(v)
+    for labels, v in _samples(metrics.HISTORY_STORED_BYTES):
+        row(labels["table"])[f"bytes_{labels['where']}"] = int(v)
+    for labels, v in _samples(metrics.HISTORY_COMPACTIONS, "_total"):
+        row(labels["table"])["compactions"] = int(v)
+    for labels, v in _samples(metrics.HISTORY_LAST_COMPACTION):
+        row(labels["table"])["last_compaction"] = v
+    return out
 
 
 def copy_progress(snapshot: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

@@ -142,6 +142,33 @@ function renderTables(s) {
   }
 }
 
+// History per --history table (api.history_view): versions and bytes recorded by this
+// process, what Postgres and the Parquet segment hold now, compactions seen
+function renderHistory(s) {
+  const h = s.history || {};
+  const names = Object.keys(h).sort();
+  $("history-card").hidden = names.length === 0;
+  const body = $("history-tables");
+  body.replaceChildren();
+  for (const name of names) {
+    const t = h[name] || {};
+    const tr = document.createElement("tr");
+    const id = "history-" + name.replace(/[^A-Za-z0-9_-]/g, "_") + "-";
+    tr.id = id + "row";
+    const stored = (v, b) => v === undefined ? "–" : "~" + groupDigits(v) + " · " + humanBytes(b);
+    cell(tr, id + "name", name);
+    cell(tr, id + "versions", groupDigits(t.versions_recorded || 0));
+    cell(tr, id + "bytes", humanBytes(t.bytes_recorded || 0));
+    cell(tr, id + "postgres", stored(t.versions_postgres, t.bytes_postgres));
+    cell(tr, id + "parquet", t.versions_parquet === undefined ? "–"
+      : groupDigits(t.versions_parquet) + " · " + humanBytes(t.bytes_parquet));
+    cell(tr, id + "compactions", groupDigits(t.compactions || 0));
+    cell(tr, id + "last-compaction", t.last_compaction
+      ? when(new Date(t.last_compaction * 1000).toISOString().replace("Z", "+00:00")) : "never");
+    body.appendChild(tr);
+  }
+}
+
 function renderCopy(s) {
   const c = s.copy;
   $("copy-summary").hidden = !c;
@@ -276,6 +303,7 @@ function render(s) {
   setText("rows-note", s.row_counts === "estimate"
     ? "~ rows on source/target are the statistics' estimates (n_live_tup); " +
       "`pgml-replica status --exact` counts them" : "");
+  renderHistory(s);
   renderCopy(s);
   renderSnapshot(s.snapshot);
   renderErrors(s);
