@@ -6,8 +6,9 @@ first call of a brand-new backend, so importing it costs next to nothing -- os, 
 ctypes; no numpy (a batch imports it when it comes), no onnxruntime, not the code generator.
 The compiler, subprocess and tempfile are touched only when the cache lacks the library.
 
-Cache: ``<dir>/<model id>-<key>.so`` with key = sha256 of (the source below its header line,
-CFLAGS, the compiler's path); <dir> is ``$PGML_COMPILED_TREES_DIR`` or
+Cache: ``<dir>/<model id>-<key>.so`` with key = sha256 of (the sha256 of the source below its
+header line -- written into the header as ``body_sha256``, so a load reads only the head of
+the source -- CFLAGS, the compiler's path); <dir> is ``$PGML_COMPILED_TREES_DIR`` or
 ``<tmp>/pgml-compiled-<uid>``, created 0700 and refused unless this user owns it and no one
 else may write to it -- a library found there is run, so only this user may put one there.
 The source itself comes from pgml.files, as trusted as the pickled model beside it (which
@@ -73,23 +74,31 @@ def cache_dir() -> str | None:
     return path
 
 
-def library_path(model_id: int, source: str, cc: str) -> str | None:
-    directory = cache_dir()
-    if directory is None:
-        return None
+def body_sha256(source: str) -> str:
+    """The sha256 of the source below its header line (the header, with the parity record,
+    is a comment: it does not change the library)."""
     try:
         from _sha256 import sha256  # the built-in: hashlib would load OpenSSL (ms, #1175)
     except ImportError:  # pragma: no cover - a Python built without it
         from hashlib import sha256
-    body = source.split("\n", 1)[-1]  # the header (parity record) is a comment: not hashed
-    key = sha256("\0".join((body, " ".join(CFLAGS), cc)).encode()).hexdigest()[:24]
+    return sha256(source.split("\n", 1)[-1].encode()).hexdigest()
+
+
+def library_path(model_id: int, body_hash: str, cc: str) -> str | None:
+    """``<cache>/<model id>-<key>.so``, key = sha256 of (body hash, CFLAGS, compiler)."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    from _sha256 import sha256
+
+    key = sha256("\0".join((body_hash, " ".join(CFLAGS), cc)).encode()).hexdigest()[:24]
     return os.path.join(directory, f"{int(model_id)}-{key}.so")
 
 
 def build(source: str, model_id: int) -> str | None:
     """The compiled library's path, building it when the cache lacks it; None if it cannot."""
     cc = compiler()
-    path = None if cc is None else library_path(model_id, source, cc)
+    path = None if cc is None else library_path(model_id, body_sha256(source), cc)
     if path is None or os.path.exists(path):
         return path
     import subprocess
@@ -160,6 +169,8 @@ def load(source: str, model_id: int) -> CompiledTrees | None:
         meta = header(source)
     except (PgmlError, ValueError):
         return None
+    if meta.get("body_sha256", body_sha256(source)) != body_sha256(source):
+        return None  # the header does not belong to this source
     path = build(source, model_id)
     if path is None:
         return None
@@ -254,13 +265,33 @@ class CompiledScorer:
         return X
 
 
-def load_scorer(source: bytes, model_id: int, task: str, n_features: int,
+def load_scorer(head: bytes, source, model_id: int, task: str, n_features: int,
                 onnx_scorer) -> CompiledScorer | None:
     """A CompiledScorer for the model's ``trees.c``, or None (no compiler, failed build...).
 
-    ``onnx_scorer``: a callable that loads the model's ONNX scorer, called on first need only.
+    ``head``: the source's first bytes (at least its header line); ``source``: a callable that
+    reads the whole source, called only when the cache lacks the library. ``onnx_scorer``: a
+    callable that loads the model's ONNX scorer, called on a large batch's first need only.
     """
-    trees = load(bytes(source).decode(), model_id)
+    head = bytes(head).decode(errors="replace")
+    trees = None
+    try:
+        meta = header(head)
+    except (PgmlError, ValueError):  # a header longer than the head: the whole source says
+        meta = {}
+    cc = compiler()
+    path = None if cc is None or not meta.get("body_sha256") else \
+        library_path(model_id, meta["body_sha256"], cc)
+    if path is not None and os.path.exists(path):
+        try:
+            trees = CompiledTrees(path, meta)
+        except (OSError, AttributeError, PgmlError):
+            trees = None
+    if trees is None:
+        whole = source()
+        if whole is None:
+            return None
+        trees = load(bytes(whole).decode(), model_id)
     if trees is None:
         return None
     try:

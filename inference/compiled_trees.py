@@ -37,7 +37,7 @@ import json
 
 import numpy as np
 
-from inference.compiled_scorer import FORMAT, build, compiler, load
+from inference.compiled_scorer import FORMAT, body_sha256, build, compiler, load
 from inference.errors import NotExportable
 
 SOURCE_FILE = "trees.c"  # the model's file in pgml.files
@@ -83,7 +83,6 @@ def c_source(pipeline, *, task: str, n_features: int, classes: list | None,
     if nodes > MAX_NODES:
         raise NotExportable(f"{nodes} tree nodes: above {MAX_NODES}, compiling takes too long")
     w = _Writer()
-    w.line("/* " + json.dumps(head).replace("*/", "* /") + " */")
     w.line("#include <math.h>\n#include <stdint.h>\n#include <string.h>")
     w.line(f"#define NF {n_features}\n#define K {ens.n_outputs}\n#define NOUT {n_out}")
     w.line("float pgml_input[NF];")
@@ -119,7 +118,9 @@ def c_source(pipeline, *, task: str, n_features: int, classes: list | None,
         w.line(f"  for (int k = 0; k < K; k++) r[k] *= {_double(ens.post_scale)};")
     w.line("}")
     _finish(w, ens.post, task)
-    return w.text()
+    body = w.text()
+    head["body_sha256"] = body_sha256("\n" + body)
+    return "/* " + json.dumps(head).replace("*/", "* /") + " */\n" + body
 
 
 class _Writer:

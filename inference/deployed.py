@@ -58,29 +58,54 @@ def loaded(model_id: int) -> Loaded:
     if found is not None:
         _LOADED.move_to_end(model_id)
         return found
-    stored = store.stored_model(model_id)
-    onnx, native = (stored.data, None) if stored.runtime == "onnx" else (None, stored.data)
-
-    def general():  # imports numpy and, for ONNX, onnxruntime: only when it is needed
-        from inference.routing import load_scorer
-
-        tensor = store.model_file(model_id, "tensor.onnx") if stored.runtime == "onnx" else None
-        return load_scorer(stored.runtime, onnx, native, stored.task, stored.num_features,
-                           tensor=tensor)
-
-    scorer = None
-    if stored.runtime == "onnx" and compiled_trees_enabled():
-        source = store.model_file(model_id, "trees.c")
-        if source is not None:
-            from inference import compiled_scorer
-
-            scorer = compiled_scorer.load_scorer(source, model_id, stored.task,
-                                                 stored.num_features, general)
-    found = Loaded(model_id, scorer or general(), stored.joint, stored.encoding)
+    found = _compiled(model_id) if compiled_trees_enabled() else None
+    if found is None:
+        stored = store.stored_model(model_id)
+        found = Loaded(model_id, _general(model_id, stored), stored.joint, stored.encoding)
     _LOADED[model_id] = found
     while len(_LOADED) > MAX_CACHED_SCORERS:
         _LOADED.popitem(last=False)
     return found
+
+
+def _general(model_id: int, stored) -> object:
+    """The model's ONNX (or native) scorer: imports numpy and onnxruntime (or scikit-learn)."""
+    from inference.routing import load_scorer
+
+    onnx, native = (stored.data, None) if stored.runtime == "onnx" else (None, stored.data)
+    tensor = store.model_file(model_id, "tensor.onnx") if stored.runtime == "onnx" else None
+    return load_scorer(stored.runtime, onnx, native, stored.task, stored.num_features,
+                       tensor=tensor)
+
+
+def _compiled(model_id: int) -> Loaded | None:
+    """The model with its compiled trees (compiled_scorer.py), or None to load it otherwise.
+
+    Reads the model's shape and only the head of its ``trees.c`` (the header names the
+    library in the cache); the whole source is read only to build a missing library, and the
+    ONNX graph only when a large batch first needs it. One query, no numpy.
+    """
+    rows = store.query(
+        "SELECT m.runtime, m.num_features, m.joint, p.task,"
+        " (m.preprocess->'encoding')::text AS encoding,"
+        " (SELECT substring(f.data FROM 1 FOR 65536) FROM pgml.files f WHERE f.model_id = m.id"
+        "   AND f.path = 'trees.c' ORDER BY f.part LIMIT 1) AS head"
+        " FROM pgml.models m JOIN pgml.projects p ON p.id = m.project_id WHERE m.id = $1",
+        ("int8",), (model_id,))
+    if not rows.nrows() or rows[0]["head"] is None or rows[0]["runtime"] != "onnx":
+        return None
+    row = rows[0]
+    from inference import compiled_scorer
+
+    scorer = compiled_scorer.load_scorer(
+        row["head"], lambda: store.model_file(model_id, "trees.c"), model_id, row["task"],
+        row["num_features"], lambda: _general(model_id, store.stored_model(model_id)))
+    if scorer is None:
+        return None
+    import json
+
+    encoding = json.loads(row["encoding"]) if row["encoding"] else None
+    return Loaded(model_id, scorer, row["joint"], encoding)
 
 
 def compiled_trees_enabled() -> bool:

@@ -30,6 +30,12 @@ def _private_cache(tmp_path, monkeypatch):
     return cache
 
 
+def _scorer(source: str, model_id: int, task: str, n: int, onnx):
+    """As deployed.py loads it: the source's head first, the whole source if need be."""
+    return compiled_scorer.load_scorer(source.encode()[:65536], lambda: source.encode(),
+                                       model_id, task, n, onnx)
+
+
 def _cases():
     for task in algorithms.TASKS:
         for name in algorithms.names(task):
@@ -59,7 +65,7 @@ def test_compiled_trees_answer_like_the_native_model(name, task, dataset):
     assert record["ok"] and record["max_rel_diff"] <= compiled_trees.RTOL
     assert compiled_scorer.header(source)["parity"] == record
     onnx = OnnxScorer(result.onnx, task, n) if result.onnx else None
-    scorer = compiled_scorer.load_scorer(source.encode(), 1, task, n, lambda: onnx)
+    scorer = _scorer(source, 1, task, n, lambda: onnx)
     X = s.X_test.astype(np.float32).astype(np.float64)
     native = result.estimator.predict(X)
     one = np.array([scorer.predict_one(row) for row in X.tolist()])
@@ -90,7 +96,7 @@ def test_nan_takes_the_native_branch(kind):
     source, record = compiled_trees.checked(est, X[400:], task="regression", classes=None,
                                             n_features=5, model_id=2)
     assert record["ok"], record
-    scorer = compiled_scorer.load_scorer(source.encode(), 2, "regression", 5, lambda: None)
+    scorer = _scorer(source, 2, "regression", 5, lambda: None)
     Xt = X[400:].astype(np.float32).astype(np.float64)
     native = est.predict(Xt)
     # a row with a NULL element (None from PL/Python) takes the numpy path: same answer
@@ -105,7 +111,7 @@ def test_a_wrong_width_says_expected_versus_given(diabetes):
     _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
     source, _ = compiled_trees.checked(result.estimator, diabetes.X_test, task="regression",
                                        classes=None, n_features=10, model_id=3)
-    scorer = compiled_scorer.load_scorer(source.encode(), 3, "regression", 10, lambda: None)
+    scorer = _scorer(source, 3, "regression", 10, lambda: None)
     from inference.errors import InvalidData
 
     with pytest.raises(InvalidData, match="expected 10 features, got 3"):
@@ -123,7 +129,7 @@ def test_large_batches_go_to_the_onnx_scorer_loaded_on_first_need(diabetes):
         loads.append(1)
         return OnnxScorer(result.onnx, "regression", 10)
 
-    scorer = compiled_scorer.load_scorer(source.encode(), 4, "regression", 10, onnx)
+    scorer = _scorer(source, 4, "regression", 10, onnx)
     small = scorer.predict(diabetes.X_test)
     assert loads == [] and scorer.graph == "compiled" and scorer.runtime == "onnx"
     big = np.tile(diabetes.X_test, (compiled_scorer.COMPILED_MAX_ROWS // len(diabetes.X_test) + 1, 1))
@@ -152,6 +158,29 @@ def test_a_cache_directory_others_can_write_is_refused(tmp_path, monkeypatch, di
     monkeypatch.setenv("PGML_COMPILED_TREES_DIR", str(shared))
     assert compiled_scorer.cache_dir() is None
     assert compiled_scorer.load(source, 6) is None  # routing then keeps the ONNX graph
+
+
+@needs_cc
+def test_a_load_with_a_cold_cache_builds_from_the_whole_source(_private_cache, diabetes):
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
+    source = compiled_trees.c_source(result.estimator, task="regression", n_features=10,
+                                     classes=None)
+    reads = []
+
+    def whole():
+        reads.append(1)
+        return source.encode()
+
+    head = source.encode()[:4096]
+    first = compiled_scorer.load_scorer(head, whole, 9, "regression", 10, None)
+    again = compiled_scorer.load_scorer(head, whole, 9, "regression", 10, None)
+    assert reads == [1], "the second load finds the library by the header alone"
+    short = compiled_scorer.load_scorer(head[:50], whole, 9, "regression", 10, None)
+    assert reads == [1, 1] and short is not None  # a header past the head: the whole source
+    row = diabetes.X_test[0].tolist()
+    assert first.predict_one(row) == again.predict_one(row)
+    tampered = source.replace("r[0] +=", "r[0] -=", 1)
+    assert compiled_scorer.load(tampered, 10) is None  # the body no longer matches its header
 
 
 @needs_cc

@@ -70,7 +70,9 @@ def test_predict_relation_regression_equals_predict(conn):
         "SELECT s.prediction, pgml.predict('xgb', ARRAY[age, sex, bmi, bp, s1, s2, s3, s4, s5,"
         " s6]) FROM scored s JOIN pgml.diabetes d USING (id)").fetchall()
     assert len(rows) == 442
-    assert all(a == b for a, b in rows)
+    # predict_relation scores with the ONNX graph, pgml.predict with the compiled trees where a
+    # C compiler is (float32 vs double sums): both within parity's 1e-5 of the native model
+    assert all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for a, b in rows)
 
 
 def test_predict_relation_classification_writes_probabilities(conn):
@@ -98,7 +100,8 @@ def test_predict_relation_empty_relation_and_null_features(conn):
     got = conn.execute("SELECT prediction FROM few2 ORDER BY id").fetchall()
     want = conn.execute("SELECT pgml.predict('xgb', ARRAY[age, sex, bmi, bp, s1, s2, s3, s4,"
                         " s5, s6]) FROM few ORDER BY id").fetchall()
-    assert got == want
+    assert len(got) == len(want) == 3  # ONNX graph vs compiled trees: parity's 1e-5
+    assert all(abs(a - b) <= 1e-5 * max(1.0, abs(b)) for (a,), (b,) in zip(got, want, strict=True))
 
 
 def test_predict_relation_errors_leave_nothing(conn):
