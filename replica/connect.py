@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -96,11 +97,56 @@ def connect(dsn: str, peer: str, purpose: str, *, autocommit: bool = True,
         options = f"-c statement_timeout={int(statement_timeout * 1000)} {options}"
     extra = {**network_defaults(params), **resolve_password(peer, params)}
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=max(1, int(timeout)),
+        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=max(1, int(timeout)),
                                application_name=f"pgml-replica {purpose}",
                                options=options, client_encoding="UTF8", **extra)
     except psycopg.Error as exc:
         raise translate(exc, peer, f"connecting to the {peer} for {purpose}") from None
+    if peer == "target":
+        _reap(conn, dsn)
+    return conn
+
+
+# Target sessions this process opened: (dsn, pid) -> (the connection, its backend_start).
+_OPENED: dict[tuple[str, int], tuple[weakref.ref, object]] = {}
+_OPENED_LOCK = threading.Lock()
+
+
+def _reap(conn: psycopg.Connection, dsn: str) -> None:
+    """End the target sessions this process gave up (their connection closed or lost) that
+    the server still runs, then remember ``conn``'s. Why: a session whose client vanished
+    without the server noticing (a dead path, a middlebox that keeps it open, a reply path
+    gone silent) lives on until the server's own keepalive ends it - hours by default -
+    holding what it locked (a copy's TRUNCATE takes the table's ACCESS EXCLUSIVE lock), and
+    the copy or the apply that replaces it would wait on it without end; if its COMMIT
+    still arrives later, it commits what the sidecar has already replayed elsewhere. Only
+    sessions this process opened are ended, told apart by pid and backend_start (a pid the
+    server reused is another session). The new session's first round trip does both."""
+    with _OPENED_LOCK:
+        gone = [k for k, (ref, _) in _OPENED.items()
+                if k[0] == dsn and ((c := ref()) is None or c.closed)]
+        stale = [(k[1], _OPENED.pop(k)[1]) for k in gone]
+    try:
+        row = conn.execute(
+            "SELECT (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()),"
+            " (SELECT array_agg(pid) FROM (SELECT a.pid FROM pg_stat_activity a JOIN"
+            " unnest(%s::int[], %s::timestamptz[]) g(p, s) ON a.pid = g.p AND"
+            " a.backend_start = g.s OFFSET 0) m WHERE pg_terminate_backend(m.pid))",
+            ([p for p, _ in stale], [t for _, t in stale])).fetchone()
+        if not conn.autocommit:
+            conn.rollback()
+    except psycopg.Error as exc:  # a role that may not: never a reason not to connect
+        log.warning("could not end the target sessions this process gave up: %s",
+                    exc.diag.message_primary or type(exc).__name__)
+        if not conn.autocommit:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+        return
+    if row[1]:
+        log.warning("ended target sessions this process had given up, still running there "
+                    "(pids %s)", ", ".join(map(str, row[1])))
+    with _OPENED_LOCK:
+        _OPENED[(dsn, conn.info.backend_pid)] = (weakref.ref(conn), row[0])
 
 
 @contextlib.contextmanager

@@ -2,7 +2,10 @@
 bytes, holds them (a blackhole: the connection stays open, nothing arrives - a half-open
 path), resets every connection (RST: SO_LINGER 0), trickles one byte at a time, or adds
 latency. ``hold_up`` holds only what the client sends (the sidecar's feedback never reaches
-the source while the source's stream still flows).
+the source while the source's stream still flows). ``orphan`` resets every client
+connection but keeps its server side open, as a middlebox or a dead path can: the server's
+session lives on (holding its locks, waiting on a client that is gone) until someone ends it.
+When one direction of a connection ends, both ends are closed (unless orphaned).
 
 Runs in a process of its own (``ProxyProcess``; libpq's blocking connect can hold the GIL,
 so a proxy thread in the sidecar's process could wait on the very connect it serves); the
@@ -30,6 +33,7 @@ class Proxy:
         self.loop = asyncio.new_event_loop()
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._changed: asyncio.Event | None = None
+        self._orphans: list[asyncio.StreamWriter] = []
         self.port = 0
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
@@ -45,6 +49,10 @@ class Proxy:
     def reset(self) -> None:
         """RST every open connection (new ones are accepted as the mode says)."""
         asyncio.run_coroutine_threadsafe(self._reset(), self.loop).result(10)
+
+    def orphan(self) -> None:
+        """RST the client side of every open connection; keep the server side open."""
+        asyncio.run_coroutine_threadsafe(self._reset(orphan=True), self.loop).result(10)
 
     def dsn(self, dsn: str) -> str:
         return f"{dsn} host=127.0.0.1 port={self.port}"
@@ -65,9 +73,11 @@ class Proxy:
         ready.set()
         self.loop.run_forever()
 
-    async def _reset(self) -> None:
+    async def _reset(self, orphan: bool = False) -> None:
         for a, b in list(self._conns):
-            for w in (a, b):
+            if orphan:
+                self._orphans.append(b)  # never closed: the server's session lives on
+            for w in (a,) if orphan else (a, b):
                 sock = w.get_extra_info("socket")
                 if sock is not None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -82,11 +92,16 @@ class Proxy:
             return
         pair = (cw, sw)
         self._conns.add(pair)
-        await asyncio.gather(self._pipe(cr, sw, up=True), self._pipe(sr, cw, up=False),
-                             return_exceptions=True)
+        pipes = [asyncio.ensure_future(self._pipe(cr, sw, up=True)),
+                 asyncio.ensure_future(self._pipe(sr, cw, up=False))]
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for t in pipes:  # one direction ended (EOF, RST): so does the other
+            t.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
         self._conns.discard(pair)
         for w in pair:
-            w.transport.abort()
+            if w not in self._orphans:
+                w.transport.abort()
 
     async def _wait_flowing(self, up: bool) -> None:
         while self.mode == BLACKHOLE or (up and self.mode == HOLD_UP):
@@ -98,7 +113,6 @@ class Proxy:
             await self._wait_flowing(up)
             data = await r.read(65536)
             if not data:
-                w.transport.abort()
                 return
             await self._wait_flowing(up)  # read just before a blackhole: held too
             if self.mode == TRICKLE:
@@ -133,6 +147,9 @@ class ProxyProcess:
     def reset(self) -> None:
         self._say("reset")
 
+    def orphan(self) -> None:
+        self._say("orphan")
+
     def dsn(self, dsn: str) -> str:
         return f"{dsn} host=127.0.0.1 port={self.port}"
 
@@ -149,6 +166,8 @@ def _serve(host: str, port: int, trickle_delay: float) -> None:
         cmd = line.strip()
         if cmd == "reset":
             px.reset()
+        elif cmd == "orphan":
+            px.orphan()
         elif cmd:
             px.set(cmd)
         print("ok", flush=True)

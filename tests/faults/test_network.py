@@ -193,3 +193,28 @@ def test_trickle_during_the_copy(source_db, replica_db, sidecars, proxies, pg_so
     wait_equal(sc, source_db, replica_db, TABLES, 300, "the copy through a trickle")
     px.set(PASS)
     assert sc.error is None
+
+
+def test_sessions_orphaned_on_the_target_are_ended(source_db, replica_db, sidecars, proxies,
+                                                   pg_replica):
+    """The path to the target resets the sidecar's side but keeps the server's open (a
+    middlebox, a dead path): the copy's session lives on in the target, holding the lock of
+    its TRUNCATE, and the copy started again would wait on it without end. The sidecar ends
+    the sessions it gave up when it connects again (connect._reap)."""
+    _setup(source_db, rows=100000)
+    px = proxies(pg_replica)
+    sc = sidecars(source=source_db.dsn, target=px.dsn(replica_db.dsn),
+                  receive_timeout=RECEIVE_TIMEOUT, snapshot_workers=1, snapshot_chunk_pages=100)
+    px.set(LATENCY)
+    copied = metrics.SNAPSHOT_ROWS.labels("public.t")._value.get()
+    wait_for(lambda: metrics.SNAPSHOT_ROWS.labels("public.t")._value.get() > copied or sc.error,
+             60, "the copy")
+    px.orphan()
+    px.set(PASS)
+    sc.wait_streaming(60)
+    _work(source_db, 200000)
+    wait_equal(sc, source_db, replica_db, TABLES, 60, "recovery beside the orphaned sessions")
+    assert not replica_db.execute(  # what the reset left behind is gone
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND"
+        " application_name LIKE 'pgml-replica %%' AND state = 'active'"
+        " AND wait_event = 'ClientRead'")
