@@ -1,0 +1,137 @@
+"""pgml.predict per row and a brand-new backend's first call: compiled trees vs the ONNX graph.
+
+The per-row half of the prediction benchmark (benchmarks/predict.py has the rest and its
+model): XGBoost, 100 trees of depth 6, diabetes' 10 features, pgml.train'ed; distinct rows
+(diabetes rows plus Gaussian noise, consecutive rows from different base rows). In the same
+run and cluster:
+
+  (a) SELECT sum(pgml.predict(...)) over N rows, us per row, median of 3 (wall, and the
+      backend's CPU from /proc): the PL/Python call floor (a function that returns 1.0),
+      compiled trees (the default where a C compiler is), the ONNX graph (a backend with
+      ``pgml.compiled_trees = off``), and pgml.model_predict (by id) both ways;
+  (b) a brand-new backend's first pgml.predict after a deploy (connect, then time the one
+      statement: bootstrap, imports, model load, the row), median of 3, both ways, and which
+      of numpy / onnxruntime / scikit-learn that backend imported.
+
+Run: .venv/bin/python -m benchmarks.predict_row [--rows N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from benchmarks.predict import PROJECT, _cpu_seconds, setup
+from devtools.localcluster import REPLICA_SETTINGS, running_cluster
+from replica.target.pgml_install import install
+
+OFF = "-c pgml.compiled_trees=off"
+HEAVY = ("numpy", "onnxruntime", "onnx", "sklearn", "xgboost")
+
+
+def _median_of_3(conn, query: str, params) -> tuple[float, float]:
+    """(median wall s, median backend CPU s) of 3 runs after one warm-up run."""
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    conn.execute(query, params).fetchall()
+    walls, cpus = [], []
+    for _ in range(3):
+        cpu, start = _cpu_seconds(pid), time.perf_counter()
+        conn.execute(query, params).fetchall()
+        walls.append(time.perf_counter() - start)
+        cpus.append(_cpu_seconds(pid) - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def per_row(dsn: str, model_id: int, rows: int) -> dict:
+    import psycopg
+
+    out = {}
+    with psycopg.connect(dsn, autocommit=True) as compiled, \
+            psycopg.connect(dsn, autocommit=True, options=OFF) as graph:
+        compiled.execute("CREATE OR REPLACE FUNCTION bench_floor(p text, f float8[], k float8)"
+                         " RETURNS float8 LANGUAGE plpython3u STABLE STRICT AS $$ return 1.0 $$")
+        where = " FROM bench_rows WHERE id <= %s"
+        for key, conn, query, params in (
+                ("floor", compiled, "SELECT sum(bench_floor('bench', features, date_part("
+                                    "'epoch', statement_timestamp())))" + where, (rows,)),
+                ("compiled", compiled, "SELECT sum(pgml.predict(%s, features))" + where,
+                 (PROJECT, rows)),
+                ("onnx", graph, "SELECT sum(pgml.predict(%s, features))" + where,
+                 (PROJECT, rows)),
+                ("compiled_model_predict", compiled,
+                 "SELECT sum(pgml.model_predict(%s, features))" + where, (model_id, rows)),
+                ("onnx_model_predict", graph,
+                 "SELECT sum(pgml.model_predict(%s, features))" + where, (model_id, rows))):
+            wall, cpu = _median_of_3(conn, query, params)
+            out[key] = (wall / rows * 1e6, cpu / rows * 1e6)
+        out["graphs"] = [c.execute("SELECT pgml.runtime_info(%s)->'project'->>'graph'",
+                                   (PROJECT,)).fetchone()[0] for c in (compiled, graph)]
+    return out
+
+
+def first_call(dsn: str, model_id: int) -> dict:
+    """Median of 3 brand-new backends' first pgml.predict, compiled and ONNX, after a deploy
+    (of the trained model by id: setup's most recent model is its native-runtime copy)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgml.deploy(%s::bigint)", (model_id,))
+        conn.execute("CREATE OR REPLACE FUNCTION bench_modules() RETURNS text[]"
+                     " LANGUAGE plpython3u AS $$\nimport sys\n"
+                     f"return sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))"
+                     "\n$$")
+        row = conn.execute("SELECT features FROM bench_rows WHERE id = 1").fetchone()[0]
+    out = {}
+    for key, options in (("compiled", ""), ("onnx", OFF)):
+        times, modules = [], None
+        for _ in range(3):
+            with psycopg.connect(dsn, autocommit=True, options=options) as fresh:
+                fresh.execute("SELECT 1")
+                start = time.perf_counter()
+                fresh.execute("SELECT pgml.predict(%s, %s::float8[])", (PROJECT, row)).fetchone()
+                times.append(time.perf_counter() - start)
+                modules = fresh.execute("SELECT bench_modules()").fetchone()[0]
+        out[key] = (statistics.median(times) * 1000, [t * 1000 for t in times], modules)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000, help="rows per per-row run")
+    args = parser.parse_args(argv)
+    import psycopg
+
+    with running_cluster("bench-predict-row", REPLICA_SETTINGS) as cluster:
+        cluster.create_database("bench")
+        dsn = cluster.dsn("bench")
+        install(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            ids = setup(conn, args.rows, 1_000)
+        load_before = os.getloadavg()
+        a = per_row(dsn, ids["onnx_id"], args.rows)
+        b = first_call(dsn, ids["onnx_id"])
+        load_after = os.getloadavg()
+    print(f"pgml.predict per row and first call (XGBoost 100 trees depth 6, 10 features, "
+          f"distinct rows; {os.cpu_count()} cores; load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after)")
+    print(f"(a) per row over {args.rows} rows, median of 3      wall        backend CPU")
+    for key, label in (("floor", "PL/Python call floor"), ("compiled", "pgml.predict, compiled"),
+                       ("onnx", "pgml.predict, ONNX graph"),
+                       ("compiled_model_predict", "model_predict, compiled"),
+                       ("onnx_model_predict", "model_predict, ONNX graph")):
+        wall, cpu = a[key]
+        print(f"    {label:36s} {wall:7.2f} us  {cpu:7.2f} us/row")
+    print(f"    ONNX / compiled: {a['onnx'][0] / a['compiled'][0]:.2f}x wall, "
+          f"{a['onnx'][1] / a['compiled'][1]:.2f}x CPU; above the floor: compiled "
+          f"{a['compiled'][1] - a['floor'][1]:.2f} us, ONNX {a['onnx'][1] - a['floor'][1]:.2f} us "
+          f"CPU (runtime_info graphs: {a['graphs']})")
+    for key in ("compiled", "onnx"):
+        median, runs, modules = b[key]
+        print(f"(b) first pgml.predict, brand-new backend, {key:8s}: median {median:6.0f} ms "
+              f"(runs {', '.join(f'{t:.0f}' for t in runs)} ms); imported: {modules or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
