@@ -4,8 +4,8 @@ Three steps, each one statement inside the caller's transaction (so an error, or
 leaves no table behind, and the relation is read as the caller sees it -- uncommitted rows
 included -- which a second, loopback connection could not do):
 
-1. Read. One scan returns the key columns as arrays (``array_agg``) and every feature column
-   as one bytea of big-endian float8 (``string_agg(float8send(col::float8))``, NULL as NaN),
+1. Read. One scan returns the key columns (their send bytes for step 3's COPY, or text
+   arrays for the array path) and every feature column as one bytea of big-endian float8 (``string_agg(float8send(col::float8))``, NULL as NaN),
    which numpy reads without a Python object per value -- the loader training uses
    (relations.py: 0.7 s for 1M x 11 columns against 1.37 s for psycopg binary COPY over a
    loopback connection, measured on this box). All aggregates run in the one scan, so key i
@@ -16,10 +16,22 @@ included -- which a second, loopback connection could not do):
    the stored native pipeline, whose own batch predictor is faster than onnxruntime's
    TreeEnsemble kernel, once it has answered like the graph on the batch's first rows
    (``native_scorer``).
-3. Write. ``CREATE TABLE into AS SELECT ... FROM unnest($1, $2, ...)`` with the keys, the
-   predictions and, for classifiers, one float8[] per class folded into ``probabilities``:
-   PL/Python hands each numpy column over as one array parameter; CREATE TABLE AS inserts
-   with a bulk-insert state.
+3. Write. CREATE TABLE into (keys, prediction float8[, probabilities float8[]]), then one
+   binary COPY FROM a file this backend writes: copybin builds the stream with numpy (the
+   key columns travel as their type's own send bytes, read in step 1 with
+   ``string_agg(<typsend>(key))`` and their lengths, so a key of any type, NULL or not, goes
+   back byte for byte with no Python object per row). Measured for 1M rows on the dev box:
+   0.2 s of backend CPU against 1.2-1.3 s for the array-parameter form below. COPY FROM a
+   server file needs a role that may read server files (superuser, pg_read_server_files);
+   for any other role, or with ``SET pgml.bulk_copy = off``, the results go in as before:
+   ``CREATE TABLE into AS SELECT ... FROM unnest($1, $2, ...)``, one array parameter per
+   column (keys as text, cast back).
+
+Read, measured: 0.55-0.65 s of backend CPU for 1M x 10 float8 (per value, float8send and
+string_agg's append); binary COPY of the same table to a server file costs the same 0.5 s
+(the same send functions), and psycopg over a loopback connection adds the socket -- and
+could not see the caller's uncommitted rows. Scoring (XGBoost 100 trees depth 6, its own
+predictor) is 0.8-0.9 s of CPU per 1M rows on one thread; compiled trees (routing.py) 1.3 s.
 
 Names: the relation through to_regclass (relations.resolve), key columns checked against its
 columns and quoted; ``into`` may be schema-qualified (``schema.table``, each part quoted) and
@@ -273,7 +285,7 @@ def _write_copy(into: str, keys, key_fields, prediction: np.ndarray,
     try:
         path = os.path.join(folder, "rows.copy")
         with open(path, "wb") as out:
-            out.write(copybin.encode(n, fields))
+            copybin.write(out, n, fields)
         plpy.execute(f"COPY {target} FROM {plpy.quote_literal(path)} (FORMAT binary)")
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -83,16 +83,31 @@ def sent_field(lengths: np.ndarray, data: bytes) -> Fixed | Varying:
 
 def encode(n: int, fields: list[Fixed | Varying]) -> bytes:
     """The complete binary COPY stream of ``n`` rows with ``fields`` as its columns, in order."""
+    return HEADER + rows(n, fields).tobytes() + TRAILER
+
+
+def write(out, n: int, fields: list[Fixed | Varying]) -> None:
+    """``encode`` into the binary file ``out``, without a bytes copy of the rows."""
+    out.write(HEADER)
+    body = rows(n, fields)
+    if body.size:
+        out.write(memoryview(body.reshape(-1)))
+    out.write(TRAILER)
+
+
+def rows(n: int, fields: list[Fixed | Varying]) -> np.ndarray:
+    """The stream's rows, between HEADER and TRAILER, as uint8 (a 2-D matrix when every field
+    is ``Fixed``: one row of the table per row of the matrix)."""
     count = _be(len(fields), ">i2")
     if all(isinstance(f, Fixed) for f in fields):
         width = 2 + sum(f.cells.shape[1] for f in fields)
-        rows = np.empty((n, width), dtype=np.uint8)
-        rows[:, :2] = count
+        matrix = np.empty((n, width), dtype=np.uint8)
+        matrix[:, :2] = count
         at = 2
         for f in fields:
-            rows[:, at:at + f.cells.shape[1]] = f.cells
+            matrix[:, at:at + f.cells.shape[1]] = f.cells
             at += f.cells.shape[1]
-        return HEADER + rows.tobytes() + TRAILER
+        return matrix
     sizes = [np.full(n, f.cells.shape[1], dtype=np.int64) if isinstance(f, Fixed)
              else 4 + np.maximum(f.lengths, 0) for f in fields]
     row_size = 2 + np.sum(sizes, axis=0) if n else np.zeros(0, dtype=np.int64)
@@ -115,7 +130,7 @@ def encode(n: int, fields: list[Fixed | Varying]) -> bytes:
                 np.cumsum(present[:-1], out=first[1:])
                 out[np.repeat(at + 4 - first, present) + np.arange(len(data))] = data
         at = at + size
-    return HEADER + out.tobytes() + TRAILER
+    return out
 
 
 def _be(value: int, dtype: str) -> np.ndarray:

@@ -55,6 +55,20 @@ def test_copy_stream_of_no_rows_is_header_and_trailer():
         copybin.HEADER + copybin.TRAILER)
 
 
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_copy_stream_written_to_a_file_is_the_encoded_stream(n):
+    import io
+
+    values = np.arange(n, dtype=np.float64)
+    for key in (_sent([i.to_bytes(4, "big") for i in range(n)]),
+                _sent([None if i % 2 else b"x" * i for i in range(n)])):
+        fields = [key, copybin.float8_field(values), copybin.float8_array_field(
+            np.stack([values, -values], axis=1))]
+        out = io.BytesIO()
+        copybin.write(out, n, fields)
+        assert out.getvalue() == copybin.encode(n, fields)
+
+
 @pytest.fixture(scope="module")
 def scored_db(pg_replica, plpython_path):
     from tests.fix_pg import Database
