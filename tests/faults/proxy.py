@@ -2,7 +2,8 @@
 bytes, holds them (a blackhole: the connection stays open, nothing arrives - a half-open
 path), resets every connection (RST: SO_LINGER 0), trickles one byte at a time, or adds
 latency. ``hold_up`` holds only what the client sends (the sidecar's feedback never reaches
-the source while the source's stream still flows). ``orphan`` resets every client
+the source while the source's stream still flows); ``hold_down`` only what the server sends
+(a statement arrives and runs, its reply never comes back). ``orphan`` resets every client
 connection but keeps its server side open, as a middlebox or a dead path can: the server's
 session lives on (holding its locks, waiting on a client that is gone) until someone ends it.
 When one direction of a connection ends, both ends are closed (unless orphaned).
@@ -21,7 +22,8 @@ import subprocess
 import sys
 import threading
 
-PASS, BLACKHOLE, TRICKLE, LATENCY, HOLD_UP = "pass", "blackhole", "trickle", "latency", "hold_up"
+PASS, BLACKHOLE, TRICKLE, LATENCY = "pass", "blackhole", "trickle", "latency"
+HOLD_UP, HOLD_DOWN = "hold_up", "hold_down"
 
 
 class Proxy:
@@ -104,7 +106,7 @@ class Proxy:
                 w.transport.abort()
 
     async def _wait_flowing(self, up: bool) -> None:
-        while self.mode == BLACKHOLE or (up and self.mode == HOLD_UP):
+        while self.mode == BLACKHOLE or self.mode == (HOLD_UP if up else HOLD_DOWN):
             self._changed.clear()
             await self._changed.wait()
 

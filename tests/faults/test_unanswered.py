@@ -4,7 +4,9 @@ keepalives and tcp_user_timeout see nothing, and statement_timeout runs in the s
 process). connect.Watchdog notices the unanswered wait within its bound (the receive
 timeout, up to ~2.25 x it), terminates that backend and drops the connection; the sidecar
 reconnects and catches up while the old backend is still stopped, and the old backend dies
-as soon as it runs again, without applying anything it had been sent."""
+as soon as it runs again, without applying anything it had been sent. The same bound holds
+when the target's replies stop on the way back (the proxy holds what the server sends): the
+statements run there, their answers never come."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 from tests.faults.compare import wait_equal
+from tests.faults.proxy import HOLD_DOWN, PASS, ProxyProcess
 from tests.faults.test_network import RECEIVE_TIMEOUT, TABLES, _detect, _reconnects, _setup, _work
 from tests.replica.conftest import wait_for
 
@@ -52,3 +55,25 @@ def test_a_stopped_target_backend_is_dropped_and_replaced(source_db, replica_db,
     _work(source_db, 3000)
     wait_equal(sc, source_db, replica_db, TABLES, 60, "streaming on")
     assert sc.error is None
+
+
+def test_replies_that_never_come_back_are_bounded(source_db, replica_db, sidecars, pg_replica):
+    """The apply's statements (its COMMIT too) reach the target and run; the replies are
+    held. The watchdog's own session gets no answer either: it drops the connection; after
+    the path recovers the progress row says what committed, and nothing doubles."""
+    _setup(source_db)
+    px = ProxyProcess("127.0.0.1", pg_replica.port)
+    try:
+        sc = sidecars(source=source_db.dsn, target=px.dsn(replica_db.dsn),
+                      receive_timeout=RECEIVE_TIMEOUT).wait_streaming()
+        wait_equal(sc, source_db, replica_db, TABLES, 30, "the copy")
+        before, at = _reconnects("target"), time.monotonic()
+        px.set(HOLD_DOWN)
+        _work(source_db, 2000)
+        _detect(sc, "target", before, at, RECEIVE_TIMEOUT * 2.25 + 10)
+        px.set(PASS)
+        _work(source_db, 3000)
+        wait_equal(sc, source_db, replica_db, TABLES, 90, "recovery after the held replies")
+        sc.wait_streaming()
+    finally:
+        px.close()
