@@ -116,6 +116,7 @@ class Recorder:
         self.writer = None  # stream.apply.TargetWriter whose thread takes spilled rows
         self._next_report = 0.0  # when to read what the history holds (history/report.py)
         self.reports = True
+        self.counts_copies = True
 
     def attach(self, writer) -> Recorder:
         """Record for ``writer``: it writes the versions at its commit."""
@@ -222,33 +223,34 @@ class Recorder:
             store.ensure(conn, tw.schema, tw.name, key, self.retention)
             self._ready[tw.qualname] = cols
 
-    def _copy(self, conn: psycopg.Connection, tw, rows: list[bytes]) -> None:
+    def _copy(self, conn: psycopg.Connection, tw, rows: list[bytes]) -> int:
         self._ensure(conn, tw)
         target = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
             sql.Identifier(store.SCHEMA, store.history_name(tw.schema, tw.name)),
             sql.SQL(", ").join(map(sql.Identifier, (*tw.layout.columns, *store.META))))
-        self._write_rows(conn, target, tw.qualname, rows)
+        return self._write_rows(conn, target, rows)
 
-    def _write_rows(self, conn: psycopg.Connection, target: sql.Composable, qualname: str,
-                    rows: list[bytes], count: bool = True) -> None:
-        rows.insert(0, HEADER)
-        rows.append(TRAILER)
-        data = b"".join(rows)
+    @staticmethod
+    def _write_rows(conn: psycopg.Connection, target: sql.Composable, rows: list[bytes]) -> int:
+        data = b"".join([HEADER, *rows, TRAILER])
         with conn.cursor().copy(target) as cp:
             cp.write(data)
-        if count:
-            pending = self._pending.setdefault(qualname, [0, 0])
-            pending[0] += len(rows) - 2
-            pending[1] += len(data)
+        return len(data)
 
     def _write(self, conn: psycopg.Connection, taken, gen: int) -> int:
+        """COPY ``taken`` unless a rollback came since it was taken (``gen``); the versions
+        count as pending until the commit (not a streamed transaction's stage rows)."""
         n = 0
         for t, rows in taken:
             if gen != self._gen:
                 break
+            size = self._copy(conn, t.tw, rows)
+            if self.counts_copies and gen == self._gen:
+                pending = self._pending.setdefault(t.tw.qualname, [0, 0])
+                pending[0] += len(rows)
+                pending[1] += size
             n += len(rows)
-            self._copy(conn, t.tw, rows)
-        return n
+        return n if self.counts_copies else 0
 
     def write(self, conn: psycopg.Connection) -> int:
         """COPY every buffered version into the open transaction; return how many."""

@@ -38,12 +38,13 @@ class StagedRecorder(Recorder):
         self._commit: tuple[int, datetime] | None = None
         self._staged_bytes = 0
         self.reports = False  # the stream's own recorder reads the sizes
+        self.counts_copies = False  # staged rows count when they reach the history table
 
     def stamp(self, commit_lsn: int, commit_time: datetime) -> None:
         """The Stream Commit's LSN and time: what ``write`` puts on every version."""
         self._commit = (commit_lsn, commit_time)
 
-    def _copy(self, conn: psycopg.Connection, tw, rows: list[bytes]) -> None:
+    def _copy(self, conn: psycopg.Connection, tw, rows: list[bytes]) -> int:
         key = (tw.relation_id, tw.layout.columns)
         found = self._stages.get(key)
         if found is None:
@@ -56,14 +57,10 @@ class StagedRecorder(Recorder):
         conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DROP AS SELECT {},"
                              " {} FROM {} WITH NO DATA").format(
             stage, cols, meta, sql.Identifier(tw.schema, tw.name)))
-        before = self._staged_bytes
         target = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(stage)
-        self._write_rows(conn, target, tw.qualname, rows, count=False)
-        self._staged_bytes = before + sum(map(len, rows))
-
-    def _write(self, conn: psycopg.Connection, taken, gen: int) -> int:
-        super()._write(conn, taken, gen)
-        return 0  # staged, not recorded: versions count when they reach the history table
+        size = self._write_rows(conn, target, rows)
+        self._staged_bytes += size
+        return size
 
     def write(self, conn: psycopg.Connection) -> int:
         """At Stream Commit: the rest into the stages, then every stage that still exists
