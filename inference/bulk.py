@@ -199,10 +199,15 @@ def _read(source: str, keys, features, categories: dict[str, list[str]] | None =
         if not sent:
             parts.append(f"array_agg({name}::text) AS k{i}")
             continue
-        send = _send_function(k)
+        send, width = _send_function(k)
         parts.append(f"string_agg({send}({name}), ''::bytea) AS k{i}")
-        parts.append(f"string_agg(int4send(coalesce(octet_length({send}({name})), -1)),"
-                     f" ''::bytea) AS l{i}")
+        if width > 0:  # a fixed-width type: each length is a constant (or NULL's -1)
+            size = width.to_bytes(4, "big").hex()
+            parts.append(f"string_agg(CASE WHEN {name} IS NULL THEN '\\xffffffff'::bytea"
+                         f" ELSE '\\x{size}'::bytea END, ''::bytea) AS l{i}")
+        else:
+            parts.append(f"string_agg(int4send(coalesce(octet_length({send}({name})), -1)),"
+                         f" ''::bytea) AS l{i}")
     params: list[list[str]] = []
     for i, c in enumerate(features):
         value = plpy.quote_ident(c.name)
@@ -229,12 +234,16 @@ def _read(source: str, keys, features, categories: dict[str, list[str]] | None =
     return n, [row[f"k{i}"] or [] for i in range(len(keys))], X
 
 
-def _send_function(column) -> str:
-    """The key column's type's binary send function, as SQL (regproc quotes it if needed); a
-    domain's is its base type's, and its recv function reads the bytes back in the new table."""
-    found = store.query("SELECT typsend::regproc::text AS f FROM pg_type WHERE oid = $1::oid",
-                        ("int8",), (column.base_oid,))
-    return found[0]["f"]
+def _send_function(column) -> tuple[str, int]:
+    """The key column's type's binary send function, as SQL (regproc quotes it if needed), and
+    the byte width of its send output where that is fixed (else 0): a domain's is its base
+    type's, and its recv function reads the bytes back in the new table."""
+    found = store.query(
+        "SELECT typsend::regproc::text AS f, CASE WHEN typtype <> 'e'"  # an enum sends its label
+        " AND (typbyval OR oid = ANY ('{uuid,macaddr,interval,point,timetz}'::regtype[]))"
+        " THEN typlen ELSE 0 END::int AS w FROM pg_type WHERE oid = $1::oid",
+        ("int8",), (column.base_oid,))
+    return found[0]["f"], found[0]["w"]
 
 
 def copy_allowed() -> bool:

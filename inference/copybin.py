@@ -72,6 +72,8 @@ def sent_field(lengths: np.ndarray, data: bytes) -> Fixed | Varying:
     and none is NULL (the common integer key), else ``Varying``."""
     lengths = np.asarray(lengths, dtype=np.int64)
     n = len(lengths)
+    if int(np.maximum(lengths, 0).sum()) != len(data):
+        raise ValueError(f"{len(data)} bytes for values of {np.maximum(lengths, 0).sum()}")
     if n and lengths.min() == lengths.max() >= 0:
         width = int(lengths[0])
         cells = np.empty((n, 4 + width), dtype=np.uint8)

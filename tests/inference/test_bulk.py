@@ -84,8 +84,12 @@ def scored_db(pg_replica, plpython_path):
         conn.execute("SELECT pgml.train('forest', 'classification', 'pgml.iris', 'target',"
                      " 'random_forest', '{\"n_estimators\": 5}')")
         # keys of several types, NULL keys, NULL features; the features are diabetes'
+        conn.execute("CREATE TYPE mood AS ENUM ('sad', 'a rather happy mood')")
         conn.execute(
             "CREATE TABLE keyed AS SELECT row_number() OVER () AS n,"
+            " (ARRAY['sad', 'a rather happy mood', NULL])[1 + row_number() OVER () % 3]::mood"
+            " AS m, row_number() OVER () % 2 = 0 AS flag,"
+            " make_interval(days => (row_number() OVER ())::int) AS span,"
             " CASE WHEN row_number() OVER () % 7 = 0 THEN NULL"
             "      ELSE 'k' || repeat('x', (row_number() OVER () % 5)::int) END AS tag,"
             " md5(row_number() OVER ()::text)::uuid AS u, (row_number() OVER () / 3.0)::numeric"
@@ -98,7 +102,7 @@ def scored_db(pg_replica, plpython_path):
         pg_replica.drop_database(name)
 
 
-KEYS = "n, tag, u, amount, day, pair"
+KEYS = "n, tag, u, amount, day, pair, m, flag, span"
 NATIVE_ROWS = 20_000  # inference.bulk.NATIVE_MIN_ROWS (bulk imports plpy: not importable here)
 FEATURES = "age, sex, bmi, bp, s1, s2, s3, s4, s5, s6"
 
@@ -114,18 +118,18 @@ def test_predict_relation_keys_of_any_type_match_per_row_predict(scored_db, bulk
         types = conn.execute(
             "SELECT array_agg(format_type(atttypid, atttypmod) ORDER BY attnum) FROM pg_attribute"
             " WHERE attrelid = %s::regclass AND attnum > 0", (target,)).fetchone()[0]
-        assert types == ["bigint", "text", "uuid", "numeric", "date", "integer[]",
-                         "double precision"]
+        assert types == ["bigint", "text", "uuid", "numeric", "date", "integer[]", "mood",
+                         "boolean", "interval", "double precision"]
         rows = conn.execute(
-            f"SELECT s.n, s.tag, s.u, s.amount, s.day, s.pair, s.prediction,"  # noqa: S608 - constants
+            f"SELECT {', '.join(f's.{k}' for k in KEYS.split(', '))}, s.prediction,"  # noqa: S608 - constants
             f" pgml.predict('xgb', ARRAY[{FEATURES}]) FROM {target} s JOIN keyed k USING (n)"
             " ORDER BY s.n").fetchall()
         want = conn.execute(f"SELECT {KEYS} FROM keyed ORDER BY n").fetchall()  # noqa: S608
-    assert [r[:6] for r in rows] == want
+    assert [r[:9] for r in rows] == want
     # per-row pgml.predict may score through compiled trees (routing.py), bulk through the
     # ONNX graph: both passed parity with the native model at training (relative 1e-5)
-    np.testing.assert_allclose([r[6] for r in rows], [r[7] for r in rows], rtol=1e-5)
-    assert sum(r[1] is None for r in rows) == 442 // 7
+    np.testing.assert_allclose([r[9] for r in rows], [r[10] for r in rows], rtol=1e-5)
+    assert sum(r[1] is None for r in rows) == 442 // 7 and sum(r[6] is None for r in rows) > 0
     assert isinstance(rows[0][2], uuid.UUID) and isinstance(rows[0][3], decimal.Decimal)
     assert isinstance(rows[0][4], datetime.date)
 
