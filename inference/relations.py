@@ -171,8 +171,10 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
         else:
             value = f"{value}::int::float8" if c.base_oid == _BOOL else f"{value}::float8"
         parts.append(f"string_agg(coalesce(float8send({value}), {_NAN}), ''::bytea) AS c{i}")
-    previous = store.query("SELECT current_setting('synchronize_seqscans') AS v")[0]["v"]
-    _set_syncscan("off")
+    # One process scans, in physical order: from PostgreSQL 16 string_agg can run in parallel
+    # workers, whose partial results arrive in no fixed order (a retrain would split other rows).
+    settings = {"synchronize_seqscans": "off", "max_parallel_workers_per_gather": "0"}
+    previous = {name: _set(name, value) for name, value in settings.items()}
     try:
         sql = f"SELECT {', '.join(parts)} FROM {table}"  # noqa: S608 - quoted identifiers
         if params:
@@ -180,7 +182,8 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
         else:
             row = plpy.execute(sql)[0]
     finally:
-        _set_syncscan(previous)
+        for name, value in previous.items():
+            _set(name, value)
     n = row["n"]
     out: dict[str, np.ndarray] = {}
     for i, c in enumerate(cols):
@@ -221,12 +224,16 @@ def gather(values: dict[str, np.ndarray], names: list[str], rows: np.ndarray) ->
     """Rows ``rows`` of the columns ``names`` as one C-ordered float64 matrix."""
     out = np.empty((len(rows), len(names)))
     for j, name in enumerate(names):
-        out[:, j] = values[name][rows]
+        # a sequential byte-swapping copy, then one take: fancy-indexing the big-endian view
+        # directly converts value by value (0.15-0.29 s against 0.10-0.12 s for 750k x 10)
+        np.take(np.asarray(values[name], dtype=np.float64), rows, out=out[:, j])
     return out
 
 
-def _set_syncscan(value: str) -> None:
-    store.query("SELECT set_config('synchronize_seqscans', $1, true)", ("text",), (value,))
+def _set(name: str, value: str) -> str:
+    """SET LOCAL name = value; returns the value it had."""
+    return store.query("SELECT current_setting($1) AS v, set_config($1, $2, true)",
+                       ("text", "text"), (name, value))[0]["v"]
 
 
 def analyze(values: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -234,8 +241,10 @@ def analyze(values: dict[str, np.ndarray]) -> dict[str, dict]:
     out = {}
     for name, col in values.items():
         col = np.asarray(col, dtype=np.float64)  # native order: the same sums as numpy's own
-        present = col[~np.isnan(col)]
-        stats = {"count": int(present.size), "missing": int(col.size - present.size)}
+        nan = np.isnan(col)
+        missing = int(nan.sum())
+        present = col[~nan] if missing else col
+        stats = {"count": int(present.size), "missing": missing}
         if present.size:
             stats.update(mean=float(present.mean()), stddev=float(present.std()),
                          min=float(present.min()), max=float(present.max()),
