@@ -78,6 +78,11 @@ def probe_providers(wanted: list[str]) -> list[str]:
     return session.get_providers()
 
 
+def cuda_device_present() -> bool:
+    """Whether this host has an NVIDIA device and driver (training's GPU test: devices.py)."""
+    return _nvidia_gpu_present()
+
+
 def _nvidia_gpu_present() -> bool:
     devices = [p for p in glob.glob("/dev/nvidia*") if os.path.basename(p)[6:].isdigit()]
     return bool(devices) and os.path.exists("/proc/driver/nvidia/version")

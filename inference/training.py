@@ -97,8 +97,9 @@ def train(
         X_train, feature_names, preprocess
     )
     Xp_train = apply_preprocessor(spec, X_train)
+    device = _device(algorithm, hyperparams)  # XGBoost/LightGBM on a CUDA host: the GPU
     estimator = algorithms.make_estimator(
-        algorithm, task, hyperparams, joint=joint, random_state=random_state
+        algorithm, task, {**hyperparams, **device}, joint=joint, random_state=random_state
     )
 
     caught: list[str] = []
@@ -107,6 +108,10 @@ def train(
             estimator, Xp_train, y_fit, task, search, search_params, search_args,
             random_state, bool(hyperparams or search_params),
         )
+        if device:
+            from inference.devices import back_to_cpu
+
+            back_to_cpu(fitted)  # the stored model predicts on the CPU, wherever it goes
         pipeline, export_pipeline = _pipelines(spec, fitted, classes)
         has_proba = task == "classification" and hasattr(pipeline, "predict_proba")
         start = time.perf_counter()
@@ -124,7 +129,7 @@ def train(
         )
     return TrainResult(
         estimator=pipeline,
-        hyperparams={**hyperparams, **best_params},
+        hyperparams={**hyperparams, **device, **best_params},
         metrics=metrics,
         search_results=search_results,
         onnx=onnx,
@@ -135,6 +140,14 @@ def train(
         preprocessor=spec,
         warnings=caught,
     )
+
+
+def _device(algorithm: str, hyperparams: dict) -> dict:
+    """GPU parameters for the fit where the host and library allow (devices.py), else {}."""
+    from inference.devices import training_device
+    from inference.runtime import cuda_device_present
+
+    return training_device(algorithm, hyperparams, cuda=cuda_device_present())
 
 
 def _target(y, task: str, joint: bool, split: str) -> np.ndarray:
