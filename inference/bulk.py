@@ -60,9 +60,10 @@ def predict_relation(project_name: str, relation_name: str, key_columns: list[st
         raise PgmlError(f"project {project_name!r} is a joint model; predict_relation "
                         "writes one prediction per row")
     scorer = model.scorer
-    if getattr(scorer, "graph", None) == "compiled":  # compiled trees score rows; batches
-        scorer = scorer.onnx                            # go to its ONNX scorer (routing.py)
-    features = getattr(scorer, "feature_names", None)
+    # compiled trees (routing.CompiledScorer) score small batches as pgml.predict does and
+    # hand large ones to the ONNX scorer, which also knows the feature names
+    named = scorer.onnx if getattr(scorer, "graph", None) == "compiled" else scorer
+    features = getattr(named, "feature_names", None)
     if not features:
         raise PgmlError("the deployed model does not record its feature names; retrain it")
     oid, source = relations.resolve(relation_name)
@@ -126,12 +127,7 @@ _PIPELINES: dict = {}  # model id -> its unpickled pipeline (a model's files nev
 
 def batch_scorer(model, X: np.ndarray, threads: int):
     """What scores a large pgml.predict_batch: the native pipeline (native_scorer) or None."""
-    scorer = model.scorer
-    if getattr(scorer, "graph", None) == "compiled":
-        if len(X) < NATIVE_MIN_ROWS:
-            return None
-        scorer = scorer.onnx
-    return native_scorer(model.model_id, scorer, X, threads)
+    return native_scorer(model.model_id, model.scorer, X, threads)
 
 
 def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int):
