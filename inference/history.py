@@ -4,22 +4,24 @@ The sidecar appends every version of a history-enabled table to ``pgml_history."
 in the transaction that applies it (replica/history/store.py has the layout). Here, inside
 PL/Python, DuckDB does the time travel in-process:
 
-1. Load. One scan of the history table through plpy, every data column as text (the result
-   is cast back to the column's type on the way out, so any type travels), commit time as
-   microseconds, the version order (commit LSN, seq), the op, and one flag per column that
-   was ever sent as unchanged TOAST.
-2. Order. Versions are ordered by (commit LSN, seq); a version's time is the latest commit
-   time up to it in that order, so times never go backwards (a re-copy's seed, stamped when
-   the copy finished, is not overtaken by changes that committed during the copy).
+1. Load (history_io.Transfer). The versions still in Postgres (the tail), every data column
+   as text (cast back to the column's type on the way out, so any type travels), commit time
+   as microseconds, commit LSN, seq, op, and one flag per column that was ever sent as
+   unchanged TOAST - by server-side COPY and DuckDB's CSV reader where the caller may use
+   server files, else through plpy. Compacted versions stay in their Parquet segment and are
+   scanned by the query itself.
+2. Order. Versions are ordered by (commit LSN, seq), as one HUGEINT ``_ord``; a version's time
+   is the latest commit time up to it in that order, so times never go backwards (a re-copy's
+   seed, stamped when the copy finished, is not overtaken by changes that committed during
+   the copy). Compaction stores these times (``_tm``), so only the tail is sorted per call.
 3. Resolve. Unchanged-TOAST values (stored NULL) take the value of the key's latest earlier
    version that carried one (``last_value ... IGNORE NULLS`` over a struct, so a real NULL
    still counts as a value).
 4. Query. as_of: per key, the latest version committed at or before the instant, after the
-   last truncate, unless it is a delete. point_in_time: DuckDB's ASOF LEFT JOIN of the spine
-   on each feature relation's key, ``event_time >= commit_time``; a delete, a later truncate
-   or ``ttl`` make the features NULL.
-5. Write. ``INSERT ... SELECT casts FROM unnest($1::text[], ...)`` into a new table, in the
-   caller's transaction (an error leaves nothing behind).
+   last truncate, unless it is a delete. point_in_time: ASOF joins without a sort of the
+   versions (see point_in_time); a delete, a later truncate or ``ttl`` make the features NULL.
+5. Write. Into a new table in the caller's transaction (an error leaves nothing behind): one
+   ``COPY FROM`` file, or ``INSERT ... SELECT casts FROM unnest($1::text[], ...)``.
 
 "At or before" is by source commit time; versions committed at the same instant are ordered
 by commit LSN. Times before the table's history starts are refused (they would silently
@@ -33,8 +35,10 @@ from datetime import UTC, datetime
 import plpy
 
 from inference.errors import PgmlError, UnknownColumn
+from inference.history_io import Transfer
 
 SCHEMA = "pgml_history"
+_INTEGERS = {"smallint", "integer", "bigint"}
 # the time of the first truncate after each version (times grow with the version order)
 _NEXT_TRUNCATE = ("min(CASE WHEN _op = 'T' THEN _t END) OVER (ORDER BY _ord DESC"
                   " ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)")
@@ -97,47 +101,50 @@ class History:
             raise PgmlError(f"{what} is before the history of {self.relation_name} starts "
                             f"({self.started_text}, when the sidecar copied it)")
 
-    def load(self, con, view: str) -> None:
+    def load(self, con, view: str, io: Transfer) -> None:
         """Register the resolved versions as DuckDB view ``view``: data columns (text), _t
-        (commit time, µs), _ord (version order by time, then LSN), _op."""
-        import pandas as pd
+        (commit time, µs, never decreasing in version order), _traw (as recorded), _lsn, _seq,
+        _op and _ord (the version order as one HUGEINT: LSN, then seq; no sort needed).
 
+        Only the rows still in Postgres (the tail) are sorted here: a compacted segment
+        carries its ordered times (``_tm``, written by history_compact) and filled values,
+        and is scanned from Parquet where the query reads it."""
         names = [c for c, _ in self.columns]
         unchanged = [r["c"] for r in plpy.execute(
             f"SELECT DISTINCT unnest(_pgml_unchanged) AS c FROM {self.table}")]  # noqa: S608
         flags = [c for c in names if c in unchanged]
-        sel = [f"{_q(c)}::text AS c{i}" for i, c in enumerate(names)]
-        sel += ["(extract(epoch FROM _pgml_commit_time) * 1000000)::int8 AS _t",
-                "(_pgml_commit_lsn - '0/0')::int8 AS _lsn", "_pgml_seq AS _seq",
-                "_pgml_op::text AS _op"]
-        sel += [f"coalesce({plpy.quote_literal(c)} = ANY(_pgml_unchanged), false) AS u{i}"
-                for i, c in enumerate(flags)]
-        data = _columns(sel, self.table)
-        cols = [f"c{i}" for i in range(len(names))] + ["_t", "_lsn", "_seq", "_op"] + [
-            f"u{i}" for i in range(len(flags))]
-        frame = pd.DataFrame({k: data.get(k, []) for k in cols})
-        for k in cols:  # an empty or all-NULL column still needs its type
-            if k.startswith("c") or k == "_op":
-                frame[k] = frame[k].astype(object)
-            elif k.startswith("u"):
-                frame[k] = frame[k].astype(bool)
-            else:
-                frame[k] = frame[k].astype("int64")
-        con.register(f"{view}_tail", frame)
-        tail = ", ".join([f"c{i}::VARCHAR AS c{i}" for i in range(len(names))]
-                         + ["_t", "_lsn", "_seq", "_op"] + [f"u{j}" for j in range(len(flags))])
-        raw = f"SELECT {tail} FROM {view}_tail"  # noqa: S608
+        sel = [(f"{_q(c)}::text", f"c{i}", "VARCHAR") for i, c in enumerate(names)]
+        sel += [("(extract(epoch FROM _pgml_commit_time) * 1000000)::int8", "_t", "BIGINT"),
+                ("(_pgml_commit_lsn - '0/0')::int8", "_lsn", "BIGINT"),
+                ("_pgml_seq", "_seq", "INTEGER"), ("_pgml_op::text", "_op", "VARCHAR")]
+        sel += [(f"coalesce({plpy.quote_literal(c)} = ANY(_pgml_unchanged), false)", f"u{j}",
+                 "BOOLEAN") for j, c in enumerate(flags)]
+        io.read(con, f"{view}_tail", sel, self.table)
+        cs = ", ".join(f"c{i}" for i in range(len(names)))
+        us = "".join(f", u{j}" for j in range(len(flags)))
         segments = self.segments()
+        seg, ordered = None, True
         if segments:  # compacted versions: values already filled, never 'unchanged'
             files = ", ".join(_duck_literal(p) for p in segments)
             con.execute(f"CREATE OR REPLACE TEMP VIEW {view}_seg AS SELECT * FROM"  # noqa: S608
                         f" read_parquet([{files}], union_by_name = true)")
             present = {r[0] for r in con.execute(f"DESCRIBE {view}_seg").fetchall()}
+            ordered = "_tm" in present  # else a segment of an older release: raw times
             seg = ", ".join([f"{_duck_ident(c)}::VARCHAR AS c{i}" if c in present else
                              f"NULL::VARCHAR AS c{i}" for i, c in enumerate(names)]
-                            + ["_t", "_lsn", "_seq", "_op"]
-                            + [f"false AS u{j}" for j in range(len(flags))])
-            raw += f" UNION ALL SELECT {seg} FROM {view}_seg"  # noqa: S608
+                            + [("_tm" if ordered else "_t") + " AS _t", "_t AS _traw",
+                               "_lsn", "_seq", "_op"] + [f"false AS u{j}" for j in range(len(flags))])
+            seg = f"SELECT {seg} FROM {view}_seg"  # noqa: S608
+        if ordered:  # order the tail's times alone, from the segment's last one up
+            floor = (f"coalesce((SELECT max(_tm) FROM {view}_seg), 0)" if seg else "0")  # noqa: S608
+            raw = (f"SELECT {cs}, greatest(max(_t) OVER (ORDER BY _lsn, _seq), {floor}) AS _t,"  # noqa: S608
+                   f" _t AS _traw, _lsn, _seq, _op{us} FROM {view}_tail")
+            if seg:
+                raw += f" UNION ALL {seg}"
+        else:
+            raw = (f"SELECT {cs}, max(_t) OVER (ORDER BY _lsn, _seq) AS _t, _traw, _lsn, _seq,"  # noqa: S608
+                   f" _op{us} FROM (SELECT {cs}, _t, _t AS _traw, _lsn, _seq, _op{us} FROM"
+                   f" {view}_tail UNION ALL {seg})")
         keyc = ", ".join(f"c{names.index(k)}" for k in self.keys)
         out = []
         for i, c in enumerate(names):
@@ -147,27 +154,21 @@ class History:
                            f" IGNORE NULLS) OVER w).v AS c{i}")
             else:
                 out.append(f"c{i}")
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {view} AS SELECT {', '.join(out)}, _op,"  # noqa: S608
-            " max(_t) OVER (ORDER BY _lsn, _seq) AS _t, _t AS _traw, _lsn, _seq,"
-            f" row_number() OVER (ORDER BY _lsn, _seq) AS _ord FROM ({raw})"
-            f" WINDOW w AS (PARTITION BY {keyc} ORDER BY _lsn, _seq"
-            " ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
+        body = (f"SELECT {', '.join(out)}, _op, _t, _traw, _lsn, _seq,"  # noqa: S608
+                f" _lsn::HUGEINT * 4294967296 + (_seq + 2147483648) AS _ord FROM ({raw})")
+        if flags:  # unchanged TOAST values: the key's latest earlier value
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {view} AS {body} WINDOW w AS"  # noqa: S608
+                        f" (PARTITION BY {keyc} ORDER BY _lsn, _seq"
+                        " ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
+        elif seg:  # scanned by the query (Parquet column pruning), never copied
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {body}")
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {view} AS {body}")
 
     def segments(self) -> list[str]:
         return [r["path"] for r in plpy.execute(plpy.prepare(
             "SELECT path FROM pgml_history.segments WHERE relation_name = $1"
             " ORDER BY lsn_from", ["text"]), [self.relation_name])]
-
-
-def _columns(select: list[str], relation: str) -> dict[str, list]:
-    """Each ``expr AS name`` of ``select`` over ``relation`` as one list: one scan, one
-    array_agg per column (the aggregates of one scan see the rows in the same order), which
-    PL/Python turns into lists without a dict per row."""
-    aggs = ", ".join(f"array_agg({e.rsplit(' AS ', 1)[0]}) AS {e.rsplit(' AS ', 1)[1]}"
-                     for e in select)
-    row = plpy.execute(f"SELECT {aggs} FROM {relation}")[0]  # noqa: S608
-    return {k: (v if v is not None else []) for k, v in row.items()}
 
 
 def _duck_literal(text: str) -> str:
@@ -201,21 +202,6 @@ def _target(into: str | None, default: str, replace_default: bool) -> str:
     return qual
 
 
-def _write(qual: str, columns: list[tuple[str, str]], rows: list[tuple]) -> None:
-    """CREATE TABLE ``qual`` (columns) and insert ``rows`` (text values) in one statement."""
-    plpy.execute(f"CREATE TABLE {qual} ({', '.join(f'{_q(c)} {t}' for c, t in columns)})")
-    if not rows:
-        return
-    n = len(columns)
-    arrays = [[r[i] for r in rows] for i in range(n)]
-    args = ", ".join(f"${i + 1}" for i in range(n))
-    casts = ", ".join(f"u.a{i}::{t}" for i, (_, t) in enumerate(columns))
-    alias = ", ".join(f"a{i}" for i in range(n))
-    plan = plpy.prepare(f"INSERT INTO {qual} SELECT {casts} FROM unnest({args}) AS u({alias})",  # noqa: S608
-                        ["text[]"] * n)
-    plpy.execute(plan, arrays)
-
-
 def as_of(relation_name: str, when, into: str | None) -> str:
     if not relation_name:
         raise PgmlError("relation_name must name a table with history")
@@ -225,22 +211,31 @@ def as_of(relation_name: str, when, into: str | None) -> str:
     m = _micros(when)
     h.check_time(m, f"as_of {when}")
     con = _duck()
-    h.load(con, "v")
-    keyc = ", ".join(f"c{[c for c, _ in h.columns].index(k)}" for k in h.keys)
-    cols = ", ".join(f"c{i}" for i in range(len(h.columns)))
-    rows = con.execute(
-        f"WITH cut AS (SELECT * FROM v WHERE _t <= {m}),"  # noqa: S608
-        " lt AS (SELECT coalesce(max(_ord), 0) AS o FROM cut WHERE _op = 'T'),"
-        f" latest AS (SELECT cut.* FROM cut, lt WHERE _op <> 'T' AND _ord > lt.o"
-        f" QUALIFY row_number() OVER (PARTITION BY {keyc} ORDER BY _ord DESC) = 1)"
-        f" SELECT {cols} FROM latest WHERE _op <> 'D' ORDER BY {keyc}").fetchall()
     qual = _target(into, f"{h.short}_as_of_{_stamp(m)}", replace_default=True)
-    _write(qual, h.columns, rows)
+    with Transfer() as io:
+        h.load(con, "v", io)
+        keyc = ", ".join(f"c{[c for c, _ in h.columns].index(k)}" for k in h.keys)
+        cols = ", ".join(f"c{i}" for i in range(len(h.columns)))
+        io.write(con, qual, h.columns,
+                 f"WITH cut AS (SELECT * FROM v WHERE _t <= {m}),"  # noqa: S608
+                 " lt AS (SELECT coalesce(max(_ord), 0) AS o FROM cut WHERE _op = 'T'),"
+                 f" latest AS (SELECT cut.* FROM cut, lt WHERE _op <> 'T' AND _ord > lt.o"
+                 f" QUALIFY row_number() OVER (PARTITION BY {keyc} ORDER BY _ord DESC) = 1)"
+                 f" SELECT {cols} FROM latest WHERE _op <> 'D' ORDER BY {keyc}")
     return qual
 
 
 def point_in_time(spine: str, event_time_column: str, features: list[str] | None,
                   into: str | None, ttl) -> str:
+    """The spine ASOF-joined to each feature relation's versions, without sorting them.
+
+    Times never decrease in version order (_ord), so "the key's latest version committed at or
+    before the event time" is "the key's version with the greatest _ord at or below the cut",
+    the cut being the greatest _ord of any version committed by then. Per feature relation the
+    spine is ASOF-joined to its timeline (one row per commit time: the cut) and to its truncates
+    (the last one by then), then to the versions on key and ``cut >= _ord``: _ord is unique,
+    so there is no tie to break and nothing to deduplicate. A version is used if it is not a
+    delete, comes after that truncate, and is within ``ttl``."""
     if not spine or not event_time_column:
         raise PgmlError("spine and event_time_column must be given")
     if not features:
@@ -267,52 +262,59 @@ def point_in_time(spine: str, event_time_column: str, features: list[str] | None
         ttl_us = plpy.execute(plpy.prepare(
             "SELECT (extract(epoch FROM $1::interval) * 1000000)::int8 AS m", ["interval"]),
             [ttl])[0]["m"]
-    et = _q(event_time_column)
-    sel = [f"{_q(c)}::text AS s{i}" for i, c in enumerate(names)]
-    sel.append(f"(extract(epoch FROM {et}::timestamptz) * 1000000)::int8 AS _et")
-    sdata = _columns(sel, spine_qual(int(oid[0]["o"])))
-    first = min((t for t in sdata["_et"] if t is not None), default=None)
-    for h in hists:
-        if first is not None:
-            h.check_time(first, f"spine event time {_stamp(first)} (the earliest)")
-    import pandas as pd
-
     con = _duck()
-    frame = pd.DataFrame({f"s{i}": pd.Series(sdata[f"s{i}"], dtype=object)
-                          for i in range(len(names))})
-    frame["_et"] = pd.Series(sdata["_et"], dtype="Int64")
-    frame["_rid"] = range(len(frame))
-    con.register("spine", frame)
-    out_cols = list(spine_cols)
-    select = [f"spine.s{i}" for i in range(len(names))]
-    joins = []
-    for n, h in enumerate(hists):
-        view = f"f{n}"
-        h.load(con, view)
-        hn = [c for c, _ in h.columns]
-        con.execute(  # one version per key and instant; the next truncate after each
-            f"CREATE TEMP TABLE {view}v AS SELECT * FROM (SELECT x.*, {_NEXT_TRUNCATE}"  # noqa: S608
-            f" AS _tend FROM {view} x) WHERE _op <> 'T'"
-            f" QUALIFY row_number() OVER (PARTITION BY "
-            f"{', '.join(f'c{hn.index(k)}' for k in h.keys)}, _t ORDER BY _ord DESC) = 1")
-        on = " AND ".join(f"spine.s{names.index(k)} = {view}v.c{hn.index(k)}" for k in h.keys)
-        joins.append(f"ASOF LEFT JOIN {view}v ON {on} AND spine._et >= {view}v._t")
-        ok = (f"({view}v._op <> 'D' AND ({view}v._tend IS NULL OR {view}v._tend > spine._et)"
-              + (f" AND spine._et - {view}v._t <= {ttl_us}" if ttl_us is not None else "")
-              + ")")
-        for i, (c, t) in enumerate(h.columns):
-            if c in h.keys:
-                continue
-            select.append(f"CASE WHEN {ok} THEN {view}v.c{i} END")
-            out_cols.append((f"{h.short}__{c}", t))
-    rows = con.execute(f"SELECT {', '.join(select)} FROM spine {' '.join(joins)}"  # noqa: S608
-                       " ORDER BY spine._rid").fetchall()
     spine_short = spine.split(".")[-1].strip('"')
     now = plpy.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8 AS m"
                        )[0]["m"]
-    qual = _target(into, f"{spine_short}_pit_{_stamp(now)}", replace_default=False)
-    _write(qual, out_cols, rows)
+    with Transfer() as io:
+        sel = [(f"{_q(c)}::text", f"s{i}", "VARCHAR") for i, c in enumerate(names)]
+        sel.append((f"(extract(epoch FROM {_q(event_time_column)}::timestamptz) * 1000000)::int8",
+                    "_et", "BIGINT"))
+        io.read(con, "spine0", sel, spine_qual(int(oid[0]["o"])))
+        (first,) = con.execute("SELECT min(_et) FROM spine0").fetchone()
+        for h in hists:
+            if first is not None:
+                h.check_time(first, f"spine event time {_stamp(first)} (the earliest)")
+        con.execute("CREATE TEMP TABLE spine AS SELECT *, rowid AS _rid FROM spine0")
+        out_cols = list(spine_cols)
+        select = [f"sp.s{i}" for i in range(len(names))]
+        cuts, joins = [], []
+        for n, h in enumerate(hists):
+            f = f"f{n}"
+            h.load(con, f, io)
+            con.execute(f"CREATE TEMP TABLE {f}_tl AS SELECT _t, max(_ord) AS _o FROM {f}"  # noqa: S608
+                        " GROUP BY _t")
+            con.execute(f"CREATE TEMP TABLE {f}_tr AS SELECT _t, max(_ord) AS _o FROM {f}"  # noqa: S608
+                        " WHERE _op = 'T' GROUP BY _t")
+            cuts.append((f"ASOF LEFT JOIN {f}_tl ON spine._et >= {f}_tl._t"
+                         f" ASOF LEFT JOIN {f}_tr ON spine._et >= {f}_tr._t",
+                         f"{f}_tl._o AS _cut{n}, {f}_tr._o AS _tr{n}"))
+            hn = [c for c, _ in h.columns]
+            on = " AND ".join(_key_equal(f"sp.s{names.index(k)}", spine_cols[names.index(k)][1],
+                                         f"{f}.c{hn.index(k)}", h.columns[hn.index(k)][1])
+                              for k in h.keys)
+            joins.append(f"ASOF LEFT JOIN {f} ON {on} AND sp._cut{n} >= {f}._ord")
+            ok = (f"({f}._op NOT IN ('D', 'T') AND (sp._tr{n} IS NULL OR {f}._ord > sp._tr{n})"
+                  + (f" AND sp._et - {f}._t <= {ttl_us}" if ttl_us is not None else "") + ")")
+            for i, (c, t) in enumerate(h.columns):
+                if c in h.keys:
+                    continue
+                select.append(f"CASE WHEN {ok} THEN {f}.c{i} END")
+                out_cols.append((f"{h.short}__{c}", t))
+        con.execute(f"CREATE TEMP TABLE sp AS SELECT spine.*, {', '.join(c for _, c in cuts)}"  # noqa: S608
+                    f" FROM spine {' '.join(j for j, _ in cuts)}")
+        qual = _target(into, f"{spine_short}_pit_{_stamp(now)}", replace_default=False)
+        io.write(con, qual, out_cols, f"SELECT {', '.join(select)} FROM sp {' '.join(joins)}"  # noqa: S608
+                 " ORDER BY sp._rid")
     return qual
+
+
+def _key_equal(left: str, left_type: str, right: str, right_type: str) -> str:
+    """Join condition of a key column carried as text: integers compared as integers (an ASOF
+    join sorts on its keys: BIGINT sorts faster than text; measured 1.5x at 10M versions)."""
+    if left_type in _INTEGERS and right_type in _INTEGERS:
+        return f"{left}::BIGINT = {right}::BIGINT"
+    return f"{left} = {right}"
 
 
 def spine_qual(oid: int) -> str:

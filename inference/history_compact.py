@@ -9,7 +9,8 @@ the caller:
 2. DuckDB (in this backend) reads the current segment and the table's rows (history.load:
    unchanged TOAST values filled), drops versions replaced before ``now() - retention``
    (the table's retention, from the sidecar's --history-retention) and writes every version
-   up to L, sorted by key and version order, to ``<dir>/<schema>__<table>/<from>-<to>.parquet``
+   up to L, sorted by key and version order, with their ordered times (``_tm``: readers then
+   sort only the rows still in Postgres), to ``<dir>/<schema>__<table>/<from>-<to>.parquet``
    (named by LSN range, never written again).
 3. The rows up to L are deleted from the table and the segment replaces the old one in
    ``pgml_history.segments`` - in the same transaction: a rollback leaves the old segment in
@@ -31,6 +32,7 @@ import plpy
 
 from inference.errors import PgmlError
 from inference.history import _NEXT_TRUNCATE, History, _duck, _duck_ident, _duck_literal
+from inference.history_io import Transfer
 
 GARBAGE_SECONDS = 3600
 
@@ -73,7 +75,8 @@ def _compact_one(h: History, older_than) -> tuple:
         row = meta
     lsn_to, upto = row["l"], row["n"]
     con = _duck()
-    h.load(con, "v")
+    with Transfer() as io:
+        h.load(con, "v", io)
     names = [c for c, _ in h.columns]
     keyc = ", ".join(f"c{names.index(k)}" for k in h.keys)
     keep = "true"
@@ -90,7 +93,7 @@ def _compact_one(h: History, older_than) -> tuple:
     (lsn_from,) = con.execute(f"SELECT min(_lsn) FROM vr WHERE _lsn <= {upto}").fetchone()  # noqa: S608
     path = os.path.join(directory, f"{lsn_from:016X}-{upto:016X}-{meta['now']}.parquet")
     cols = ", ".join([f"c{i} AS {_duck_ident(c)}" for i, c in enumerate(names)]
-                     + ["_traw AS _t", "_lsn", "_seq", "_op"])
+                     + ["_traw AS _t", "_t AS _tm", "_lsn", "_seq", "_op"])
     (versions,) = con.execute(f"SELECT count(*) FROM vr WHERE _lsn <= {upto} AND {keep}"  # noqa: S608
                               ).fetchone()
     con.execute(f"COPY (SELECT {cols} FROM vr WHERE _lsn <= {upto} AND {keep}"  # noqa: S608

@@ -79,6 +79,37 @@ def test_point_in_time_rules_and_ttl(hist):
     assert hist.execute("SELECT acct__tier FROM pit_ttl2 WHERE y = 10").fetchone() == (None,)
 
 
+def test_point_in_time_same_through_plpy_and_from_parquet(hist):
+    """The three read paths give the same rows: server files (superuser), plpy (a role that
+    may not use server files), and the compacted Parquet segment."""
+    hist.execute("CREATE TABLE spine (id int, at timestamptz, y int)")
+    hist.execute("INSERT INTO spine SELECT 1 + g %% 4, %s::timestamptz + g * interval '13 s',"
+                 " g FROM generate_series(0, 150) g", (T0,))
+    hist.execute("SELECT pgml.point_in_time('spine', 'at', ARRAY['public.acct'], 'pit_files')")
+    rows = "SELECT y, acct__tier, acct__big FROM {} ORDER BY y"
+    want = hist.execute(rows.format("pit_files")).fetchall()
+    assert {r[1] for r in want} == {None, "a", "b", "c", "z", "x"}
+    hist.execute("CREATE ROLE pit_reader")
+    try:
+        hist.execute("GRANT USAGE ON SCHEMA pgml, pgml_history TO pit_reader;"
+                     " GRANT SELECT ON ALL TABLES IN SCHEMA pgml_history TO pit_reader;"
+                     " GRANT SELECT ON spine TO pit_reader; GRANT CREATE ON SCHEMA public"
+                     " TO pit_reader")
+        hist.execute("SET ROLE pit_reader")
+        hist.execute("SELECT pgml.point_in_time('spine', 'at', ARRAY['public.acct'], 'pit_plpy')")
+        assert hist.execute(rows.format("pit_plpy")).fetchall() == want
+        hist.execute("RESET ROLE")
+        hist.execute("DROP TABLE pit_plpy")
+    finally:
+        hist.execute("RESET ROLE")
+        hist.execute("DROP OWNED BY pit_reader; DROP ROLE pit_reader")
+    hist.execute("SELECT pgml.history_compact('public.acct', interval '0')")
+    assert hist.execute("SELECT count(*) FROM pgml_history.public__acct").fetchone() == (0,)
+    hist.execute("SELECT pgml.point_in_time('spine', 'at', ARRAY['public.acct'], 'pit_seg')")
+    assert hist.execute(rows.format("pit_seg")).fetchall() == want
+    assert _as_of(hist, 7) == [(1, "c", "B1"), (2, "a", "B2")]
+
+
 def test_clear_errors(hist):
     with pytest.raises(psycopg.Error, match="before the history of public.acct starts"):
         hist.execute("SELECT pgml.as_of('public.acct', '2025-12-31')")
