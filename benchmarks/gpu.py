@@ -12,8 +12,13 @@ by inference.tree_graph. Scored rows are distinct (fresh Gaussian rows).
 * ``xgboost native``: ``booster.inplace_predict`` on the CPU, and on the GPU when XGBoost was
   built with CUDA (``device='cuda'``).
 
+Training (``--train-rows``, default 1M x 10 features): XGBoost's fit with ``device='cuda'``
+(what pgml.train chooses on a CUDA host, inference/devices.py) against ``device='cpu'`` (hist,
+all cores), and LightGBM's GPU build (``device_type`` cuda or gpu, when the installed build
+accepts one) against its CPU fit; 100 trees of depth 6, seconds and the ratio, same run.
+
 Without a CUDA device the GPU rows print "no CUDA device". Run:
-  .venv/bin/python -m benchmarks.gpu [--quick]
+  .venv/bin/python -m benchmarks.gpu [--quick] [--train-rows N]
 """
 
 from __future__ import annotations
@@ -49,10 +54,59 @@ def _rate(fn, X: np.ndarray, batch: int) -> float:
     return len(X) / (time.perf_counter() - start)
 
 
+def _fit_seconds(fit) -> float:
+    start = time.perf_counter()
+    fit()
+    return time.perf_counter() - start
+
+
+def training(rows: int, cuda: bool) -> None:
+    """GPU vs CPU fit times of XGBoost and LightGBM on ``rows`` x 10 synthetic rows."""
+    import lightgbm
+    import xgboost
+
+    from inference import devices
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(rows, 10)).astype(np.float32)
+    y = X @ rng.normal(size=10) + np.sin(3 * X[:, 0])
+    print(f"GPU training benchmark: {rows:,} rows x 10 features, 100 trees depth 6; "
+          f"CUDA device: {'yes' if cuda else 'no'}")
+    size = {"n_estimators": 100, "max_depth": 6}
+    fits = {"xgboost cpu (hist, all cores)": lambda: xgboost.XGBRegressor(
+        **size, tree_method="hist", device="cpu").fit(X, y)}
+    lgb = {"n_estimators": 100, "max_depth": 6, "num_leaves": 63, "verbose": -1}
+    fits["lightgbm cpu"] = lambda: lightgbm.LGBMRegressor(**lgb).fit(X, y)
+    if cuda:
+        if devices.gpu_support("xgboost"):
+            fits["xgboost cuda"] = lambda: xgboost.XGBRegressor(
+                **size, tree_method="hist", device="cuda").fit(X, y)
+        kind = devices.gpu_support("lightgbm")
+        if kind:
+            fits[f"lightgbm {kind}"] = lambda: lightgbm.LGBMRegressor(
+                **lgb, device_type=kind).fit(X, y)
+        else:
+            print("  lightgbm: the installed build accepts neither device_type cuda nor gpu")
+    seconds = {}
+    for label, fit in fits.items():
+        first = _fit_seconds(fit)  # a GPU's first fit also sets up CUDA/OpenCL: fit again
+        seconds[label] = first if "cpu" in label else min(first, _fit_seconds(fit))
+        print(f"  {label:36s} {seconds[label]:8.2f} s")
+    for lib in ("xgboost", "lightgbm"):
+        gpu = [v for k, v in seconds.items() if k.startswith(lib) and "cpu" not in k]
+        cpu = [v for k, v in seconds.items() if k.startswith(lib) and "cpu" in k]
+        if gpu:
+            print(f"  {lib}: cpu / gpu fit time {cpu[0] / gpu[0]:.1f}x")
+        elif not cuda:
+            print(f"  {lib} gpu: no CUDA device on this machine")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k and 1M rows instead")
     parser.add_argument("--batch", type=int, default=1 << 20, help="rows per call")
+    parser.add_argument("--train-rows", type=int, default=1_000_000,
+                        help="rows for the GPU vs CPU training comparison (0: skip it)")
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
@@ -103,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
             best_cpu = max(v for k, v in rows.items() if "cpu" in k)
             print(f"  {n:>10,} rows  gpu tensor / best cpu: "
                   f"{rows['gpu tensor graph (onnxruntime CUDA)'] / best_cpu:.1f}x")
+    if args.train_rows:
+        training(args.train_rows, runtime.cuda_device_present())
 
 
 if __name__ == "__main__":
