@@ -22,6 +22,7 @@ import time
 import weakref
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from replica import credentials
@@ -110,6 +111,7 @@ def connect(dsn: str, peer: str, purpose: str, *, autocommit: bool = True,
 # Target sessions this process opened: (dsn, pid) -> (the connection, its backend_start).
 _OPENED: dict[tuple[str, int], tuple[weakref.ref, object]] = {}
 _OPENED_LOCK = threading.Lock()
+REAP_WAIT_MS = 5000
 
 
 def _reap(conn: psycopg.Connection, dsn: str) -> None:
@@ -121,17 +123,24 @@ def _reap(conn: psycopg.Connection, dsn: str) -> None:
     the copy or the apply that replaces it would wait on it without end; if its COMMIT
     still arrives later, it commits what the sidecar has already replayed elsewhere. Only
     sessions this process opened are ended, told apart by pid and backend_start (a pid the
-    server reused is another session). The new session's first round trip does both."""
+    server reused is another session). On 14+ the reap waits until they are gone (up to
+    ``REAP_WAIT_MS`` each): a COMMIT one of them was still running lands before the caller
+    reads the progress row, never after it replays. The new session's first round trip
+    does both."""
     with _OPENED_LOCK:
         gone = [k for k, (ref, _) in _OPENED.items()
                 if k[0] == dsn and ((c := ref()) is None or c.closed)]
         stale = [(k[1], _OPENED.pop(k)[1]) for k in gone]
     try:
-        row = conn.execute(
-            "SELECT (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()),"
-            " (SELECT array_agg(pid) FROM (SELECT a.pid FROM pg_stat_activity a JOIN"
-            " unnest(%s::int[], %s::timestamptz[]) g(p, s) ON a.pid = g.p AND"
-            " a.backend_start = g.s OFFSET 0) m WHERE pg_terminate_backend(m.pid))",
+        wait = sql.SQL(", {}").format(REAP_WAIT_MS) if conn.info.server_version >= 140000 \
+            else sql.SQL("")
+        row = conn.execute(sql.SQL(
+            "WITH t AS MATERIALIZED (SELECT pid, pg_terminate_backend(pid{}) AS ended"
+            " FROM (SELECT a.pid FROM pg_stat_activity a JOIN unnest(%s::int[],"
+            " %s::timestamptz[]) g(p, s) ON a.pid = g.p AND a.backend_start = g.s OFFSET 0) m)"
+            " SELECT (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()),"
+            " (SELECT array_agg(pid) FROM t WHERE ended),"
+            " (SELECT array_agg(pid) FROM t WHERE NOT ended)").format(wait),
             ([p for p, _ in stale], [t for _, t in stale])).fetchone()
         if not conn.autocommit:
             conn.rollback()
@@ -145,6 +154,9 @@ def _reap(conn: psycopg.Connection, dsn: str) -> None:
     if row[1]:
         log.warning("ended target sessions this process had given up, still running there "
                     "(pids %s)", ", ".join(map(str, row[1])))
+    if row[2]:  # stopped, or stuck in the kernel: they end when they run again
+        log.warning("target sessions this process gave up did not end within %d ms of being"
+                    " told to (pids %s)", REAP_WAIT_MS, ", ".join(map(str, row[2])))
     with _OPENED_LOCK:
         _OPENED[(dsn, conn.info.backend_pid)] = (weakref.ref(conn), row[0])
 
