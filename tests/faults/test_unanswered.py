@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -77,3 +78,19 @@ def test_replies_that_never_come_back_are_bounded(source_db, replica_db, sidecar
         sc.wait_streaming()
     finally:
         px.close()
+
+
+def test_a_long_statement_or_lock_wait_is_not_cut(replica_db):
+    """Busy is not stuck: a statement the target is working on ('active': running, or
+    waiting for a lock) is left alone however long it takes."""
+    from replica.connect import Watchdog, connect
+
+    with connect(replica_db.dsn, "target", "apply") as conn, replica_db.connect() as holder:
+        watchdog = Watchdog(conn, replica_db.dsn, "target", 2)
+        conn.execute("SELECT pg_sleep(5)")  # 2.5 bounds
+        holder.execute("CREATE TABLE held (v int)")
+        holder.execute("BEGIN; LOCK TABLE held")
+        threading.Timer(5, holder.execute, ("COMMIT",)).start()
+        conn.execute("SELECT count(*) FROM held")  # waits 5 s on the lock
+        assert not watchdog.cut.is_set()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
