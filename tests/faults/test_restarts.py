@@ -144,6 +144,7 @@ def _run(side: str, phase: str, source_db, replica_db, sidecars, pg_source, pg_r
         tgt.close()
 
 
+@pytest.mark.source_versions  # protocol 2 from 15, 4 (streaming 'parallel') from 16
 def test_source_crash_with_a_streamed_transaction_in_flight(source_db, replica_db, sidecars,
                                                             pg_source, pg_replica):
     _run("source", "streamed", source_db, replica_db, sidecars, pg_source, pg_replica)
