@@ -170,10 +170,13 @@ def _configure(conn, key: str | None) -> None:
     as configured; one thread; as configured but onnxruntime's TreeEnsemble scores batches."""
     conn.execute("RESET max_parallel_workers_per_gather")
     conn.execute("RESET pgml.native_bulk")
+    conn.execute("RESET pgml.bulk_copy")
     if key == "one_thread":
         conn.execute("SET max_parallel_workers_per_gather = 0")
     elif key == "onnx_only":
         conn.execute("SET pgml.native_bulk = off")
+    elif key == "array_write":
+        conn.execute("SET pgml.bulk_copy = off")
 
 
 def batch(conn, rows: int) -> dict:
@@ -189,26 +192,34 @@ def batch(conn, rows: int) -> dict:
     return out
 
 
-def relation(conn, rows: int) -> dict:
+RELATION_CONFIGURATIONS = (*CONFIGURATIONS, "array_write")
+
+
+def relation(conn, rows: int, configurations=RELATION_CONFIGURATIONS, repeat: int = 3) -> dict:
     """(f) pgml.predict_relation over the first ``rows`` rows as a table of feature columns,
-    keyed by id: end to end (read, score, write the new table), as configured and one thread."""
+    keyed by id: end to end (read, score, write the new table), median of ``repeat`` runs, wall
+    and the backend's CPU (all its threads): as configured, one thread, onnxruntime scoring,
+    and with the results written through array parameters instead of binary COPY."""
     cols = ", ".join(f"features[{i + 1}] AS {c}" for i, c in enumerate(FEATURES))
     conn.execute("DROP TABLE IF EXISTS bench_wide")
     conn.execute(f"CREATE TABLE bench_wide AS SELECT id, {cols} FROM bench_rows"  # noqa: S608 - constants
                  " WHERE id <= %s", (rows,))
     conn.execute("VACUUM ANALYZE bench_wide")
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
     out = {}
-    for key in CONFIGURATIONS:
+    for key in configurations:
         _configure(conn, key)
-        best = None
-        for _ in range(2):
+        walls, cpus = [], []
+        for _ in range(repeat):
             conn.execute("DROP TABLE IF EXISTS bench_scored")
-            start = time.perf_counter()
+            cpu, start = _cpu_seconds(pid, True), time.perf_counter()
             n = conn.execute("SELECT pgml.predict_relation(%s, 'bench_wide', '{id}',"
                              " 'bench_scored')", (PROJECT,)).fetchone()[0]
-            wall = time.perf_counter() - start
-            best = wall if best is None else min(best, wall)
-        out[key] = {"rows": n, "seconds": best, "rows_per_s": n / best}
+            walls.append(time.perf_counter() - start)
+            cpus.append(_cpu_seconds(pid, True) - cpu)
+        wall = statistics.median(walls)
+        out[key] = {"rows": n, "seconds": wall, "rows_per_s": n / wall, "walls": walls,
+                    "cpu_s": statistics.median(cpus), "load": os.getloadavg()[0]}
     _configure(conn, None)
     return out
 
@@ -386,9 +397,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a small run (about a minute)")
     parser.add_argument("--relation-only", type=int, metavar="ROWS",
                         help="only (f): pgml.predict_relation over ROWS rows (e.g. 1000000)")
+    parser.add_argument("--train-only", type=int, metavar="ROWS",
+                        help="only (e): pgml.train overhead over ROWS rows x 10 features")
+    parser.add_argument("--configurations", help="with --relation-only: a comma-separated "
+                        f"subset of {','.join(RELATION_CONFIGURATIONS)}")
+    parser.add_argument("--repeat", type=int, default=3, help="with --relation-only: runs each")
+    parser.add_argument("--batch-rows", type=int, default=0,
+                        help="with --relation-only: also (c) predict_batch over this many rows")
     args = parser.parse_args(argv)
+    if args.train_only:
+        return train_only(args.train_only)
     if args.relation_only:
-        return relation_only(args.relation_only)
+        configurations = args.configurations.split(",") if args.configurations else \
+            RELATION_CONFIGURATIONS
+        return relation_only(args.relation_only, configurations, args.repeat, args.batch_rows)
     rows, native_rows, batch_rows = (10_000, 1_000, 100_000) if args.quick else \
         (100_000, 10_000, 1_000_000)
     seconds = 3 if args.quick else 10
@@ -430,6 +452,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"(d) service, {n} client(s)         {s['requests_per_s']:10,.0f} requests/s  "
               f"p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms  "
               f"-> pgbench / service {b[n] / s['requests_per_s']:.1f}x")
+    _print_train(e, train_rows)
+
+
+def _print_train(e: dict, train_rows: int) -> None:
     for name, r in e.items():
         print(f"(e) train {name:8s} {train_rows} rows, best of {TRAIN_REPEATS}: pgml.train "
               f"{r['train_s']:6.2f} s (fit inside {r['fit_in_db_s']:.2f} s, the rest "
@@ -442,18 +468,41 @@ def main(argv: list[str] | None = None) -> None:
               f"pgml.train adds {r['first_call_extra_s']:.2f} s (imports)")
 
 
-
 def _print_relation(f: dict) -> None:
     for key, label in (("default", "as configured"), ("one_thread", "one thread   "),
-                       ("onnx_only", "onnx only    ")):
+                       ("onnx_only", "onnx only    "), ("array_write", "array write  ")):
         if key not in f:
             continue
         r = f[key]
         print(f"(f) predict_relation {r['rows']} rows, {label} {r['rows_per_s']:10,.0f} rows/s "
-              f"({r['seconds']:.2f} s wall: read, score, CREATE TABLE of the results)")
+              f"(median {r['seconds']:.2f} s wall of {', '.join(f'{w:.2f}' for w in r['walls'])};"
+              f" {r['cpu_s']:.2f} s backend CPU = {r['rows'] / r['cpu_s']:,.0f} rows per CPU-s;"
+              f" load {r['load']:.1f})")
+    if "default" in f and "array_write" in f:
+        print(f"    binary COPY write vs array parameters, same run: "
+              f"{f['array_write']['seconds'] / f['default']['seconds']:.2f}x wall, "
+              f"{f['array_write']['cpu_s'] / f['default']['cpu_s']:.2f}x backend CPU")
 
 
-def relation_only(rows: int) -> None:
+def train_only(rows: int) -> None:
+    """(e) alone, on a cluster of its own."""
+    with running_cluster("bench-train", REPLICA_SETTINGS) as cluster:
+        cluster.create_database("bench")
+        dsn = cluster.dsn("bench")
+        install(dsn)
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pgml.load_dataset('diabetes')")  # the warm-up trains on it
+        e = train_overhead(dsn, rows)
+    print(f"pgml.train overhead ({os.cpu_count()} cores; load average "
+          f"{os.getloadavg()[0]:.1f} at the end)")
+    _print_train(e, rows)
+
+
+def relation_only(rows: int, configurations=RELATION_CONFIGURATIONS, repeat: int = 3,
+                  batch_rows: int = 0) -> None:
+    """(f), and (c) at ``batch_rows`` when asked, on a cluster of their own."""
     import psycopg
 
     with running_cluster("bench-predict", REPLICA_SETTINGS) as cluster:
@@ -461,11 +510,15 @@ def relation_only(rows: int) -> None:
         dsn = cluster.dsn("bench")
         install(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            setup(conn, rows, 1)
-            f = relation(conn, rows)
+            setup(conn, rows, max(batch_rows, 1))
+            c = batch(conn, batch_rows) if batch_rows else None
+            f = relation(conn, rows, configurations, repeat)
     print(f"pgml.predict_relation (XGBoost 100 trees depth 6, 10 features, distinct rows; "
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f})")
     _print_relation(f)
+    for key, r in (c or {}).items():
+        print(f"(c) predict_batch {batch_rows} rows, {key:10s} {r['rows_per_s']:10,.0f} rows/s "
+              f"({r['seconds']:.2f} s wall, {r['cpu_s']:.2f} s backend CPU)")
 
 
 if __name__ == "__main__":
