@@ -87,9 +87,12 @@ if [ ! -f "$stamp" ]; then
 fi
 # The project itself: editable when PL/Python can read the checkout, else a copy that is
 # refreshed on every run (the server must never import a stale inference/). The editable
-# install is redone when pyproject changes (console-script entry points live there).
+# install is redone when pyproject changes (console-script entry points live there) and when
+# the compiled hot path's source does (the editable install builds decoder/_speedups*.so in
+# place where a C compiler is present; decoder/accel.py runs pure Python without it).
 if [ "$venv" = "$ROOT/.venv" ]; then
-    editable="$venv/.editable-$(sha1sum pyproject.toml | cut -c1-12)"
+    editable="$venv/.editable-$(cat pyproject.toml setup.py decoder/_speedups.c \
+        | sha1sum | cut -c1-12)"
     if [ ! -f "$editable" ]; then
         echo "setup-host: installing the project (editable)"
         rm -f "$venv"/.editable*

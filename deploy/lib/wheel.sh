@@ -20,8 +20,8 @@ build_wheel() {
     # shellcheck disable=SC2064
     trap "rm -rf '$scratch'" EXIT
     mkdir "$scratch/src" "$scratch/dist"
-    (cd "$src" && tar --exclude=__pycache__ -cf - pyproject.toml README* replica decoder \
-        inference sql 2>/dev/null) | tar -xf - -C "$scratch/src"
+    (cd "$src" && tar --exclude=__pycache__ --exclude='*.so' -cf - pyproject.toml setup.py README* \
+        replica decoder inference sql 2>/dev/null) | tar -xf - -C "$scratch/src"
     say "building the wheel from $src"
     pip_quiet wheel --no-deps --quiet --disable-pip-version-check -w "$scratch/dist" \
         "$scratch/src" >/dev/null

@@ -63,10 +63,11 @@ def install_root():
 def built_wheel(install_root) -> Path:
     """`pip wheel --no-deps` of a scratch copy of the sources (the checkout gets no build/)."""
     src = install_root / "src"
-    for name in ("pyproject.toml", "README.md", "replica", "decoder", "inference", "sql"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "replica", "decoder", "inference",
+                 "sql"):
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, src / name,
-                            ignore=shutil.ignore_patterns("__pycache__"))
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so"))
         elif (ROOT / name).exists():
             src.mkdir(exist_ok=True)
             shutil.copy(ROOT / name, src / name)
