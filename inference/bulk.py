@@ -84,6 +84,7 @@ def predict_relation(project_name: str, relation_name: str, key_columns: list[st
     if set(keys) & {"prediction", "probabilities"} or len(set(keys)) != len(keys):
         raise PgmlError("key_columns must be distinct and not named prediction or probabilities")
 
+    clock = _Clock()
     by_copy = copy_allowed()
     n, key_values, X = _read(source, [cols[k] for k in keys], [cols[f] for f in features],
                              categories, sent=by_copy)
@@ -92,11 +93,13 @@ def predict_relation(project_name: str, relation_name: str, key_columns: list[st
 
         values = apply(model.encoding, {f: X[:, j] for j, f in enumerate(features)})
         X = relations.gather(values, encoded, np.arange(n))
+    read = clock.lap()
     prediction = np.empty(n)
     proba = np.empty((n, len(scorer.classes))) if scorer.has_proba and n else None
     native = native_scorer(model.model_id, scorer, X, threads)
-    LAST_RUN.update(model_id=model.model_id, rows=n,
-                    scored_by="onnx" if native is None else f"native {_final_name(native)}")
+    LAST_RUN.clear()
+    LAST_RUN.update(model_id=model.model_id, rows=n, scored_by=_scored_by(scorer, native, n),
+                    written_by="copy" if by_copy else "arrays")
     for start in range(0, n, BATCH_ROWS):
         part = X[start:start + BATCH_ROWS]
         if native is not None:
@@ -107,11 +110,41 @@ def predict_relation(project_name: str, relation_name: str, key_columns: list[st
         prediction[start:start + len(part)] = scorer.predict(part, threads=threads)
         if proba is not None:
             proba[start:start + len(part)] = scorer.predict_proba(part)
+    score = clock.lap()
     if by_copy:
         _write_copy(into, [cols[k] for k in keys], key_values, prediction, proba)
     else:
         _write(into, [cols[k] for k in keys], key_values, prediction, proba)
+    LAST_RUN["seconds"] = {"read": read, "score": score, "write": clock.lap()}
     return n
+
+
+class _Clock:
+    """Wall and process CPU seconds (all threads) of each step, for pgml.runtime_info."""
+
+    def __init__(self):
+        import time
+
+        self._time = time
+        self._last = (time.perf_counter(), time.process_time())
+
+    def lap(self) -> dict:
+        now = (self._time.perf_counter(), self._time.process_time())
+        wall, cpu = (round(a - b, 4) for a, b in zip(now, self._last, strict=True))
+        self._last = now
+        return {"wall": wall, "cpu": cpu}
+
+
+def _scored_by(scorer, native, n: int) -> str:
+    if native is not None:
+        return f"native {_final_name(native)}"
+    if getattr(scorer, "graph", None) == "compiled":
+        import sys
+
+        # below its module's COMPILED_MAX_ROWS a compiled scorer answers with the compiled trees
+        if n < getattr(sys.modules.get(type(scorer).__module__), "COMPILED_MAX_ROWS", 0):
+            return "compiled"
+    return "onnx"
 
 
 # Estimators whose own batch predictor beats onnxruntime's TreeEnsemble kernel on the CPU

@@ -125,6 +125,12 @@ def test_predict_relation_keys_of_any_type_match_per_row_predict(scored_db, bulk
             f" pgml.predict('xgb', ARRAY[{FEATURES}]) FROM {target} s JOIN keyed k USING (n)"
             " ORDER BY s.n").fetchall()
         want = conn.execute(f"SELECT {KEYS} FROM keyed ORDER BY n").fetchall()  # noqa: S608
+        conn.execute("SELECT pgml.predict_relation('xgb', 'keyed', '{n}', %s)",
+                     (target + "_again",))
+        last = conn.execute("SELECT pgml.runtime_info('xgb')").fetchone()[0][
+            "last_predict_relation"]
+    assert last["written_by"] == {"on": "copy", "off": "arrays"}[bulk_copy]
+    assert last["rows"] == 442 and set(last["seconds"]) == {"read", "score", "write"}
     assert [r[:9] for r in rows] == want
     # per-row pgml.predict may score through compiled trees (routing.py), bulk through the
     # ONNX graph: both passed parity with the native model at training (relative 1e-5)
