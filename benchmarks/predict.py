@@ -218,8 +218,11 @@ def relation(conn, rows: int, configurations=RELATION_CONFIGURATIONS, repeat: in
             walls.append(time.perf_counter() - start)
             cpus.append(_cpu_seconds(pid, True) - cpu)
         wall = statistics.median(walls)
+        info = json.loads(conn.execute("SELECT pgml.runtime_info(%s)::text", (PROJECT,))
+                          .fetchone()[0]).get("last_predict_relation", {})
         out[key] = {"rows": n, "seconds": wall, "rows_per_s": n / wall, "walls": walls,
-                    "cpu_s": statistics.median(cpus), "load": os.getloadavg()[0]}
+                    "cpu_s": statistics.median(cpus), "load": os.getloadavg()[0],
+                    "steps": info.get("seconds", {}), "scored_by": info.get("scored_by")}
     _configure(conn, None)
     return out
 
@@ -478,6 +481,10 @@ def _print_relation(f: dict) -> None:
               f"(median {r['seconds']:.2f} s wall of {', '.join(f'{w:.2f}' for w in r['walls'])};"
               f" {r['cpu_s']:.2f} s backend CPU = {r['rows'] / r['cpu_s']:,.0f} rows per CPU-s;"
               f" load {r['load']:.1f})")
+        if r["steps"]:
+            print("    last run's steps, wall / CPU s: " + ", ".join(
+                f"{k} {v['wall']:.2f} / {v['cpu']:.2f}" for k, v in r["steps"].items())
+                + f"; scored by {r['scored_by']}")
     if "default" in f and "array_write" in f:
         print(f"    binary COPY write vs array parameters, same run: "
               f"{f['array_write']['seconds'] / f['default']['seconds']:.2f}x wall, "
