@@ -13,7 +13,9 @@ pgml.point_in_time against the same join written as a Postgres LATERAL query, in
    LIMIT 1)`` over the history table with an index on (id, commit time) - the index build is
    timed apart; the two results are checked equal.
 
-Feast is not measured: see docs/benchmarks.md (History).
+4. At scale (``--scale-only``: benchmarks/history_scale.py): pgml.point_in_time vs Feast's
+   get_historical_features vs the LATERAL join on synthetic versions (default: a 1M-row spine
+   over 10M versions).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks import history_scale
 from benchmarks.replication import wait
 from devtools.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
 
@@ -62,7 +65,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--apply-only", action="store_true",
                     help="stop after the apply catch-up and bytes per version (no point in time)")
+    ap.add_argument("--scale-only", action="store_true",
+                    help="only the point-in-time comparison at scale (benchmarks/history_scale.py)")
+    ap.add_argument("--scale-spine", type=int, default=1_000_000)
+    ap.add_argument("--scale-versions", type=int, default=10_000_000)
+    ap.add_argument("--feast-python", default=history_scale.FEAST_PYTHON,
+                    help="python of the environment where Feast is installed")
     a = ap.parse_args()
+    if a.scale_only:
+        return history_scale.run(a.scale_spine, a.scale_versions, a.rounds, a.feast_python)
     with running_cluster("hsrc", SOURCE_SETTINGS) as src, \
             running_cluster("hml", REPLICA_SETTINGS) as tgt:
         src.create_database("bench")
