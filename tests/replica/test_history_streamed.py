@@ -43,6 +43,7 @@ def streamed(source_db, replica_db, sidecars, plpython_path):
                     batch_max_seconds=0.1).wait_streaming()
 
 
+@pytest.mark.source_versions
 def test_streamed_versions_equal_the_replay(source_db, replica_db, streamed):
     sc = streamed
     log: list = []
