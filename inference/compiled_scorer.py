@@ -29,7 +29,7 @@ import struct
 from inference.errors import InvalidData, PgmlError
 
 FORMAT = "pgml-compiled-trees 1"
-CFLAGS = ("-O1", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-w")
+CFLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-w")
 COMPILE_TIMEOUT_S = 120
 # Batches from this many rows go to the ONNX scorer (runtime.PARALLEL_MIN_ROWS: where its
 # threads start to pay; with CUDA routing.GPU_MIN_ROWS, the same number).

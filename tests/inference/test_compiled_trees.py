@@ -179,7 +179,7 @@ def test_a_load_with_a_cold_cache_builds_from_the_whole_source(_private_cache, d
     assert reads == [1, 1] and short is not None  # a header past the head: the whole source
     row = diabetes.X_test[0].tolist()
     assert first.predict_one(row) == again.predict_one(row)
-    tampered = source.replace("r[0] +=", "r[0] -=", 1)
+    tampered = source.replace("THR[] = {", "THR[] = { -1.0f, ", 1)
     assert compiled_scorer.load(tampered, 10) is None  # the body no longer matches its header
 
 
