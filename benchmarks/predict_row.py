@@ -10,8 +10,9 @@ run and cluster:
       compiled trees (the default where a C compiler is), the ONNX graph (a backend with
       ``pgml.compiled_trees = off``), and pgml.model_predict (by id) both ways;
   (b) a brand-new backend's first pgml.predict after a deploy (connect, then time the one
-      statement: bootstrap, imports, model load, the row), median of 3, both ways, and which
-      of numpy / onnxruntime / scikit-learn that backend imported.
+      statement: bootstrap, imports, model load, the row), median of 3, both ways: wall and
+      the backend's CPU for that statement, and which of numpy / onnxruntime / scikit-learn
+      that backend imported.
 
 Run: .venv/bin/python -m benchmarks.predict_row [--rows N]
 """
@@ -85,15 +86,17 @@ def first_call(dsn: str, model_id: int) -> dict:
         row = conn.execute("SELECT features FROM bench_rows WHERE id = 1").fetchone()[0]
     out = {}
     for key, options in (("compiled", ""), ("onnx", OFF)):
-        times, modules = [], None
+        times, cpus, modules = [], [], None
         for _ in range(3):
             with psycopg.connect(dsn, autocommit=True, options=options) as fresh:
-                fresh.execute("SELECT 1")
-                start = time.perf_counter()
+                pid = fresh.execute("SELECT pg_backend_pid()").fetchone()[0]
+                cpu, start = _cpu_seconds(pid), time.perf_counter()
                 fresh.execute("SELECT pgml.predict(%s, %s::float8[])", (PROJECT, row)).fetchone()
                 times.append(time.perf_counter() - start)
+                cpus.append(_cpu_seconds(pid) - cpu)
                 modules = fresh.execute("SELECT bench_modules()").fetchone()[0]
-        out[key] = (statistics.median(times) * 1000, [t * 1000 for t in times], modules)
+        out[key] = (statistics.median(times) * 1000, [t * 1000 for t in times], modules,
+                    statistics.median(cpus) * 1000)
     return out
 
 
@@ -128,9 +131,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{a['compiled'][1] - a['floor'][1]:.2f} us, ONNX {a['onnx'][1] - a['floor'][1]:.2f} us "
           f"CPU (runtime_info graphs: {a['graphs']})")
     for key in ("compiled", "onnx"):
-        median, runs, modules = b[key]
+        median, runs, modules, cpu = b[key]
         print(f"(b) first pgml.predict, brand-new backend, {key:8s}: median {median:6.0f} ms "
-              f"(runs {', '.join(f'{t:.0f}' for t in runs)} ms); imported: {modules or 'none'}")
+              f"wall (runs {', '.join(f'{t:.0f}' for t in runs)} ms), backend CPU {cpu:.0f} ms;"
+              f" imported: {modules or 'none'}")
 
 
 if __name__ == "__main__":
