@@ -10,8 +10,10 @@ instead of all at once while the commit waits.
 Rows go in by one COPY BINARY per table and write: pgoutput's binary values are COPY's
 field format, and the metadata is encoded here (timestamptz: int8 microseconds since
 2000-01-01; pg_lsn: int8; int4; "char": one byte; text[]: the array binary format). The hot
-path builds one ``bytes`` per version and nothing else: the commit time and LSN are packed
-once per transaction, the row header once per table shape. Unchanged-TOAST values ('u') are
+path does four list appends for a version whose values are all present (``_Table``): the
+rows are laid out later, column by column with C-level maps (``encode``: measured 0.6 us
+per version against 2.9 us for the first row-by-row recorder, the mirror's own batching
+0.26 us); the commit time and LSN are packed once per transaction. Unchanged-TOAST values ('u') are
 stored NULL with their column names in ``_pgml_unchanged``; readers fill them from the
 previous version of the key (reading the target's value here would cost a round trip).
 
@@ -28,6 +30,7 @@ import logging
 import struct
 import time
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 
 import psycopg
 from psycopg import sql
@@ -86,17 +89,58 @@ def parse_retention(spec: str | None) -> timedelta | None:
 
 
 class _Table:
-    """What the hot path needs of one table shape: its buffered rows (None: no history)."""
+    """What the hot path needs of one table shape: its buffered versions (``rows`` None: no
+    history). Most versions are a new image with every value present (kinds all 'b'): they
+    are kept as pgoutput's tuple plus their (prefix, seq, op), four appends, and encoded in
+    bulk by ``encode`` (C-level maps over columns, in the writer's thread); the rest are
+    encoded one by one into ``rows``."""
 
-    __slots__ = ("tw", "rows", "head", "keyed", "key_pos", "columns")
+    __slots__ = ("tw", "rows", "raws", "prefixes", "seqs", "ops", "head", "all_b", "keyed",
+                 "key_pos", "columns")
 
     def __init__(self, tw, wanted: bool) -> None:
         self.tw = tw
         self.rows: list[bytes] | None = [] if wanted else None
+        self.raws: list[tuple] = []
+        self.prefixes: list[bytes] = []
+        self.seqs: list[int] = []
+        self.ops: list[int] = []
         self.columns = tw.layout.columns
         self.head = _NCOLS(len(self.columns) + len(store.META))
+        self.all_b = "b" * len(self.columns)
         self.keyed = tw.layout.keyed
         self.key_pos = tw.layout.key_pos
+
+    def take(self) -> tuple[list[bytes], tuple]:
+        """The buffered versions (encoded rows, the bulk part) and empty buffers."""
+        taken = (self.rows, (self.raws, self.prefixes, self.seqs, self.ops))
+        self.rows, self.raws, self.prefixes, self.seqs, self.ops = [], [], [], [], []
+        return taken
+
+    @property
+    def buffered(self) -> int:
+        return len(self.rows or ()) + len(self.raws)
+
+
+def encode(head: bytes, rows: list[bytes], bulk: tuple) -> tuple[list[bytes], int]:
+    """COPY BINARY rows (without header and trailer) of one table's taken versions, and how
+    many: the row-by-row part as it is, the bulk part laid out column by column - every
+    field's length prefix from ``map`` over the column, interleaved by slice assignment."""
+    raws, prefixes, seqs, ops = bulk
+    n = len(raws)
+    if not n:
+        return rows, len(rows)
+    k = len(raws[0])
+    w = 2 * k + 3  # head, (length, value) per column, time+LSN, seq+op+unchanged
+    out: list = [head] * (n * w)
+    for i, col in enumerate(zip(*raws, strict=True)):
+        out[1 + 2 * i::w] = list(map(_LEN, map(len, col)))
+        out[2 + 2 * i::w] = col
+    out[w - 2::w] = prefixes
+    out[w - 1::w] = list(map(_SEQ_OP_NULL, repeat(4, n), seqs, repeat(1, n), ops,
+                             repeat(-1, n)))
+    rows.append(b"".join(out))
+    return rows, len(rows) - 1 + n
 
 
 class Recorder:
@@ -141,7 +185,7 @@ class Recorder:
     def _table(self, tw) -> _Table:
         t = self._by_rel.get(tw.relation_id)
         if t is None or t.tw is not tw:  # first change, or the table was re-shaped
-            if t is not None and t.rows:  # rows of the old shape: written apart, in order
+            if t is not None and t.buffered:  # versions of the old shape: written apart
                 self._retired.append(t)
             t = self._by_rel[tw.relation_id] = _Table(tw, self.wants(tw.qualname))
         return t
@@ -172,6 +216,16 @@ class Recorder:
                             + self._prefix + _SEQ_OP_NULL(4, seq, 1, OP_D, -1))
                         seq += 1
             kinds = new.kinds
+            if kinds == t.all_b:  # the common case: kept for the bulk encoding
+                t.raws.append(new.raw)
+                t.prefixes.append(self._prefix)
+                t.seqs.append(seq)
+                t.ops.append(op)
+                self._seq = seq + 1
+                self._buffered += 1
+                if self._buffered >= SPILL and self.writer is not None:
+                    self.spill()
+                return
             if "u" in kinds:
                 cols = t.columns
                 tail = _SEQ_OP(4, seq, 1, op) + _text_array(
@@ -206,13 +260,12 @@ class Recorder:
         if self._buffered:
             self.writer.submit(None, self.take())
 
-    def _taken(self) -> list[tuple[_Table, list[bytes]]]:
-        out = [(t, t.rows) for t in self._retired]
+    def _taken(self) -> list[tuple[_Table, list[bytes], tuple]]:
+        out = [(t, *t.take()) for t in self._retired]
         self._retired = []
         for t in self._by_rel.values():
-            if t.rows:
-                out.append((t, t.rows))
-                t.rows = []
+            if t.buffered:
+                out.append((t, *t.take()))
         self._buffered = 0
         return out
 
@@ -241,15 +294,16 @@ class Recorder:
         """COPY ``taken`` unless a rollback came since it was taken (``gen``); the versions
         count as pending until the commit (not a streamed transaction's stage rows)."""
         n = 0
-        for t, rows in taken:
+        for t, rows, bulk in taken:
             if gen != self._gen:
                 break
+            rows, k = encode(t.head, rows, bulk)
             size = self._copy(conn, t.tw, rows)
             if self.counts_copies and gen == self._gen:
                 pending = self._pending.setdefault(t.tw.qualname, [0, 0])
-                pending[0] += len(rows)
+                pending[0] += k
                 pending[1] += size
-            n += len(rows)
+            n += k
         return n if self.counts_copies else 0
 
     def write(self, conn: psycopg.Connection) -> int:
