@@ -199,7 +199,11 @@ class CompiledScorer:
                             f"{meta['n_features']} features, not {task} of {n_features}")
         self.trees, self._make_onnx, self._onnx = trees, onnx_scorer, None
         self.task, self.n_features = task, n_features
-        self._labels = meta["classes"]
+        try:  # class values as numbers, as runtime.OnnxScorer answers (booleans: 0.0 / 1.0)
+            self._labels = None if meta["classes"] is None else \
+                [float(c) for c in meta["classes"]]
+        except (TypeError, ValueError) as exc:
+            raise PgmlError(f"class values that are not numbers: {meta['classes']!r}") from exc
         self.has_proba = task == "classification"
         self._pack, self._input, self._one = trees._pack, trees._input, trees._one
         self._joint = task != "classification" and trees.n_outputs != 1
