@@ -203,8 +203,8 @@ class Watchdog:
     never commit after the sidecar has moved on: a stopped backend dies of it as soon as
     it runs again, before it reads another statement) and shuts the socket down: the wait
     fails as a lost connection, and the caller reconnects and replays. A wait is noticed
-    between ``seconds`` and about 2.25 x ``seconds`` after it began (sampling at a quarter,
-    plus the probe's own bound). Not bounded: a backend frozen in the middle of a statement
+    between ``seconds`` and 3.25 x ``seconds`` after it began (sampling at a quarter, plus
+    the probe's own bounds: connecting, then its query). Not bounded: a backend frozen in the middle of a statement
     ('active' forever, indistinguishable from a long statement).
 
     Psycopg holds ``conn.lock`` while a statement or a COPY waits on the server: the
