@@ -6,6 +6,8 @@ after it committed, is still copied again (and the values are right)."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.faults.compare import wait_equal
 
 TABLES = ["public.t", "public.other"]
@@ -22,6 +24,7 @@ def _filenode(source_db) -> str:
                                  )[0][0])
 
 
+@pytest.mark.source_versions  # the order of pgoutput's messages is the source's
 def test_a_streamed_truncate_is_not_copied_again(source_db, replica_db, sidecars):
     source_db.execute("CREATE TABLE t (id int PRIMARY KEY, b int);"
                       "INSERT INTO t SELECT g, g FROM generate_series(1, 200) g;"
