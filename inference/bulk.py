@@ -47,7 +47,6 @@ from inference import deployed, relations, store
 from inference.errors import InvalidData, PgmlError, UnknownColumn
 
 BATCH_ROWS = 262_144
-_NAN = r"'\x7ff8000000000000'::bytea"
 
 
 def predict_relation(project_name: str, relation_name: str, key_columns: list[str] | None,
@@ -223,6 +222,7 @@ def _read(source: str, keys, features, categories: dict[str, list[str]] | None =
     as their type's send output ready for binary COPY (copybin.sent_field: no Python object
     per key, any type)."""
     parts = ["count(*)::int8 AS n"]
+    raw = relations.raw_arrays()
     for i, k in enumerate(keys):
         name = plpy.quote_ident(k.name)
         if not sent:
@@ -246,7 +246,7 @@ def _read(source: str, keys, features, categories: dict[str, list[str]] | None =
                      f"::text[], {value}::text) END)::float8")
         else:
             value = f"{value}::int::float8" if c.base_oid == 16 else f"{value}::float8"
-        parts.append(f"string_agg(coalesce(float8send({value}), {_NAN}), ''::bytea) AS c{i}")
+        parts.append(f"{relations.float8_column_sql(value, raw)} AS c{i}")
     sql = f"SELECT {', '.join(parts)} FROM {source}"  # noqa: S608 - quoted
     row = (plpy.execute(plpy.prepare(sql, ["text[]"] * len(params)), params) if params
            else plpy.execute(sql))[0]
@@ -254,7 +254,7 @@ def _read(source: str, keys, features, categories: dict[str, list[str]] | None =
     X = np.empty((n, len(features)), dtype=np.float64)
     for i in range(len(features)):
         if n:
-            X[:, i] = np.frombuffer(row[f"c{i}"], dtype=">f8")
+            X[:, i] = relations.float8_column(row[f"c{i}"], n, raw)
     if sent:
         from inference import copybin
 
