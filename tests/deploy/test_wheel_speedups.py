@@ -29,8 +29,8 @@ def test_the_wheel_carries_the_extension_where_a_compiler_exists(built_wheel):
     if compiler_present():
         assert len(built) == 1, names
         assert f"cp{sys.version_info[0]}{sys.version_info[1]}" in built_wheel.name
-    else:  # a pure wheel: nothing half-built
-        assert built == [] and built_wheel.name.endswith("-py3-none-any.whl")
+    else:  # nothing half-built (the tag stays the platform's: the wheel declares an extension)
+        assert built == []
 
 
 def test_the_installed_sidecar_says_which_path_it_runs(sidecar_prefix):
