@@ -163,7 +163,7 @@ def _hugging_face(source: str, subset, limit, kwargs) -> tuple[str, int]:
             "installed in the replica's Python environment; install it (pip install "
             "'pgml-replica[hf]' or pip install datasets) to load Hugging Face datasets or "
             "local dataset directories") from None
-    loaded = _hf_load(hf, source, subset, kwargs)
+    loaded = _hf_load(hf, source, subset, limit, kwargs)
     splits = [loaded[k] for k in loaded] if hasattr(loaded, "keys") else [loaded]
     features = splits[0].features if splits else {}
     records: list[dict] = []
@@ -195,8 +195,10 @@ def _table_name(source: str) -> str:
     return name
 
 
-def _hf_load(hf, source: str, subset, kwargs):
-    """The dataset: a directory ``save_to_disk`` wrote, else ``datasets.load_dataset``."""
+def _hf_load(hf, source: str, subset, limit, kwargs):
+    """The dataset: a directory ``save_to_disk`` wrote, else ``datasets.load_dataset`` --
+    with a limit, of the first rows of the train split only, as PostgresML asks for them
+    (``split='train[:limit]'``), so a big dataset is not downloaded whole for a sample."""
     import os
 
     source = os.path.expanduser(source)
@@ -208,6 +210,8 @@ def _hf_load(hf, source: str, subset, kwargs):
         if "engine" not in kwargs and os.path.isdir(source) and any(
                 f.endswith((".csv", ".tsv")) for _, _, files in os.walk(source) for f in files):
             kwargs = {**kwargs, "engine": "python"}  # (see below)
+        if limit is not None and "split" not in kwargs:
+            kwargs = {**kwargs, "split": f"train[:{limit}]"}
         try:
             return hf.load_dataset(source, subset, **kwargs)
         except Exception as exc:

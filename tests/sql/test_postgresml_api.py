@@ -227,6 +227,9 @@ def test_a_local_csv_directory_loads_and_trains(conn, readable_dir):
             rooms, area = int(rng.integers(1, 6)), float(rng.uniform(30, 200))
             f.write(f"{rooms},{area:.3f},{1000 * rooms + 20 * area:.3f}\n")
     _readable(path)
+    # a limit reads the train split's first rows (PostgresML's split='train[:limit]')
+    assert conn.execute("SELECT * FROM pgml.load_dataset(%s, \"limit\" => 5)",
+                        (path,)).fetchone() == ("house_prices", 5)
     assert conn.execute("SELECT * FROM pgml.load_dataset(%s)", (path,)).fetchone() == (
         "house_prices", 60)
     assert _columns(conn, "pgml.house_prices") == [
