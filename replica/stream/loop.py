@@ -364,7 +364,7 @@ class Stream(StreamedSteps):
         for rid in msg.relation_ids:
             to = self._route(rid, msg)
             if to is not None:
-                self.relations.truncated(rid, self.xid)  # its new storage: no re-copy
+                self.relations.truncated(rid, msg.xid or self.xid)  # new storage: no copy
                 apply_change(msg, *to)
                 if to[2].history is not None:
                     to[2].history.truncate(to[0])

@@ -49,6 +49,7 @@ class Relations:
         # relation id -> [table, xid, storage now, truncated]: storage changed by the
         # transaction in hand, decided at its commit (truncated, committed)
         self.suspects: dict[int, list] = {}
+        self.truncated_by: dict[int, int] = {}  # relation id -> xid of its last Truncate
 
     def wait_visible(self, xid: int, timeout: float = 10.0) -> None:
         """Wait until transaction ``xid`` is visible on the source. The walsender may send a
@@ -134,7 +135,11 @@ class Relations:
         A TRUNCATE changes the files too, but the stream carries it. Its transaction (``xid``)
         brings a Relation message before its Truncate message, so here the storage has
         changed and nothing says why yet: when the change is the transaction's own and not a
-        column's (``_own_storage``), the decision waits for its commit (``committed``)."""
+        column's (``_own_storage``), the decision waits for its commit (``committed``). A
+        streamed transaction's Relation message comes while it runs (the catalog shows the
+        old files): its truncate is remembered (``truncated``) and its files recorded at the
+        table's next Relation message, by the same rule. One whose changes were kept until
+        its commit (decoded after it) is copied again: not told apart here."""
         now = table_filenodes(self.source, *key)
         then = progress.copied_filenode(writer.conn, writer.slot, *key)
         if now is None or now == then:
@@ -144,6 +149,15 @@ class Relations:
             return False
         if xid and self._own_storage(key, xid):
             self.suspects[rid] = [key, xid, now, False]
+            return False
+        done = self.truncated_by.get(rid)
+        if done and self._own_storage(key, done):
+            # the storage of a truncate applied earlier in this stream, read only now: a
+            # streamed transaction's (its Relation message came before its commit, when the
+            # catalog did not show the new files yet); the same reasoning as at a commit
+            progress.record_filenode(writer.conn, writer.slot, *key, now)
+            log.info("%s.%s was truncated on the source: its new storage %s recorded, no "
+                     "copy needed", *key, now)
             return False
         log.warning("%s.%s was rewritten on the source by DDL the stream cannot follow "
                     "(storage %s -> %s): copying it again", *key, then, now)
@@ -169,7 +183,9 @@ class Relations:
             {"x": xid, "s": key[0], "t": key[1]}).fetchone()[0])
 
     def truncated(self, rid: int, xid: int) -> None:
-        """A Truncate message for ``rid`` applied in transaction ``xid``."""
+        """A Truncate message for ``rid`` applied in transaction ``xid`` (a streamed one's
+        may abort: then its catalog rows never show, and ``_own_storage`` is False)."""
+        self.truncated_by[rid] = xid
         suspect = self.suspects.get(rid)
         if suspect is not None and suspect[1] == xid:
             suspect[3] = True
