@@ -60,7 +60,7 @@ def _synth(r, name: str, keys: int, versions: int) -> None:
               " _pgml_op) SELECT g, random(), (random() * 100)::int, md5(g::text), '2026-01-01',"
               " '0/10', -1, 'S' FROM generate_series(1, %s) g", (keys,))
     r.execute(f"INSERT INTO {h} (id, x, y, t, _pgml_commit_time, _pgml_commit_lsn, _pgml_seq,"  # noqa: S608
-              " _pgml_op) SELECT 1 + (g::int8 * 7919 + (g / 100) * 104729) %% %s, random(),"
+              " _pgml_op) SELECT 1 + (g::int8 * 7919 + (g::int8 / 100) * 104729) %% %s, random(),"
               " (random() * 100)::int,"
               " md5(random()::text), '2026-01-01'::timestamptz + (1 + g / 100) * interval '1 second',"
               " '0/0'::pg_lsn + (1000 + (g / 100) * 1000), g %% 100, 'U'"
