@@ -78,22 +78,21 @@ def _compiled_trees_info() -> dict:
 
     return {"enabled": deployed.compiled_trees_enabled(), "compiler": compiled_scorer.compiler(),
             "cache_dir": compiled_scorer.cache_dir(),
-            "max_rows": compiled_scorer.COMPILED_MAX_ROWS}
+            "gpu_min_rows": compiled_scorer.GPU_MIN_ROWS}
 
 
 def _batch_graph(scorer) -> dict:
     """Which graph and providers score one row and a large batch (routing.choose_graph);
-    a CompiledScorer's rows and small batches are its compiled trees (its ``library``)."""
-    from inference.compiled_scorer import COMPILED_MAX_ROWS
+    a CompiledScorer's are its compiled trees (its ``library``) but a GPU's large batches."""
     from inference.routing import GPU_MIN_ROWS
 
     trees = getattr(scorer, "trees", None)
     if trees is not None:
-        big = _batch_graph(scorer.onnx)
         compiled = {"graph": "compiled", "providers": list(scorer.providers),
                     "library": trees.path}
-        return {"single_row": compiled, f"batch_below_{COMPILED_MAX_ROWS}_rows": compiled,
-                **{k: v for k, v in big.items() if k != "single_row"}}
+        big = _batch_graph(scorer.onnx)[f"batch_{GPU_MIN_ROWS}_rows_and_more"] \
+            if scorer.cuda else compiled
+        return {"single_row": compiled, f"batch_{GPU_MIN_ROWS}_rows_and_more": big}
 
     routed = getattr(scorer, "tensor", None)
     default = getattr(scorer, "default", scorer)

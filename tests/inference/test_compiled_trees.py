@@ -119,7 +119,9 @@ def test_a_wrong_width_says_expected_versus_given(diabetes):
 
 
 @needs_cc
-def test_large_batches_go_to_the_onnx_scorer_loaded_on_first_need(diabetes):
+def test_batches_of_any_size_are_compiled_on_the_cpu_and_answer_like_rows(diabetes):
+    """No CUDA device: the ONNX scorer is never loaded; a large batch split across threads
+    answers row for row exactly like predict_one."""
     _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
     source, _ = compiled_trees.checked(result.estimator, diabetes.X_test, task="regression",
                                        classes=None, n_features=10, model_id=4)
@@ -130,12 +132,32 @@ def test_large_batches_go_to_the_onnx_scorer_loaded_on_first_need(diabetes):
         return OnnxScorer(result.onnx, "regression", 10)
 
     scorer = _scorer(source, 4, "regression", 10, onnx)
-    small = scorer.predict(diabetes.X_test)
-    assert loads == [] and scorer.graph == "compiled" and scorer.runtime == "onnx"
-    big = np.tile(diabetes.X_test, (compiled_scorer.COMPILED_MAX_ROWS // len(diabetes.X_test) + 1, 1))
-    out = scorer.predict(big)
-    assert loads == [1]
-    np.testing.assert_allclose(out[: len(small)], small, rtol=1e-5)
+    rng = np.random.default_rng(0)
+    big = diabetes.X_test[rng.integers(0, len(diabetes.X_test), 25_000)]
+    big = big + rng.normal(size=big.shape) * 1e-3
+    for threads in (1, 3):
+        out = scorer.predict(big, threads=threads)
+        assert out.tolist() == [scorer.predict_one(row) for row in big.tolist()]
+    assert loads == [] and scorer.graph_for(len(big)) == "compiled" and not scorer.cuda
+    assert scorer.graph == "compiled" and scorer.runtime == "onnx"
+
+
+@needs_cc
+def test_with_a_gpu_large_batches_go_to_the_onnx_scorer(diabetes):
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 5})
+    source, _ = compiled_trees.checked(result.estimator, diabetes.X_test, task="regression",
+                                       classes=None, n_features=10, model_id=11)
+
+    class Routed(OnnxScorer):  # what routing.RoutedScorer answers on a CUDA host
+        cuda = True
+        last_graph = "tensor"
+
+    scorer = _scorer(source, 11, "regression", 10,
+                     lambda: Routed(result.onnx, "regression", 10))
+    scorer._cuda = True  # runtime.cuda_device_present() on a GPU host
+    big = np.tile(diabetes.X_test, (compiled_scorer.GPU_MIN_ROWS // len(diabetes.X_test) + 1, 1))
+    np.testing.assert_allclose(scorer.predict(big), result.estimator.predict(big), rtol=1e-5)
+    assert scorer.graph_for(len(big)) == "tensor" and scorer.graph_for(10) == "compiled"
 
 
 def test_no_compiler_means_no_source_and_a_reason(monkeypatch, diabetes):
