@@ -13,7 +13,9 @@ run and cluster:
       statement: bootstrap, imports, model load, the row), median of 3, both ways: wall and
       the backend's CPU for that statement, and which of numpy / onnxruntime / scikit-learn
       that backend imported. The package is installed as pip leaves it (a copy of inference/
-      with compiled bytecode), not imported from this checkout.
+      with compiled bytecode), not imported from this checkout;
+  (c) one batch of the same rows scored in this process, one thread: the model's compiled
+      trees against its ONNX graph (files read from pgml.files), rows/s of process CPU.
 
 Run: .venv/bin/python -m benchmarks.predict_row [--rows N]
 """
@@ -123,6 +125,35 @@ def _staged_package(tmp: str) -> list[str]:
     return [str(stage), str(Path(sysconfig.get_paths()["purelib"]).resolve())]
 
 
+def batch_rates(dsn: str, model_id: int, tmp: str) -> dict:
+    """(c) rows/s of one batch of the benchmark's distinct rows, one thread, process CPU: the
+    model's compiled trees (``pgml_rows``) against its ONNX graph (onnxruntime TreeEnsemble),
+    loaded from pgml.files into this process."""
+    import numpy as np
+    import psycopg
+
+    os.environ["PGML_COMPILED_TREES_DIR"] = os.path.join(tmp, "compiled")
+    from inference import compiled_scorer
+    from inference.runtime import OnnxScorer
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        files = dict(conn.execute("SELECT path, string_agg(data, ''::bytea ORDER BY part)"
+                                  " FROM pgml.files WHERE model_id = %s GROUP BY path",
+                                  (model_id,)).fetchall())
+        X = np.array([r[0] for r in conn.execute("SELECT features FROM bench_rows ORDER BY id")])
+    trees = compiled_scorer.load(bytes(files["trees.c"]).decode(), model_id)
+    graph = OnnxScorer(bytes(files["model.onnx"]), "regression", X.shape[1])
+    rates = {}
+    for key, fn in (("compiled", lambda: trees.rows(X)), ("onnx", lambda: graph.predict(X))):
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            fn()
+            best = min(best, time.process_time() - start)
+        rates[key] = len(X) / best
+    return rates
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000, help="rows per per-row run")
@@ -141,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         load_before = os.getloadavg()
         a = per_row(dsn, ids["onnx_id"], args.rows)
         b = first_call(dsn, ids["onnx_id"])
+        c = batch_rates(dsn, ids["onnx_id"], tmp)
         load_after = os.getloadavg()
     print(f"pgml.predict per row and first call (XGBoost 100 trees depth 6, 10 features, "
           f"distinct rows; {os.cpu_count()} cores; load average "
@@ -161,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"(b) first pgml.predict, brand-new backend, {key:8s}: median {median:6.0f} ms "
               f"wall (runs {', '.join(f'{t:.0f}' for t in runs)} ms), backend CPU {cpu:.0f} ms;"
               f" imported: {modules or 'none'}")
+    print(f"(c) one batch of the {args.rows} rows, one thread, best of 3 (process CPU): compiled "
+          f"{c['compiled']:,.0f} rows/s, ONNX TreeEnsemble {c['onnx']:,.0f} rows/s -> "
+          f"{c['compiled'] / c['onnx']:.1f}x")
 
 
 if __name__ == "__main__":
