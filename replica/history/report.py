@@ -35,7 +35,9 @@ _written: dict[str, datetime] = {}  # table -> its segment's time when last read
 
 
 def read(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """One dict per table with history (none when the catalog is not there)."""
+    """One dict per table with history (none when the catalog is not there). Bounded: the
+    stream waits for this between its transactions."""
+    conn.execute("SET LOCAL lock_timeout = '200ms'; SET LOCAL statement_timeout = '2s'")
     if conn.execute("SELECT to_regclass('pgml_history.segments') IS NULL").fetchone()[0]:
         return []
     return [{"table": t, "versions_postgres": int(vp), "bytes_postgres": int(bp),
