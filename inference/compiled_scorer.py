@@ -35,6 +35,9 @@ from inference.errors import InvalidData, PgmlError
 FORMAT = "pgml-compiled-trees 1"
 CFLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-w")
 COMPILE_TIMEOUT_S = 120
+# A build prunes the cache to this many libraries, least recently used first (models come and
+# go; a pruned library is rebuilt from its source if its model is scored again).
+MAX_LIBRARIES = 500
 # With a CUDA device, batches from this many rows go to the ONNX scorer's tensor graph on the
 # GPU (routing.GPU_MIN_ROWS, the same number); on the CPU the compiled trees score every batch.
 GPU_MIN_ROWS = 10_000
@@ -123,6 +126,7 @@ def build(source: str, model_id: int) -> str | None:
         if done.returncode != 0:
             return None
         os.replace(so_tmp, path)  # atomic: a concurrent backend sees all of it or nothing
+        _prune(os.path.dirname(path), keep=path)
         return path
     except (OSError, subprocess.SubprocessError):
         return None
@@ -132,6 +136,21 @@ def build(source: str, model_id: int) -> str | None:
                 os.unlink(leftover)
             except FileNotFoundError:
                 pass
+
+
+def _prune(directory: str, keep: str) -> None:
+    """Remove the least recently used libraries beyond MAX_LIBRARIES (by access time; a
+    backend that has one loaded keeps its mapping, the file name is merely freed)."""
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.endswith(".so")]
+        if len(entries) <= MAX_LIBRARIES:
+            return
+        entries.sort(key=lambda e: max(e.stat().st_atime, e.stat().st_mtime))
+        for entry in entries[: len(entries) - MAX_LIBRARIES]:
+            if entry.path != keep:
+                os.unlink(entry.path)
+    except OSError:
+        pass  # a concurrent prune got there first, or the directory went: nothing to do
 
 
 class CompiledTrees:

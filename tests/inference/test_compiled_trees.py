@@ -224,3 +224,20 @@ def test_models_that_are_not_trees_have_no_compiled_form(diabetes):
                                             task="regression", classes=None, n_features=10,
                                             model_id=8)
     assert source is None and "not a tree model" in record["reason"]
+
+
+@needs_cc
+def test_a_build_prunes_the_cache_to_its_most_recent_libraries(_private_cache, monkeypatch,
+                                                               diabetes):
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 2})
+    source = compiled_trees.c_source(result.estimator, task="regression", n_features=10,
+                                     classes=None)
+    _private_cache.mkdir(mode=0o700, exist_ok=True)
+    for k in range(5):
+        old = _private_cache / f"{100 + k}-old.so"
+        old.write_bytes(b"")
+        os.utime(old, (k, k))
+    monkeypatch.setattr(compiled_scorer, "MAX_LIBRARIES", 3)
+    built = compiled_scorer.build(source, 12)
+    assert sorted(os.listdir(_private_cache)) == ["103-old.so", "104-old.so",
+                                                   os.path.basename(built)]
