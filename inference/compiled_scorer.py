@@ -237,7 +237,9 @@ class CompiledScorer:
     """The Scorer interface (runtime.Scorer) over compiled trees, without importing numpy.
 
     ``runtime`` stays 'onnx' -- the model's runtime, what bulk.py and the model row speak of;
-    ``graph`` 'compiled' says what scores a row.
+    ``graph`` 'compiled' says what scores a row. ``predict_one`` writes the library's one
+    input buffer: it is for a backend's own thread (PL/Python calls from one), not for
+    threads of its own -- batches (``predict``) share nothing and may be split across them.
     """
 
     runtime = "onnx"
