@@ -14,7 +14,8 @@ ASOF join itself a small part), and there are two ways to do it:
   with ``INSERT ... SELECT casts FROM unnest($1::text[], ...)``.
 
 Both carry data columns as text (cast back to the column's type on the way out, so any type
-travels) and give the same rows; tests run the plpy path with ``files = False``.
+travels) and give the same rows (tests/sql/test_history.py runs both: the plpy one as a role
+without file rights).
 """
 
 from __future__ import annotations
