@@ -29,15 +29,23 @@ $$
 VALUES = [1.5, None, float("nan"), -0.0, 1e308, float("inf"), -5e-324, 42.0]
 
 
-@pytest.fixture
-def db(replica_db, plpython_path):
-    install(replica_db.dsn, python_path=plpython_path)
-    return replica_db
+@pytest.fixture(scope="module")
+def db(pg_replica, plpython_path):
+    from tests.fix_pg import Database
+
+    name = "relread"
+    pg_replica.create_database(name)
+    db = Database(pg_replica, name)
+    install(db.dsn, python_path=plpython_path)
+    yield db
+    if pg_replica.is_running():
+        pg_replica.drop_database(name)
 
 
 @pytest.mark.parametrize("rows", [VALUES, []])
 def test_raw_array_read_equals_the_float8send_read(db, rows):
     with db.connect(autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS t")
         conn.execute("CREATE TABLE t (n serial, x float8, b bool)")
         for v in rows:
             conn.execute("INSERT INTO t (x, b) VALUES (%s, %s)",
