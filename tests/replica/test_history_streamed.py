@@ -163,3 +163,43 @@ def test_kill_9_in_a_streamed_transaction(source_db, replica_db, sidecars, tmp_p
                              " WHERE _pgml_seq >= 0")
     assert got == [(25000, 25000, 1)]
     assert sc.terminate() == 0, log_file.read_text()[-3000:]
+
+
+def test_truncate_applied_while_a_streamed_transaction_runs(source_db, replica_db, streamed):
+    """The TRUNCATE reaches the target while its transaction is still open on the source
+    (no re-copy follows: stream/relations.py): every instant reads right, and the
+    transaction's versions before the TRUNCATE end at it, once."""
+    sc = streamed
+    log: list = []
+    with source_db.connect() as src:
+        src.autocommit = True
+        src.execute("INSERT INTO t SELECT g, 'before', g FROM generate_series(1, 50) g")
+        _after(src, log)
+        with src.transaction():
+            src.execute("INSERT INTO t SELECT g, 'x', g FROM generate_series(100, 3000) g")
+            src.execute("TRUNCATE t")
+            src.execute("INSERT INTO t SELECT g, 'after', g FROM generate_series(1, 2500) g")
+            wait_for(lambda: replica_db.execute(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'public.t'::regclass"
+                " AND granted AND mode = 'AccessExclusiveLock'") == [(1,)], 60,
+                "the TRUNCATE applied in the streamed target transaction")
+        _after(src, log)
+        src.execute("UPDATE t SET n = -n WHERE id <= 10")
+        _after(src, log)
+    sc.wait_same(source_db, replica_db, ["public.t"], 90, "the streamed TRUNCATE")
+    with replica_db.connect() as r:
+        r.autocommit = True
+        (seeds,) = r.execute("SELECT count(*) FROM pgml_history.public__t WHERE _pgml_op = 'T'"
+                             " AND _pgml_seq = -2").fetchone()
+        assert seeds == 1, "copied again after a TRUNCATE the stream applied"
+        _as_of_equals(r, log)
+        marks = r.execute("SELECT count(*), count(DISTINCT _pgml_commit_lsn) FROM"
+                          " pgml_history.public__t WHERE _pgml_op = 'T' AND _pgml_seq >= 0"
+                          ).fetchone()
+        assert marks == (1, 1)
+        (ended,) = r.execute(  # inserted before the TRUNCATE in the same transaction
+            "SELECT count(*) FROM pgml_history.public__t h WHERE _pgml_op = 'I' AND v = 'x'"
+            " AND _pgml_seq < (SELECT _pgml_seq FROM pgml_history.public__t WHERE"
+            " _pgml_op = 'T' AND _pgml_seq >= 0 AND _pgml_commit_lsn = h._pgml_commit_lsn)"
+            ).fetchone()
+        assert ended == 2901
