@@ -36,6 +36,7 @@ class StagedRecorder(Recorder):
         super().__init__(tables, retention)
         self._stages: dict[tuple[int, tuple], tuple[str, object]] = {}  # -> (name, tw)
         self._commit: tuple[int, datetime] | None = None
+        self._made: set[str] = set()  # stages made in this transaction (and not undone)
         self._staged_bytes = 0
         self.reports = False  # the stream's own recorder reads the sizes
         self.counts_copies = False  # staged rows count when they reach the history table
@@ -54,9 +55,11 @@ class StagedRecorder(Recorder):
         meta = sql.SQL(", ").join(
             sql.SQL("NULL::{} AS {}").format(sql.SQL(t), sql.Identifier(n))
             for n, t in zip(store.META, store.META_TYPES, strict=True))
-        conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DROP AS SELECT {},"
-                             " {} FROM {} WITH NO DATA").format(
-            stage, cols, meta, sql.Identifier(tw.schema, tw.name)))
+        if found[0] not in self._made:
+            conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DROP AS SELECT"
+                                 " {}, {} FROM {} WITH NO DATA").format(
+                stage, cols, meta, sql.Identifier(tw.schema, tw.name)))
+            self._made.add(found[0])
         target = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(stage)
         size = self._write_rows(conn, target, rows)
         self._staged_bytes += size
@@ -100,7 +103,14 @@ class StagedRecorder(Recorder):
         self.versions += n
         return n
 
+    def clear(self) -> None:
+        """A subtransaction rolled back: its rows go, and a stage made after its savepoint
+        with them (made again, IF NOT EXISTS, at the next write)."""
+        super().clear()
+        self._made.clear()
+
     def forget(self) -> None:
         super().forget()
+        self._made.clear()
         self._stages.clear()
         self._staged_bytes = 0

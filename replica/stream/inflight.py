@@ -208,9 +208,9 @@ class StreamedApply:
             for _, b in txn.batches.values():  # in memory: the latest subtransaction's
                 b.clear()
                 b.ops = [0, 0, 0, 0]
-            if txn.writer.history is not None:  # its versions too
-                txn.writer.history.clear()
             txn.writer.rollback_to(f"s{msg.subxid}")
+            if txn.writer.history is not None:  # its versions too (after what was queued ran)
+                txn.writer.history.clear()
             del txn.savepoints[i + 1:]
             txn.subxid = -1
 
