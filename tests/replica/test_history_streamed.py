@@ -71,7 +71,11 @@ def test_streamed_versions_equal_the_replay(source_db, replica_db, streamed):
             src.execute("INSERT INTO t SELECT g, 'aborted', g FROM generate_series(10001, 16000) g")
             src.execute("UPDATE t SET v = 'aborted' WHERE id <= 1000")
             raise psycopg.Rollback()
-        with src.transaction():  # streamed again: keys updated twice in one transaction
+        with src.transaction():  # streamed again: keys updated twice in one transaction,
+            with src.transaction():  # after a first subtransaction rolled back (its stage too)
+                src.execute("INSERT INTO t SELECT g, 'gone', g FROM"
+                            " generate_series(20001, 23000) g")
+                raise psycopg.Rollback()
             changes += src.execute("UPDATE t SET n = n + 1000 WHERE id <= 2000").rowcount
             changes += src.execute("UPDATE t SET v = 'twice' WHERE id <= 10").rowcount
         _after(src, log)
