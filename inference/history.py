@@ -293,7 +293,13 @@ def point_in_time(spine: str, event_time_column: str, features: list[str] | None
             on = " AND ".join(_key_equal(f"sp.s{names.index(k)}", spine_cols[names.index(k)][1],
                                          f"{f}.c{hn.index(k)}", h.columns[hn.index(k)][1])
                               for k in h.keys)
-            joins.append(f"ASOF LEFT JOIN {f} ON {on} AND sp._cut{n} >= {f}._ord")
+            # only the versions of keys the spine asks for: the ASOF join sorts what it reads
+            kq = ", ".join(f"s{names.index(k)}" for k in h.keys)
+            sk = " AND ".join(_key_equal(f"k.s{names.index(k)}", spine_cols[names.index(k)][1],
+                                         f"x.c{hn.index(k)}", h.columns[hn.index(k)][1])
+                              for k in h.keys)
+            joins.append(f"ASOF LEFT JOIN (SELECT x.* FROM {f} x SEMI JOIN (SELECT DISTINCT {kq}"  # noqa: S608
+                         f" FROM spine) k ON {sk}) {f} ON {on} AND sp._cut{n} >= {f}._ord")
             ok = (f"({f}._op NOT IN ('D', 'T') AND (sp._tr{n} IS NULL OR {f}._ord > sp._tr{n})"
                   + (f" AND sp._et - {f}._t <= {ttl_us}" if ttl_us is not None else "") + ")")
             for i, (c, t) in enumerate(h.columns):
