@@ -227,14 +227,15 @@ def as_of(relation_name: str, when, into: str | None) -> str:
 
 def point_in_time(spine: str, event_time_column: str, features: list[str] | None,
                   into: str | None, ttl) -> str:
-    """The spine ASOF-joined to each feature relation's versions, without sorting them.
+    """The spine ASOF-joined to each feature relation's versions, with no window over them.
 
     Times never decrease in version order (_ord), so "the key's latest version committed at or
     before the event time" is "the key's version with the greatest _ord at or below the cut",
     the cut being the greatest _ord of any version committed by then. Per feature relation the
     spine is ASOF-joined to its timeline (one row per commit time: the cut) and to its truncates
-    (the last one by then), then to the versions on key and ``cut >= _ord``: _ord is unique,
-    so there is no tie to break and nothing to deduplicate. A version is used if it is not a
+    (the last one by then), then to the versions on key and ``cut >= _ord``: _ord is unique per
+    key, so there is no tie to break and nothing to deduplicate. Only the versions of keys the
+    spine holds enter that join (it sorts what it reads). A version is used if it is not a
     delete, comes after that truncate, and is within ``ttl``."""
     if not spine or not event_time_column:
         raise PgmlError("spine and event_time_column must be given")
