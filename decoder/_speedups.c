@@ -523,7 +523,117 @@ done:
     return out;
 }
 
+/* column_arrays(images, positions, elem_oids) -> list[bytes]: for each position, the
+ * binary_array of that column across the row images - without transposing them first. */
+static PyObject *
+column_arrays(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "column_arrays(images, positions, elem_oids)");
+        return NULL;
+    }
+    PyObject *images = PySequence_Fast(args[0], "images must be a sequence");
+    if (images == NULL)
+        return NULL;
+    PyObject *positions = NULL, *oids = NULL, *out = NULL, *result = NULL;
+    positions = PySequence_Fast(args[1], "positions must be a sequence");
+    oids = positions ? PySequence_Fast(args[2], "elem_oids must be a sequence") : NULL;
+    if (oids == NULL)
+        goto done;
+    Py_ssize_t nrows = PySequence_Fast_GET_SIZE(images);
+    Py_ssize_t npos = PySequence_Fast_GET_SIZE(positions);
+    if (PySequence_Fast_GET_SIZE(oids) != npos) {
+        PyErr_SetString(PyExc_ValueError, "one element oid per position");
+        goto done;
+    }
+    if (nrows > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "too many values");
+        goto done;
+    }
+    PyObject **rows = PySequence_Fast_ITEMS(images);
+    Py_ssize_t ncols = -1;
+    for (Py_ssize_t r = 0; r < nrows; r++) {  /* like zip(*images, strict=True) */
+        if (!PyTuple_Check(rows[r])) {
+            PyErr_SetString(PyExc_TypeError, "a row image must be a tuple");
+            goto done;
+        }
+        if (ncols < 0)
+            ncols = PyTuple_GET_SIZE(rows[r]);
+        else if (PyTuple_GET_SIZE(rows[r]) != ncols) {
+            PyErr_SetString(PyExc_ValueError, "row images of different lengths");
+            goto done;
+        }
+    }
+    out = PyList_New(npos);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < npos; k++) {
+        Py_ssize_t col = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(positions, k));
+        if (col == -1 && PyErr_Occurred())
+            goto done;
+        if (nrows && (col < 0 || col >= ncols)) {
+            PyErr_SetString(PyExc_IndexError, "position out of range");
+            goto done;
+        }
+        unsigned long oid = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(oids, k));
+        if (oid == (unsigned long)-1 && PyErr_Occurred())
+            goto done;
+        if (oid > 0xffffffffUL) {
+            PyErr_SetString(PyExc_OverflowError, "elem_oid does not fit an oid");
+            goto done;
+        }
+        Py_ssize_t size = 20;
+        int has_null = 0;
+        for (Py_ssize_t r = 0; r < nrows; r++) {
+            PyObject *v = PyTuple_GET_ITEM(rows[r], col);
+            if (v == Py_None) {
+                has_null = 1;
+                size += 4;
+            } else if (PyBytes_Check(v)) {
+                size += 4 + PyBytes_GET_SIZE(v);
+            } else {
+                PyErr_Format(PyExc_TypeError, "a value must be bytes or None, not %.100s",
+                             Py_TYPE(v)->tp_name);
+                goto done;
+            }
+        }
+        PyObject *arr = PyBytes_FromStringAndSize(NULL, size);
+        if (arr == NULL)
+            goto done;
+        char *p = PyBytes_AS_STRING(arr);
+        put32(p, 1);
+        put32(p + 4, (uint32_t)has_null);
+        put32(p + 8, (uint32_t)oid);
+        put32(p + 12, (uint32_t)nrows);
+        put32(p + 16, 1);
+        p += 20;
+        for (Py_ssize_t r = 0; r < nrows; r++) {
+            PyObject *v = PyTuple_GET_ITEM(rows[r], col);
+            if (v == Py_None) {
+                put32(p, 0xffffffffu);
+                p += 4;
+            } else {
+                Py_ssize_t len = PyBytes_GET_SIZE(v);
+                put32(p, (uint32_t)len);
+                memcpy(p + 4, PyBytes_AS_STRING(v), (size_t)len);
+                p += 4 + len;
+            }
+        }
+        PyList_SET_ITEM(out, k, arr);
+    }
+    result = out;
+    out = NULL;
+done:
+    Py_XDECREF(out);
+    Py_XDECREF(oids);
+    Py_XDECREF(positions);
+    Py_DECREF(images);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"column_arrays", (PyCFunction)(void (*)(void))column_arrays, METH_FASTCALL,
+     "column_arrays(images, positions, elem_oids) -> list of binary arrays, one per position"},
     {"setup", setup, METH_VARARGS,
      "setup(TupleData, names, Insert, names, Update, names, Delete, names)"},
     {"read_tuple", (PyCFunction)(void (*)(void))read_tuple, METH_FASTCALL,

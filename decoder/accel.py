@@ -9,7 +9,7 @@ the pure path. Both give the same results and raise the same errors (the compile
 anything malformed back to the pure code), and tests/decoder runs against both.
 
 Callers read ``accel.fast`` (the compiled module or None) and ``accel.copy_rows`` /
-``accel.binary_array`` at call time, so ``select`` switches every caller at once.
+``accel.binary_array`` / ``accel.column_arrays`` at call time, so ``select`` switches every caller at once.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ fast: ModuleType | None = None
 IMPLEMENTATION = "python"
 copy_rows: Callable[..., bytes] = copyfmt.copy_rows
 binary_array: Callable[[int, Sequence[bytes | None]], bytes] = copyfmt.binary_array
+column_arrays: Callable[..., list[bytes]] = copyfmt.column_arrays
 
 
 def _load() -> ModuleType | None:
@@ -52,14 +53,16 @@ def available() -> bool:
 
 def select(name: str) -> None:
     """Use the "c" or the "python" implementation from now on (tests run both)."""
-    global fast, IMPLEMENTATION, copy_rows, binary_array
+    global fast, IMPLEMENTATION, copy_rows, binary_array, column_arrays
     if name == "python":
         fast, copy_rows, binary_array = None, copyfmt.copy_rows, copyfmt.binary_array
+        column_arrays = copyfmt.column_arrays
     elif name == "c":
         mod = _load()
         if mod is None:
             raise RuntimeError("decoder._speedups is not built (no compiler at install?)")
         fast, copy_rows, binary_array = mod, mod.copy_rows, mod.binary_array
+        column_arrays = mod.column_arrays
     else:
         raise ValueError(f"implementation must be 'c' or 'python', not {name!r}")
     IMPLEMENTATION = name

@@ -29,6 +29,18 @@ def binary_array(elem_oid: int, values: Sequence[bytes | None]) -> bytes:
     return _ARRAY_HEAD(1, None in values, elem_oid, len(fields), 1) + b"".join(fields)
 
 
+def column_arrays(images: Sequence[Image], positions: Sequence[int],
+                  elem_oids: Sequence[int]) -> list[bytes]:
+    """For each position, the binary array of that column across the row images (a run's
+    keys or columns as ``= ANY($1)`` / ``unnest($1, ...)`` parameters)."""
+    if len(elem_oids) != len(positions):
+        raise ValueError("one element oid per position")
+    columns = list(zip(*images, strict=True))
+    if not images:
+        return [binary_array(oid, ()) for oid in elem_oids]
+    return [binary_array(oid, columns[i]) for i, oid in zip(positions, elem_oids, strict=True)]
+
+
 def _fields(raw: Image) -> bytes:
     return b"".join([_NULL if v is None else _LEN(len(v)) + v for v in raw])
 

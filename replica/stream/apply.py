@@ -26,10 +26,10 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from decoder import Delete, Insert, Message, Update
+from decoder import Delete, Insert, Message, Update, accel
 from replica import metrics
 from replica.errors import ApplyError, NullRejected, TransientError
-from replica.stream.batch import DELETE, FRESH, UPDATE, TableBatch, encode, encode_array
+from replica.stream.batch import DELETE, FRESH, UPDATE, TableBatch, encode
 from replica.stream.tables import MOVE_FROM, MOVE_TO, MirroredTable
 from replica.target import progress
 
@@ -238,17 +238,20 @@ class TargetWriter:
                 continue
             images = [raw for code, _, raw in staged if code == op]
             stmt = tw.stmt(what) if images else None
-            if stmt is not None:
-                columns = list(zip(*images, strict=True))  # transposed in C
-                self.conn.execute(stmt, [self._array(types[i], columns[i]) for i in positions])
+            if stmt is not None:  # each column's array straight from the images
+                arrays = accel.column_arrays(images, positions, [types[i][0] for i in positions])
+                self.conn.execute(stmt, [self._array(types[i], a)
+                                         for i, a in zip(positions, arrays, strict=True)])
         return [row for row in staged if row[0] not in ops]
 
-    def _array(self, types: tuple[int, int], values: list) -> bytes:
+    def _array(self, types: tuple[int, int], data: bytes) -> bytes:
+        """``data`` (a binary array of element type ``types[0]``) as a parameter psycopg
+        sends as-is, typed ``types[1]``."""
         cls, dumper = _array_class(types[1])
         if types[1] not in self._array_oids:
             self.conn.adapters.register_dumper(cls, dumper)
             self._array_oids.add(types[1])
-        return cls(encode_array(types[0], values))
+        return cls(data)
 
     def _multiset_delete(self, tw: MirroredTable, staged: list) -> None:
         """Delete n of each set of equal rows; fewer found means the target differs - or, with

@@ -140,3 +140,20 @@ def test_select_and_describe():
     assert accel.fast is not None and accel.describe() == "c (decoder._speedups)"
     with pytest.raises(ValueError, match="'c' or 'python'"):
         accel.select("cython")
+
+
+@SETTINGS
+@given(rows=st.integers(0, 12).flatmap(lambda n: st.lists(
+    st.lists(st.none() | st.binary(max_size=12), min_size=4, max_size=4).map(tuple),
+    max_size=n)), positions=st.lists(st.integers(0, 3), max_size=4))
+def test_column_arrays_are_byte_for_byte_equal(rows, positions):
+    fast = accel._load()
+    assert fast is not None
+    oids = [20 + i for i in range(len(positions))]
+    assert fast.column_arrays(rows, positions, oids) == copyfmt.column_arrays(rows, positions,
+                                                                              oids)
+    for images, error in (([(b"a",), (b"a", b"b")], ValueError), ([(b"a",)], IndexError)):
+        for impl in (fast.column_arrays, copyfmt.column_arrays):
+            with pytest.raises(error):
+                impl(images, [0, 1] if error is IndexError else [0], [23] * (
+                    2 if error is IndexError else 1))
