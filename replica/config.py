@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     receive_timeout: float = Field(60.0, ge=2, description="seconds without any message from "
                                    "the source before the connection counts as dead and is "
                                    "reopened (a ping is sent at half of it), as PostgreSQL's "
-                                   "own wal_receiver_timeout")
+                                   "own wal_receiver_timeout); also the target's bound: an apply "
+                                   "statement waiting this long on a backend that is not "
+                                   "working on it gets the backend ended and the batch "
+                                   "replayed (connect.Watchdog)")
     lock_timeout: float = Field(60.0, gt=0, description="seconds a target write may wait for "
                                 "a lock before its batch is rolled back and replayed (a wait "
                                 "PostgreSQL cannot see as a deadlock: a streamed transaction's "

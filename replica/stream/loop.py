@@ -371,8 +371,8 @@ class Stream(StreamedSteps):
             elif self.history is not None and not self.skip_txn and rid in self.tables \
                     and self.streamed.current is None \
                     and self.history.wants(self.tables[rid].qualname):
-                # a table waiting for its re-copy (a TRUNCATE changes its storage): the
-                # versions still end here, not only when the copy is done
+                # a table waiting for a re-copy (DDL the stream cannot follow): the
+                # TRUNCATE still ends its versions here, not only when the copy is done
                 self.history.truncate(self.tables[rid])
 
     # -- schema (relations.py) -------------------------------------------------------
