@@ -11,6 +11,9 @@ by inference.tree_graph. Scored rows are distinct (fresh Gaussian rows).
   intra-op threads (the best CPU number; pgml's backends use one thread each).
 * ``xgboost native``: ``booster.inplace_predict`` on the CPU, and on the GPU when XGBoost was
   built with CUDA (``device='cuda'``).
+* ``cpu compiled trees``: the model's compiled trees (inference/compiled_scorer.py, what pgml
+  scores CPU batches with), batches split across all cores -- the best CPU path when a C
+  compiler is present.
 
 Training (``--train-rows``, default 1M x 10 features): XGBoost's fit with ``device='cuda'``
 (what pgml.train chooses on a CUDA host, inference/devices.py) against ``device='cpu'`` (hist,
@@ -44,6 +47,22 @@ def _model():
                        y[200_000:], feature_names=names, random_state=0,
                        hyperparams={"n_estimators": 100, "max_depth": 6})
     return result, names
+
+
+def _compiled(result):
+    """The model's compiled trees (what pgml scores CPU batches with), or None without a C
+    compiler; built into a private temporary cache."""
+    import tempfile
+
+    from inference import compiled_scorer, compiled_trees
+
+    os.environ.setdefault("PGML_COMPILED_TREES_DIR", tempfile.mkdtemp(prefix="pgml-gpu-bench-"))
+    try:
+        source = compiled_trees.c_source(result.estimator, task="regression", n_features=10,
+                                         classes=None)
+    except Exception:  # noqa: BLE001 - no compiled form: the row is left out
+        return None
+    return compiled_scorer.load(source, 1)
 
 
 def _rate(fn, X: np.ndarray, batch: int) -> float:
@@ -127,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         if runtime.CUDA not in gpu.get_providers():
             gpu, cuda = None, False
     booster = result.estimator[-1].get_booster()
+    compiled = _compiled(result)
     rng = np.random.default_rng(1)
     print(f"GPU scoring benchmark: XGBoost 100 trees depth 6, 10 features; {os.cpu_count()} "
           f"cores; onnxruntime {ort.__version__}; CUDA device: {'yes' if cuda else 'no'}; "
@@ -138,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
                 _rate(lambda b: cpu.run(None, {"features": b}), X, args.batch),
             "xgboost native (cpu)": _rate(lambda b: booster.inplace_predict(b), X, args.batch),
         }
+        if compiled is not None:  # pgml's CPU batch path (compiled_scorer.py), all cores
+            rows["cpu compiled trees (all cores)"] = _rate(
+                lambda b: compiled.rows(b, threads=os.cpu_count() or 1), X, args.batch)
         if gpu is not None:
             rows["gpu tensor graph (onnxruntime CUDA)"] = _rate(
                 lambda b: gpu.run(None, {"features": b}), X, args.batch)
