@@ -113,7 +113,8 @@ class Bootstrap:
         try:
             Snapshot(s.source, s.target, slot=s.slot, state=self.state,
                      workers=s.snapshot_workers, chunk_pages=s.snapshot_chunk_pages,
-                     stop=self.stop, history=recorder_for(s)).run(tables, snapshot_name, lsn)
+                     stop=self.stop, history=recorder_for(s),
+                     watch=s.receive_timeout).run(tables, snapshot_name, lsn)
         finally:
             watcher.__exit__(None, None, None)
             self.state.phase = prev

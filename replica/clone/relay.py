@@ -22,40 +22,72 @@ def relay_copy(src: psycopg.Connection, query: bytes, cout: psycopg.Copy,
     ``Copy`` iterator costs a generator round per row; reading with ``get_copy_data`` and
     waiting with ``select`` ourselves relays the same bytes about three times faster
     (measured: 1M rows 1.75 s -> 0.6 s), and the waiting still frees the GIL.
+
+    ``src.lock`` is held exactly while this waits on the source - not while ``cout.write``
+    waits on the target or the caller holds a yield: that is what a ``connect.Watchdog`` on
+    ``src`` watches (psycopg's own calls hold it the same way), so a source that stops
+    answering mid-COPY is cut, and a source waiting on a slow target is not (its backend may
+    already be idle, everything sent, while the sidecar still writes the tail).
     """
     pg = src.pgconn
     fd = pg.socket
-    pg.send_query(query)
-    res = wait_result(pg, fd)
-    if res.status != pq.ExecStatus.COPY_OUT:
+    waiting = _Holding(src.lock)
+    try:
+        waiting.hold()
+        pg.send_query(query)
+        res = wait_result(pg, fd)
+        if res.status != pq.ExecStatus.COPY_OUT:
+            drain(pg, fd)
+            raise psycopg.errors.error_from_result(res, encoding=src.info.encoding)
+        parts: list = []
+        size = rows = 0
+        while True:
+            nbytes, data = pg.get_copy_data(1)
+            if nbytes > 0:
+                parts.append(data)
+                size += nbytes
+                rows += 1
+                if size >= chunk_bytes:
+                    waiting.release()
+                    cout.write(b"".join(parts))
+                    parts.clear()
+                    size = 0
+                    yield rows - 1  # at most: the trailer is a message of its own
+            elif nbytes == 0:
+                waiting.hold()
+                select.select([fd], [], [], 1.0)
+                pg.consume_input()
+            elif nbytes == -1:
+                break
+            else:
+                raise psycopg.OperationalError(pg.error_message.decode(errors="replace"))
+        waiting.release()
+        cout.write(b"".join(parts))
+        waiting.hold()
+        res = wait_result(pg, fd)
         drain(pg, fd)
-        raise psycopg.errors.error_from_result(res, encoding=src.info.encoding)
-    parts: list = []
-    size = rows = 0
-    while True:
-        nbytes, data = pg.get_copy_data(1)
-        if nbytes > 0:
-            parts.append(data)
-            size += nbytes
-            rows += 1
-            if size >= chunk_bytes:
-                cout.write(b"".join(parts))
-                parts.clear()
-                size = 0
-                yield rows - 1  # at most: the trailer is a message of its own
-        elif nbytes == 0:
-            select.select([fd], [], [], 1.0)
-            pg.consume_input()
-        elif nbytes == -1:
-            break
-        else:
-            raise psycopg.OperationalError(pg.error_message.decode(errors="replace"))
-    cout.write(b"".join(parts))
-    res = wait_result(pg, fd)
-    drain(pg, fd)
-    if res.status != pq.ExecStatus.COMMAND_OK:
-        raise psycopg.errors.error_from_result(res, encoding=src.info.encoding)
+        if res.status != pq.ExecStatus.COMMAND_OK:
+            raise psycopg.errors.error_from_result(res, encoding=src.info.encoding)
+    finally:
+        waiting.release()
     yield int(res.command_tuples or 0)  # "COPY n": exact
+
+
+class _Holding:
+    """A lock taken once however often ``hold`` is called, until ``release``."""
+
+    def __init__(self, lock) -> None:
+        self.lock, self.held = lock, False
+
+    def hold(self) -> None:
+        if not self.held:
+            self.lock.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.lock.release()
+            self.held = False
 
 
 def wait_result(pg: pq.abc.PGconn, fd: int) -> pq.abc.PGresult:

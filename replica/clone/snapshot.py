@@ -27,7 +27,7 @@ from psycopg import sql
 
 from replica import metrics
 from replica.clone.relay import relay_copy
-from replica.connect import connect
+from replica.connect import Watchdog, connect
 from replica.errors import SnapshotInterrupted, translate
 from replica.history import store as history_store
 from replica.source.catalog import TableDef
@@ -107,8 +107,9 @@ class Snapshot:
     def __init__(self, source_dsn: str, target_dsn: str, *, slot: str, state: SidecarState,
                  workers: int = 2, chunk_pages: int = 8192,
                  stop: threading.Event | None = None, show_progress: bool | None = None,
-                 history=None):
+                 history=None, watch: float | None = None):
         self.source_dsn, self.target_dsn, self.slot = source_dsn, target_dsn, slot
+        self.watch = watch  # --receive-timeout: each connection's connect.Watchdog bound
         self.history = history  # replica.history.recorder.Recorder: seed versions at finish
         self.state, self.workers, self.chunk_pages = state, workers, chunk_pages
         self.stop = stop or threading.Event()
@@ -122,6 +123,7 @@ class Snapshot:
         if not tables:
             return {}
         with connect(self.target_dsn, "target", "copy") as conn:
+            self._watched(conn, self.target_dsn, "target")
             needs_key = {t.qualname: prepare_target(conn, t, self.slot) for t in tables}
         chunks = plan(tables, self.chunk_pages)
         todo: queue.Queue[Chunk] = queue.Queue()
@@ -175,6 +177,8 @@ class Snapshot:
             try:
                 with connect(self.source_dsn, "source", "copy", autocommit=False) as src, \
                         connect(self.target_dsn, "target", "copy") as tgt:
+                    self._watched(src, self.source_dsn, "source")
+                    self._watched(tgt, self.target_dsn, "target")
                     src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                     src.read_only = True
                     src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
@@ -218,6 +222,15 @@ class Snapshot:
         metrics.SNAPSHOT_ROWS_PER_SECOND.set(sum(rows.values()) / max(
             time.monotonic() - started, 1e-6))
         return rows
+
+    def _watched(self, conn: psycopg.Connection, dsn: str, peer: str) -> None:
+        """A path that accepts bytes but never answers would hold the copy without end
+        (keepalives and tcp_user_timeout see nothing wrong): the watchdog asks the server over
+        a new session once a wait lasts ``watch`` and cuts only a backend that is idle, gone
+        or unreachable - never one working ('active': a COPY TO sending into a slow sidecar,
+        a COPY FROM waiting for the sidecar's next rows, a lock wait)."""
+        if self.watch:
+            Watchdog(conn, dsn, peer, self.watch)
 
     def _copy_chunk(self, src: psycopg.Connection, tgt: psycopg.Connection, chunk: Chunk,
                     count: Callable[[TableDef, int], None]) -> None:

@@ -154,25 +154,16 @@ def test_kill_9_between_target_commit_and_feedback(source_db, replica_db, proxie
             sc.kill()
 
 
-# the copy's connections are not watched (clone/ does not use connect.Watchdog): a copy
-# that waits on a path that ACKs but never answers - a COPY from the source, a reply from
-# the target - is noticed only when some new connection times out (15 s) or data it sends
-# into a full window (tcp_user_timeout 30 s): sometimes, not within a bound
-_COPY_UNWATCHED = pytest.mark.xfail(strict=False, reason="issue 10: the copy's connections "
-                                    "are not watched by connect.Watchdog")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("side", "phase"), [
-    pytest.param("source", "copy", marks=_COPY_UNWATCHED), ("source", "streaming"),
-    pytest.param("target", "copy", marks=_COPY_UNWATCHED), ("target", "streaming")])
+    ("source", "copy"), ("source", "streaming"), ("target", "copy"), ("target", "streaming")])
 def test_blackhole_past_the_tcp_bound_while_copying_and_streaming(side, phase, source_db,
                                                                   replica_db, sidecars,
                                                                   proxies, pg_source,
                                                                   pg_replica):
     """A silent path (the proxy's kernel still ACKs) on a connection that waits: the receive
-    timeout (the source's stream), the watchdog (the target's apply), tcp_user_timeout (data
-    the copy sends into a full window) end it."""
+    timeout (the source's stream), the watchdog (the target's apply, and the copy's source
+    and target connections: clone/snapshot.py) end it."""
     _setup(source_db, rows=200000 if phase == "copy" else 1000)
     px = proxies(pg_source if side == "source" else pg_replica)
     dsns = {"source": source_db.dsn, "target": replica_db.dsn}
