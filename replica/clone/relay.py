@@ -7,14 +7,15 @@ its own - protocol plumbing that the snapshot's planning and bookkeeping need no
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 from psycopg import pq
 
 
 def relay_copy(src: psycopg.Connection, query: bytes, cout: psycopg.Copy,
-              chunk_bytes: int = 256 * 1024) -> Iterator[int]:
+              chunk_bytes: int = 256 * 1024, moved: Callable[[], None] | None = None
+              ) -> Iterator[int]:
     """Run COPY ... TO STDOUT on ``src`` and write its data to ``cout`` in big pieces,
     yielding the rows seen so far now and then (the exact count last).
 
@@ -27,7 +28,9 @@ def relay_copy(src: psycopg.Connection, query: bytes, cout: psycopg.Copy,
     waits on the target or the caller holds a yield: that is what a ``connect.Watchdog`` on
     ``src`` watches (psycopg's own calls hold it the same way), so a source that stops
     answering mid-COPY is cut, and a source waiting on a slow target is not (its backend may
-    already be idle, everything sent, while the sidecar still writes the tail).
+    already be idle, everything sent, while the sidecar still writes the tail). ``moved``
+    (``Watchdog.moved``) is told whenever bytes arrive: a slow path that still delivers what
+    an idle backend sent is not a stuck one.
     """
     pg = src.pgconn
     fd = pg.socket
@@ -55,7 +58,8 @@ def relay_copy(src: psycopg.Connection, query: bytes, cout: psycopg.Copy,
                     yield rows - 1  # at most: the trailer is a message of its own
             elif nbytes == 0:
                 waiting.hold()
-                select.select([fd], [], [], 1.0)
+                if select.select([fd], [], [], 1.0)[0] and moved is not None:
+                    moved()
                 pg.consume_input()
             elif nbytes == -1:
                 break

@@ -122,9 +122,12 @@ class Snapshot:
         """Copy ``tables`` as of ``snapshot_name``; mark each synced at ``sync_lsn``."""
         if not tables:
             return {}
-        with connect(self.target_dsn, "target", "copy") as conn:
-            self._watched(conn, self.target_dsn, "target")
-            needs_key = {t.qualname: prepare_target(conn, t, self.slot) for t in tables}
+        try:
+            with connect(self.target_dsn, "target", "copy") as conn:
+                self._watched(conn, self.target_dsn, "target")
+                needs_key = {t.qualname: prepare_target(conn, t, self.slot) for t in tables}
+        except psycopg.Error as exc:  # the watchdog cut it, or the target went away
+            raise translate(exc, "target", "the initial copy") from exc
         chunks = plan(tables, self.chunk_pages)
         todo: queue.Queue[Chunk] = queue.Queue()
         for c in chunks:
@@ -177,7 +180,7 @@ class Snapshot:
             try:
                 with connect(self.source_dsn, "source", "copy", autocommit=False) as src, \
                         connect(self.target_dsn, "target", "copy") as tgt:
-                    self._watched(src, self.source_dsn, "source")
+                    dog = self._watched(src, self.source_dsn, "source")
                     self._watched(tgt, self.target_dsn, "target")
                     src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                     src.read_only = True
@@ -189,7 +192,7 @@ class Snapshot:
                             chunk = todo.get_nowait()
                         except queue.Empty:
                             return
-                        self._copy_chunk(src, tgt, chunk, count)
+                        self._copy_chunk(src, tgt, chunk, count, dog and dog.moved)
                         with self._lock:
                             remaining[chunk.table.qualname] -= 1
                             last = remaining[chunk.table.qualname] == 0
@@ -223,21 +226,22 @@ class Snapshot:
             time.monotonic() - started, 1e-6))
         return rows
 
-    def _watched(self, conn: psycopg.Connection, dsn: str, peer: str) -> None:
+    def _watched(self, conn: psycopg.Connection, dsn: str, peer: str) -> Watchdog | None:
         """A path that accepts bytes but never answers would hold the copy without end
         (keepalives and tcp_user_timeout see nothing wrong): the watchdog asks the server over
         a new session once a wait lasts ``watch`` and cuts only a backend that is idle, gone
         or unreachable - never one working ('active': a COPY TO sending into a slow sidecar,
         a COPY FROM waiting for the sidecar's next rows, a lock wait)."""
-        if self.watch:
-            Watchdog(conn, dsn, peer, self.watch)
+        return Watchdog(conn, dsn, peer, self.watch) if self.watch else None
 
     def _copy_chunk(self, src: psycopg.Connection, tgt: psycopg.Connection, chunk: Chunk,
-                    count: Callable[[TableDef, int], None]) -> None:
+                    count: Callable[[TableDef, int], None],
+                    moved: Callable[[], None] | None = None) -> None:
         reported = 0
         with tgt.transaction(), tgt.cursor() as tcur:
             with tcur.copy(copy_in(chunk.table)) as cout:
-                for rows in relay_copy(src, copy_out(chunk).as_bytes(src), cout):
+                for rows in relay_copy(src, copy_out(chunk).as_bytes(src), cout,
+                                       moved=moved):
                     count(chunk.table, rows - reported)
                     reported = rows
                     if self.stop.is_set():

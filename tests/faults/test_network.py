@@ -187,6 +187,31 @@ def test_blackhole_past_the_tcp_bound_while_copying_and_streaming(side, phase, s
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_a_slow_copy_is_not_cut_by_the_watchdog(side, source_db, replica_db, sidecars, proxies,
+                                               pg_source, pg_replica):
+    """The watchdog on the copy's connections must leave a copy that is slow but working:
+    a slow source (the target's COPY FROM waits for rows: its backend 'active') or a slow
+    target (the source's COPY TO waits on a full window: 'active'; the sidecar is not
+    waiting on the source then). Latency on one side, the smallest receive timeout: a copy
+    that lasts several bounds, and not one reconnect."""
+    _setup(source_db, rows=100000)
+    px = proxies(pg_source if side == "source" else pg_replica)
+    px.set(LATENCY)
+    dsns = {"source": source_db.dsn, "target": replica_db.dsn}
+    dsns[side] = px.dsn(dsns[side])
+    before = _reconnects("source"), _reconnects("target")
+    started = time.monotonic()
+    sc = sidecars(source=dsns["source"], target=dsns["target"], receive_timeout=2,
+                  snapshot_workers=1, snapshot_chunk_pages=100)
+    sc.wait_streaming(300)
+    print(f"\n{side}: the copy took {time.monotonic() - started:.1f} s")
+    wait_equal(sc, source_db, replica_db, TABLES, 60, "the slow copy")
+    assert sc.error is None
+    assert (_reconnects("source"), _reconnects("target")) == before, "the copy was cut"
+
+
+@pytest.mark.slow
 def test_trickle_during_the_copy(source_db, replica_db, sidecars, proxies, pg_source):
     _setup(source_db, rows=3000)
     px = proxies(pg_source, 0)
