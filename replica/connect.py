@@ -216,6 +216,7 @@ class Watchdog:
         self.conn, self.dsn, self.peer, self.seconds = conn, dsn, peer, seconds
         self.pid = conn.info.backend_pid
         self.cut = threading.Event()  # set once it cut the connection
+        self.moved_at = 0.0  # the last sign of life a caller reported (moved)
         threading.Thread(target=self._run, name=f"watchdog-{peer}-{self.pid}",
                          daemon=True).start()
 
@@ -228,12 +229,19 @@ class Watchdog:
             now = time.monotonic()
             if held_at is None:
                 held_at = now
-            elif now - held_at >= self.seconds:
+            elif now - max(held_at, self.moved_at) >= self.seconds:
                 if not self._stuck():
                     held_at = now  # busy: look again a bound later
                     continue
                 _cut(self.conn)
                 self.cut.set()
+
+    def moved(self) -> None:
+        """Bytes arrived: a wait still going on counts from now. For a caller that holds
+        ``conn.lock`` across a long exchange (the copy's relay): a COPY TO whose backend has
+        sent everything ('idle in transaction') while a slow path still delivers it is not
+        stuck."""
+        self.moved_at = time.monotonic()
 
     def _stuck(self) -> bool:
         why = "no answer from a new session either"
@@ -249,6 +257,8 @@ class Watchdog:
                     why += ", terminated"
         except (ReplicaError, psycopg.Error, OSError) as exc:
             why += f" ({type(exc).__name__})"
+        if self.conn.closed or not self.conn.lock.locked():
+            return False  # the wait ended while we asked (its session gone: closed by its owner)
         log.warning("the %s has not answered a statement for over %g s (backend pid %s: %s);"
                     " dropping the connection", self.peer, self.seconds, self.pid, why)
         return True
