@@ -43,19 +43,6 @@ class MirroredTable:
             sql.SQL("{} = {}").format(sql.Identifier(a, cols[i]), sql.Identifier(b, cols[i]))
             for i in self.layout.key_pos)
 
-    def _on_index(self) -> sql.Composable:
-        """The key match for joins with ``unnest`` of a big run: ``t.k = ANY(ARRAY[s.k])``.
-        Neither hashable nor mergeable, so the planner probes the key's index once per row
-        of the run (a nested loop) instead of hashing the whole target table: measured on a
-        1.2M-row table, 50k-row runs, 1.06-1.8x the plain join's rows/s (load ~10), and the
-        plain join's cost grows with the table, the probes only with the run. Only for
-        unnest (keys of a type with an array type, so never an array itself)."""
-        cols = self.layout.columns
-        return sql.SQL(" AND ").join(
-            sql.SQL("t.{} = ANY(ARRAY[s.{}])").format(sql.Identifier(cols[i]),
-                                                     sql.Identifier(cols[i]))
-            for i in self.layout.key_pos)
-
     def stmt(self, what, kinds: str | None = None, code: int = UPDATE
              ) -> sql.Composable | None:
         """The statement for ``what`` (cached): create_stage, copy_table, copy_stage,
@@ -102,13 +89,13 @@ class MirroredTable:
             else:
                 s = sql.SQL("DELETE FROM {} t USING unnest({}) AS s ({}) WHERE {}").format(
                     self.ident, sql.SQL(", ").join(sql.SQL("%b") for _ in keys),
-                    sql.SQL(", ").join(map(sql.Identifier, keys)), self._on_index())
+                    sql.SQL(", ").join(map(sql.Identifier, keys)), self._on())
         elif what == "update_any":  # parameters: one array per column
             positions = [i for i in range(len(cols)) if i not in key]
             s = None if not positions else sql.SQL(
                 "UPDATE {} t SET {} FROM unnest({}) AS s ({}) WHERE {}").format(
                 self.ident, set_list(positions), sql.SQL(", ").join(sql.SQL("%b") for _ in cols),
-                cols_sql, self._on_index())
+                cols_sql, self._on())
         elif what == "insert_staged":
             s = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} s WHERE s.{} = {}").format(
                 self.ident, cols_sql, sql.SQL(", ").join(sql.Identifier("s", c) for c in cols),
