@@ -103,6 +103,11 @@ if [ "$venv" = "$ROOT/.venv" ]; then
 else
     echo "setup-host: refreshing the project's copy in $venv"
     pip_quiet install --no-deps --force-reinstall .
+    # The tests import the checkout's decoder/ (it comes first on sys.path), not the copy:
+    # give the checkout the compiled hot path the install just built, when it built one.
+    rm -f decoder/_speedups*.so
+    cp "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')"/decoder/_speedups*.so \
+        decoder/ 2>/dev/null || echo "setup-host: no compiled decoder (no C compiler?): pure Python"
 fi
 # promtool (checks and unit-tests the Prometheus rules) ships only inside Debian's prometheus
 # package, which would also start a Prometheus service: take just the binary into the venv.
