@@ -24,7 +24,22 @@ say() { echo "install-sidecar: $*"; }
 say "creating the environment in $PREFIX"
 "$PYTHON" -m venv "$PREFIX"
 PY="$PREFIX/bin/python"
+# The compiled hot path (decoder._speedups, about 2x the catch-up rate) needs a C compiler at
+# build time only. An image without one (python:slim) gets gcc for the build and loses it after,
+# so the image stays lean; elsewhere a missing compiler means the pure-Python path.
+added=()
+if ! command -v cc >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    added=(gcc libc6-dev)
+    say "installing ${added[*]} for the build"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${added[@]}" >/dev/null
+fi
 build_wheel "$SRC"
+if [ "${#added[@]}" -gt 0 ]; then
+    apt-get purge -y -qq --auto-remove "${added[@]}" >/dev/null
+    rm -rf /var/lib/apt/lists/*
+fi
 say "installing $(basename "$WHEEL") with the sidecar's dependencies"
 pip_quiet install --quiet --disable-pip-version-check "$WHEEL"
 # The sidecar must start from this environment alone: its modules and the dashboard's files.
@@ -36,5 +51,6 @@ for name in ("decoder", "psycopg", "fastapi", "uvicorn", "prometheus_client", "p
     assert importlib.util.find_spec(name), f"{name} is not installed"
 PY
 "$PREFIX/bin/pgml-replica" --help >/dev/null
+say "hot path: $("$PY" -I -c 'import decoder.accel as a; print(a.describe())')"
 chmod -R a+rX "$PREFIX"
 say "done: $PREFIX/bin/pgml-replica"
