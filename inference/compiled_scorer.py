@@ -30,7 +30,8 @@ import os
 import struct
 import sys
 
-from inference.errors import InvalidData, PgmlError
+from inference.errors import PgmlError
+from inference.rows import feature_rows
 
 FORMAT = "pgml-compiled-trees 1"
 CFLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-w")
@@ -325,15 +326,7 @@ class CompiledScorer:
         return self.trees.rows(X)[0]
 
     def _rows(self, X):
-        import numpy as np
-
-        X = np.asarray(X)
-        if X.ndim == 1:
-            X = X.reshape(1, -1)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            given = X.shape[-1] if X.ndim else 0
-            raise InvalidData(f"expected {self.n_features} features, got {given}")
-        return X
+        return feature_rows(X, self.n_features)
 
 
 def load_scorer(head: bytes, source, model_id: int, task: str, n_features: int,

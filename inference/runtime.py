@@ -35,6 +35,7 @@ import threading
 import numpy as np
 
 from inference.errors import InvalidData, PgmlError
+from inference.rows import feature_rows
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -125,14 +126,7 @@ class Scorer:
             )
 
     def _rows(self, X) -> np.ndarray:
-        """``X`` as a 2-D array of the right width; InvalidData says expected vs given."""
-        X = np.asarray(X)
-        if X.ndim == 1:
-            X = X.reshape(1, -1)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            given = X.shape[-1] if X.ndim else 0
-            raise InvalidData(f"expected {self.n_features} features, got {given}")
-        return X
+        return feature_rows(X, self.n_features)
 
 
 class OnnxScorer(Scorer):
