@@ -177,6 +177,12 @@ def test_regression_example_statements(conn):
 
 
 def test_classification_examples_statements(conn):
+    # Which model the projects have deployed depends on the algorithms tried before and on
+    # their scores on a random split; probabilities need one that has them (ridge, svm
+    # without probability=true and friends have none): deploy such a model first.
+    for project in ("Breast Cancer Detection", "Iris Flower Types"):
+        _train(conn, project, "random_forest", {"n_estimators": 10})
+        conn.execute("SELECT * FROM pgml.deploy(%s, 'most_recent')", (project,))
     got = conn.execute(f"SELECT malignant, pgml.predict('Breast Cancer Detection', {BREAST})"  # noqa: S608
                        " FROM pgml.breast_cancer ORDER BY random() LIMIT 10").fetchall()
     assert all(p in (0.0, 1.0) for _, p in got)
