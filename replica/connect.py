@@ -221,16 +221,16 @@ class Watchdog:
                          daemon=True).start()
 
     def _run(self) -> None:
-        held_at = None
+        held_at = since = None
         while not self.conn.closed and not self.cut.wait(self.seconds / 4):
             if not self.conn.lock.locked():
-                held_at = None
+                held_at = since = None
                 continue
             now = time.monotonic()
             if held_at is None:
-                held_at = now
+                held_at = since = now
             elif now - max(held_at, self.moved_at) >= self.seconds:
-                if not self._stuck():
+                if not self._stuck(now - (since or now)):
                     held_at = now  # busy: look again a bound later
                     continue
                 _cut(self.conn)
@@ -243,13 +243,17 @@ class Watchdog:
         stuck."""
         self.moved_at = time.monotonic()
 
-    def _stuck(self) -> bool:
+    def _stuck(self, waited: float) -> bool:
         why = "no answer from a new session either"
         try:
             with connect(self.dsn, self.peer, "watchdog", timeout=self.seconds) as probe, \
                     bounded(probe, self.seconds):
                 row = probe.execute(_BACKEND_SQL, (self.seconds, self.pid)).fetchone()
                 if row is not None and (row[0] in (None, "active", "disabled") or not row[1]):
+                    if row[0] == "active":  # busy, not stuck - but never silent about it
+                        log.warning("the %s has worked on one statement for %.0f s (backend"
+                                    " pid %s); still waiting - a slow plan, a lock wait or a"
+                                    " big rewrite", self.peer, waited, self.pid)
                     return False
                 why = "its session is gone" if row is None else f"its backend is {row[0]}"
                 if row is not None:

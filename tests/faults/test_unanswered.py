@@ -80,10 +80,13 @@ def test_replies_that_never_come_back_are_bounded(source_db, replica_db, sidecar
         px.close()
 
 
-def test_a_long_statement_or_lock_wait_is_not_cut(replica_db):
+def test_a_long_statement_or_lock_wait_is_not_cut(replica_db, caplog):
     """Busy is not stuck: a statement the target is working on ('active': running, or
-    waiting for a lock) is left alone however long it takes."""
+    waiting for a lock) is left alone however long it takes - but it is never silent: each
+    bound it lasts logs a warning (a planner's bad plan once ran 475 s with no word)."""
     from replica.connect import Watchdog, connect
+
+    caplog.set_level("WARNING", logger="pgml_replica")
 
     with connect(replica_db.dsn, "target", "apply") as conn, replica_db.connect() as holder:
         watchdog = Watchdog(conn, replica_db.dsn, "target", 2)
@@ -94,3 +97,5 @@ def test_a_long_statement_or_lock_wait_is_not_cut(replica_db):
         conn.execute("SELECT count(*) FROM held")  # waits 5 s on the lock
         assert not watchdog.cut.is_set()
         assert conn.execute("SELECT 1").fetchone() == (1,)
+    said = [r.getMessage() for r in caplog.records if "worked on one statement" in r.getMessage()]
+    assert said and all(f"pid {watchdog.pid}" in m for m in said), caplog.text
