@@ -42,9 +42,10 @@ import numpy as np
 
 from inference.compiled_scorer import FORMAT, body_sha256, build, compiler, load
 from inference.errors import NotExportable
+from inference.parity import TREE_RTOL, tree_parity
 
 SOURCE_FILE = "trees.c"  # the model's file in pgml.files
-RTOL = 1e-5  # as tree_graph.RTOL: relative to max(1, |native|)
+RTOL = TREE_RTOL  # as tree_graph's: relative to max(1, |native|)
 # Above this many nodes (all trees) the model is not compiled (ONNX scores it): the source
 # would be tens of megabytes.
 MAX_NODES = 500_000
@@ -246,23 +247,16 @@ def checked(pipeline, X: np.ndarray, *, task: str, classes: list | None, n_featu
     if trees is None:
         return None, {"ok": False, "reason": "the C compiler failed or the cache is unusable"}
     X = np.asarray(X, dtype=np.float32)
-    record = {"rows_checked": len(X), "tolerance": RTOL}
     out, labels = trees.rows(X)
     X64 = X.astype(np.float64)
     if task == "classification":
         native_proba = np.asarray(pipeline.predict_proba(X64), dtype=np.float64)
         native_labels = np.asarray(pipeline.predict(X64), dtype=np.float64)
-        top2 = np.sort(native_proba, axis=1)[:, -2:]
-        boundary = (top2[:, -1] - top2[:, 0]) <= RTOL
         ours = np.asarray(classes, dtype=np.float64)[labels]
-        record["label_mismatches"] = int(np.sum((ours != native_labels) & ~boundary))
-        native, ours_values = native_proba, out
+        record = tree_parity(native_proba, out, ours != native_labels, native_proba)
     else:
         native = np.asarray(pipeline.predict(X64), dtype=np.float64).reshape(len(X), -1)
-        ours_values = out
-    diff = np.abs(native - ours_values) / np.maximum(1.0, np.abs(native))
-    record["max_rel_diff"] = float(diff.max()) if diff.size else 0.0
-    record["ok"] = record["max_rel_diff"] <= RTOL and not record.get("label_mismatches")
+        record = tree_parity(native, out)
     if not record["ok"]:
         record["reason"] = "compiled trees differ from the native model"
         return None, record

@@ -36,6 +36,9 @@ PROBA_ATOL = 1e-3
 BOUNDARY_MARGIN = 1e-3
 MAX_BOUNDARY_FRACTION = 0.01
 MAX_ROWS = 20_000
+# Scorers built from a model's own trees (the tensor graph, compiled trees) compare in float32
+# exactly as the library does, so they are held to far less than an ONNX converter's graph.
+TREE_RTOL = 1e-5
 
 
 def sample_rows(n: int, random_state: int) -> np.ndarray | None:
@@ -122,3 +125,21 @@ def _result(ok: bool, diff: float, fraction: float, tolerance: float, reason: st
         "tolerance": tolerance,
         "reason": reason,
     }
+
+
+def tree_parity(native: np.ndarray, ours: np.ndarray, labels_differ: np.ndarray | None = None,
+                native_proba: np.ndarray | None = None) -> dict:
+    """The record of a scorer built from the model's trees: ``max_rel_diff`` relative to
+    max(1, |native|) within TREE_RTOL and, for classification (``labels_differ`` with the
+    native probabilities), no label differing off the top-two boundary - a float32 sum may
+    flip only the rows whose two best classes are within TREE_RTOL."""
+    record: dict = {"rows_checked": len(native), "tolerance": TREE_RTOL}
+    if labels_differ is not None and native_proba is not None:
+        top2 = np.sort(native_proba, axis=1)[:, -2:] if native_proba.shape[1] > 1 \
+            else native_proba
+        boundary = (top2[:, -1] - top2[:, 0]) <= TREE_RTOL
+        record["label_mismatches"] = int(np.sum(labels_differ & ~boundary))
+    diff = np.abs(native - ours) / np.maximum(1.0, np.abs(native))
+    record["max_rel_diff"] = float(diff.max()) if diff.size else 0.0
+    record["ok"] = record["max_rel_diff"] <= TREE_RTOL and not record.get("label_mismatches")
+    return record

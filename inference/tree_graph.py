@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inference.errors import NotExportable
 from inference.onnx_export import stamp
+from inference.parity import TREE_RTOL, tree_parity
 from inference.tree_graph_models import Ensemble, Tree, ensemble_of
 
 OPSET = 17
@@ -46,7 +47,7 @@ TREE_ALGORITHMS = ("random_forest", "extra_trees", "bagging", "ada_boost",
 # Parity of the tensor graph with the native model, relative to max(1, |prediction|); both
 # sides see the same float32 features (the graph's input type), so only the float32 sum of
 # the leaf values differs from the native float64 one.
-RTOL = 1e-5
+RTOL = TREE_RTOL
 
 
 def checked(pipeline, X_test: np.ndarray, *, task: str, classes: list | None, has_proba: bool,
@@ -68,16 +69,11 @@ def checked(pipeline, X_test: np.ndarray, *, task: str, classes: list | None, ha
     X = np.asarray(X_test, dtype=np.float32).astype(np.float64)
     scorer = OnnxScorer(data, task, n_features)
     native, graph = np.asarray(pipeline.predict(X), dtype=np.float64), scorer.predict(X)
-    record = {"rows_checked": len(X), "tolerance": RTOL}
     if task == "classification":
-        labels_differ = native != graph
-        native, graph = pipeline.predict_proba(X), scorer.predict_proba(X)
-        top2 = np.sort(native, axis=1)[:, -2:] if native.shape[1] > 1 else native
-        boundary = (top2[:, -1] - top2[:, 0]) <= RTOL  # a float32 sum may flip only these
-        record["label_mismatches"] = int(np.sum(labels_differ & ~boundary))
-    diff = np.abs(native - graph) / np.maximum(1.0, np.abs(native))
-    record["max_rel_diff"] = float(diff.max()) if diff.size else 0.0
-    record["ok"] = record["max_rel_diff"] <= RTOL and not record.get("label_mismatches")
+        native_proba = pipeline.predict_proba(X)
+        record = tree_parity(native_proba, scorer.predict_proba(X), native != graph, native_proba)
+    else:
+        record = tree_parity(native, graph)
     if not record["ok"]:
         record["reason"] = "tensor graph differs from the native model"
         return None, record
