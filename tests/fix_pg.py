@@ -195,6 +195,17 @@ def replica_db(pg_replica):
     yield from _fresh_database(pg_replica, "ml")
 
 
+@pytest.fixture(scope="module")
+def shared_pgml_db(pg_replica, plpython_path):
+    """One database per test module on the ML replica, pgml installed by the real installer:
+    for tests that each use their own projects and tables and never change shared rows."""
+    from replica.target.pgml_install import install  # not at import: tests/deploy use none
+
+    for db in _fresh_database(pg_replica, "mlshared"):
+        install(db.dsn, python_path=plpython_path)
+        yield db
+
+
 def _readable_by_postgres(path: Path) -> bool:
     if os.geteuid() != 0:
         return os.access(path, os.R_OK | os.X_OK)

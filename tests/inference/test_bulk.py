@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from inference import copybin
-from replica.target.pgml_install import install
 
 
 def _sent(values: list[bytes | None]) -> copybin.Fixed | copybin.Varying:
@@ -70,13 +69,8 @@ def test_copy_stream_written_to_a_file_is_the_encoded_stream(n):
 
 
 @pytest.fixture(scope="module")
-def scored_db(pg_replica, plpython_path):
-    from tests.fix_pg import Database
-
-    name = "bulkscore"
-    pg_replica.create_database(name)
-    db = Database(pg_replica, name)
-    install(db.dsn, python_path=plpython_path)
+def scored_db(shared_pgml_db):
+    db = shared_pgml_db
     with db.connect(autocommit=True) as conn:
         conn.execute("SELECT pgml.load_dataset('diabetes'), pgml.load_dataset('iris')")
         conn.execute("SELECT pgml.train('xgb', 'regression', 'pgml.diabetes', 'target',"
@@ -97,9 +91,7 @@ def scored_db(pg_replica, plpython_path):
             " ARRAY[row_number() OVER (), 1]::int[] AS pair,"
             " age, sex, CASE WHEN row_number() OVER () % 5 = 0 THEN NULL ELSE bmi END AS bmi,"
             " bp, s1, s2, s3, s4, s5, s6 FROM pgml.diabetes")
-    yield db
-    if pg_replica.is_running():
-        pg_replica.drop_database(name)
+    return db
 
 
 KEYS = "n, tag, u, amount, day, pair, m, flag, span"

@@ -9,8 +9,6 @@ import math
 
 import pytest
 
-from replica.target.pgml_install import install
-
 BOTH = """
 CREATE FUNCTION pg_temp.both_reads(rel text, expr text) RETURNS text LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
@@ -30,16 +28,8 @@ VALUES = [1.5, None, float("nan"), -0.0, 1e308, float("inf"), -5e-324, 42.0]
 
 
 @pytest.fixture(scope="module")
-def db(pg_replica, plpython_path):
-    from tests.fix_pg import Database
-
-    name = "relread"
-    pg_replica.create_database(name)
-    db = Database(pg_replica, name)
-    install(db.dsn, python_path=plpython_path)
-    yield db
-    if pg_replica.is_running():
-        pg_replica.drop_database(name)
+def db(shared_pgml_db):
+    return shared_pgml_db
 
 
 @pytest.mark.parametrize("rows", [VALUES, []])
