@@ -179,10 +179,28 @@ def _duck_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def duck_threads() -> int:
+    """DuckDB's threads in this backend: ``SET pgml.history_threads = N``, else as many
+    processes as Postgres would give one parallel query (max_parallel_workers_per_gather + 1).
+    One thread made point_in_time 1.6x slower than Feast's DuckDB store on two idle cores."""
+    row = plpy.execute("SELECT current_setting('pgml.history_threads', true) AS v,"
+                       " current_setting('max_parallel_workers_per_gather')::int + 1 AS d")[0]
+    if not row["v"]:
+        return max(1, int(row["d"]))
+    try:
+        threads = int(row["v"])
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise PgmlError(f"pgml.history_threads = {row['v']!r}: expected a whole number of "
+                        "threads >= 1 (RESET pgml.history_threads for the default)")
+    return threads
+
+
 def _duck():
     import duckdb
 
-    return duckdb.connect(config={"threads": "1"})
+    return duckdb.connect(config={"threads": str(duck_threads())})
 
 
 def _target(into: str | None, default: str, replace_default: bool) -> str:

@@ -110,6 +110,31 @@ def test_point_in_time_same_through_plpy_and_from_parquet(hist):
     assert _as_of(hist, 7) == [(1, "c", "B1"), (2, "a", "B2")]
 
 
+def test_history_threads_give_the_same_rows_and_bad_values_say_so(hist):
+    """DuckDB's threads (pgml.history_threads, default a parallel query's share) change
+    nothing in what point_in_time returns, and a bad setting is named with the fix."""
+    hist.execute("CREATE TABLE spine (id int, at timestamptz, y int)")
+    hist.execute("INSERT INTO spine SELECT 1 + g %% 4, %s::timestamptz + g * interval '7 s',"
+                 " g FROM generate_series(0, 400) g", (T0,))
+    got = {}
+    for threads in ("1", "4", None):
+        if threads:
+            hist.execute("SELECT set_config('pgml.history_threads', %s, false)", (threads,))
+        else:
+            hist.execute("RESET pgml.history_threads")
+        name = f"pit_t{threads or 'default'}"
+        hist.execute("SELECT pgml.point_in_time('spine', 'at', ARRAY['public.acct'], %s)",
+                     (name,))
+        got[threads] = hist.execute(
+            f"SELECT y, acct__tier, acct__big FROM {name} ORDER BY y").fetchall()  # noqa: S608
+    assert len(got[None]) == 401 and {r[1] for r in got[None]} >= {"a", "c", "z", "x"}
+    assert got["1"] == got["4"] == got[None]
+    hist.execute("SET pgml.history_threads = 'many'")
+    with pytest.raises(psycopg.Error, match="pgml.history_threads = 'many'.*RESET"):
+        hist.execute("SELECT pgml.as_of('public.acct', now())")
+    hist.execute("RESET pgml.history_threads")
+
+
 def test_clear_errors(hist):
     with pytest.raises(psycopg.Error, match="before the history of public.acct starts"):
         hist.execute("SELECT pgml.as_of('public.acct', '2025-12-31')")
