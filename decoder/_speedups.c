@@ -18,6 +18,7 @@
 #include <string.h>
 
 #define MAX_FIELDS 5
+#define XLOGDATA_HEADER 25  /* b'w' + wal_start, wal_end, send_time */
 
 typedef struct {
     PyTypeObject *type;
@@ -215,21 +216,15 @@ read_tuple(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
-/* change(buf: bytes, xid: int | None) -> Insert | Update | Delete | None
- * One whole Insert/Update/Delete message; xid is the open streamed block's (None outside
- * one: the message then carries no xid). None for anything not well formed. */
+/* The Insert/Update/Delete message in buf[0:n]; xid is the open streamed block's (None
+ * outside one: the message then carries no xid). A new reference; None (a new reference too)
+ * for anything not well formed; NULL with an error set on a memory error. */
 static PyObject *
-change(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+change_in(const unsigned char *buf, Py_ssize_t n, PyObject *xid_arg)
 {
-    if (nargs != 2 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "change(buf: bytes, xid: int | None)");
-        return NULL;
-    }
     if (!ready)
         Py_RETURN_NONE;
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
-    int streamed = args[1] != Py_None;
+    int streamed = xid_arg != Py_None;
     Py_ssize_t pos = streamed ? 9 : 5;
     if (n < pos + 1)
         Py_RETURN_NONE;
@@ -301,6 +296,52 @@ fail:
     if (PyErr_Occurred())
         return NULL;
     Py_RETURN_NONE;
+}
+
+/* change(buf: bytes, xid: int | None) -> Insert | Update | Delete | None
+ * One whole Insert/Update/Delete message. None for anything not well formed. */
+static PyObject *
+change(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "change(buf: bytes, xid: int | None)");
+        return NULL;
+    }
+    return change_in((const unsigned char *)PyBytes_AS_STRING(args[0]),
+                     PyBytes_GET_SIZE(args[0]), args[1]);
+}
+
+/* frame_change(data: buffer, xid: int | None) -> Insert | Update | Delete | None
+ * The change inside one whole CopyData payload of the replication stream (an XLogData 'w'
+ * frame; decoder/framing.py has the layout), read straight from the buffer libpq filled:
+ * no bytes object of the frame and none of its payload (the read path's two copies). None
+ * for a keepalive, any other message and anything not well formed: the caller then takes
+ * the pure path (split_frame, Decoder.decode), which decodes it or raises. */
+static PyObject *
+frame_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "frame_change(data, xid: int | None)");
+        return NULL;
+    }
+    if (PyBytes_CheckExact(args[0])) {
+        Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+        if (n <= XLOGDATA_HEADER || p[0] != 'w')
+            Py_RETURN_NONE;
+        return change_in(p + XLOGDATA_HEADER, n - XLOGDATA_HEADER, args[1]);
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *r;
+    const unsigned char *p = (const unsigned char *)view.buf;
+    if (view.len <= XLOGDATA_HEADER || p[0] != 'w')
+        r = Py_NewRef(Py_None);
+    else
+        r = change_in(p + XLOGDATA_HEADER, view.len - XLOGDATA_HEADER, args[1]);
+    PyBuffer_Release(&view);
+    return r;
 }
 
 /* -- COPY BINARY and binary arrays ---------------------------------------------------- */
@@ -631,6 +672,346 @@ done:
     return result;
 }
 
+/* -- netting: replica/stream/batch.py's TableBatch.insert/update/delete, compiled -------
+ *
+ * net(batch, msg) absorbs one Insert/Update/Delete into a TableBatch exactly as the pure
+ * methods do (batch.py's net-effect table: the entries dict of key -> (state, raw, None),
+ * the multiset counts, the ops counters) and returns True; it returns None, having changed
+ * nothing, for what it leaves to the pure code: a text value (which raises there), an
+ * Update with unchanged-TOAST columns (the fill / overlay / key-move rules), a key-less
+ * table's Update without the old row (which raises), and any object not of the registered
+ * shapes. The batch's slots are read through their member offsets (setup_batch). */
+
+static PyTypeObject *batch_type = NULL;
+static Py_ssize_t batch_off[4];  /* entries, counts, ops, key_pos */
+static PyObject *st_fresh = NULL, *st_update = NULL, *st_delete = NULL;
+static long fresh_code, update_code, delete_code;
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+/* setup_batch(TableBatch, (entries, counts, ops, key_pos), FRESH, UPDATE, DELETE) */
+static PyObject *
+setup_batch(PyObject *self, PyObject *args)
+{
+    PyObject *type, *names, *f, *u, *d;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!", &type, &PyTuple_Type, &names, &PyLong_Type, &f,
+                          &PyLong_Type, &u, &PyLong_Type, &d))
+        return NULL;
+    if (PyTuple_GET_SIZE(names) != 4) {
+        PyErr_SetString(PyExc_TypeError, "setup_batch: four slot names");
+        return NULL;
+    }
+    Shape shape = {NULL, {0}, 0};
+    if (shape_init(&shape, type, names) < 0)
+        return NULL;
+    long fc = PyLong_AsLong(f), uc = PyLong_AsLong(u), dc = PyLong_AsLong(d);
+    if ((fc == -1 || uc == -1 || dc == -1) && PyErr_Occurred()) {
+        Py_DECREF(shape.type);
+        return NULL;
+    }
+    for (int i = 0; i < 4; i++)
+        batch_off[i] = shape.offsets[i];
+    Py_XSETREF(batch_type, shape.type);
+    Py_XSETREF(st_fresh, Py_NewRef(f));
+    Py_XSETREF(st_update, Py_NewRef(u));
+    Py_XSETREF(st_delete, Py_NewRef(d));
+    fresh_code = fc;
+    update_code = uc;
+    delete_code = dc;
+    Py_RETURN_NONE;
+}
+
+/* A TupleData's kinds and raw (borrowed); 0 when obj is not one of well-formed parts. */
+static int
+tuple_parts(PyObject *tup, PyObject **kinds, PyObject **raw)
+{
+    if (tup == NULL || !Py_IS_TYPE(tup, tuple_shape.type))
+        return 0;
+    *kinds = SLOT(tup, tuple_shape.offsets[0]);
+    *raw = SLOT(tup, tuple_shape.offsets[1]);
+    return *kinds != NULL && *raw != NULL && PyUnicode_CheckExact(*kinds)
+        && PyUnicode_KIND(*kinds) == PyUnicode_1BYTE_KIND && PyTuple_CheckExact(*raw);
+}
+
+static int
+has_kind(PyObject *kinds, char kind)
+{
+    return memchr(PyUnicode_1BYTE_DATA(kinds), kind, (size_t)PyUnicode_GET_LENGTH(kinds))
+        != NULL;
+}
+
+/* itemgetter(*key_pos)(raw): the value itself for one key column, else a tuple; NULL
+ * without an error when a position is out of range (the pure code raises). */
+static PyObject *
+key_of(PyObject *raw, PyObject *key_pos)
+{
+    Py_ssize_t nk = PyTuple_GET_SIZE(key_pos), ncols = PyTuple_GET_SIZE(raw);
+    PyObject *key = nk == 1 ? NULL : PyTuple_New(nk);
+    if (nk != 1 && key == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *p = PyTuple_GET_ITEM(key_pos, i);
+        Py_ssize_t at = PyLong_Check(p) ? PyLong_AsSsize_t(p) : -1;
+        if (at < 0 || at >= ncols) {
+            PyErr_Clear();
+            Py_XDECREF(key);
+            return NULL;
+        }
+        PyObject *v = PyTuple_GET_ITEM(raw, at);
+        if (nk == 1)
+            return Py_NewRef(v);
+        PyTuple_SET_ITEM(key, i, Py_NewRef(v));
+    }
+    return key;
+}
+
+/* The state of an entry (a (state, raw, kinds) tuple); -1 with an error set if not one. */
+static long
+state_of(PyObject *entry)
+{
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 1) {
+        PyErr_SetString(PyExc_TypeError, "a batch entry must be a (state, raw, kinds) tuple");
+        return -1;
+    }
+    return PyLong_AsLong(PyTuple_GET_ITEM(entry, 0));
+}
+
+static int
+put_entry(PyObject *entries, PyObject *key, PyObject *state, PyObject *raw)
+{
+    PyObject *e = PyTuple_Pack(3, state, raw, Py_None);
+    if (e == NULL)
+        return -1;
+    int r = PyDict_SetItem(entries, key, e);
+    Py_DECREF(e);
+    return r;
+}
+
+/* counts[raw] += n, the entry gone at 0 (TableBatch._count). */
+static int
+add_count(PyObject *counts, PyObject *raw, long n)
+{
+    PyObject *c = PyDict_GetItemWithError(counts, raw);
+    if (c == NULL && PyErr_Occurred())
+        return -1;
+    long v = 0;
+    if (c != NULL) {
+        v = PyLong_AsLong(c);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+    }
+    v += n;
+    if (v == 0)
+        return c == NULL ? 0 : PyDict_DelItem(counts, raw);
+    PyObject *o = PyLong_FromLong(v);
+    if (o == NULL)
+        return -1;
+    int r = PyDict_SetItem(counts, raw, o);
+    Py_DECREF(o);
+    return r;
+}
+
+/* ops[i] += 1 */
+static int
+bump(PyObject *ops, Py_ssize_t i)
+{
+    long v = PyLong_AsLong(PyList_GET_ITEM(ops, i));
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *n = PyLong_FromLong(v + 1);
+    if (n == NULL)
+        return -1;
+    PyList_SetItem(ops, i, n);  /* steals n, releases the old count */
+    return 0;
+}
+
+/* A key just absorbed as new: FRESH if it was absent or FRESH before (an insert, or an
+ * update of a key the run inserted), else UPDATE. */
+static PyObject *
+fresh_or_update(PyObject *entries, PyObject *key, int absent_means_fresh, int *err)
+{
+    PyObject *prev = PyDict_GetItemWithError(entries, key);
+    if (prev == NULL) {
+        if (PyErr_Occurred())
+            *err = 1;
+        return absent_means_fresh ? st_fresh : st_update;
+    }
+    long s = state_of(prev);
+    if (s == -1 && PyErr_Occurred())
+        *err = 1;
+    return s == fresh_code ? st_fresh : st_update;
+}
+
+/* The key's entry becomes a DELETE of the row present at run start, or disappears when the
+ * run inserted it (TableBatch.delete). */
+static int
+delete_key(PyObject *entries, PyObject *key, PyObject *old_raw)
+{
+    PyObject *prev = PyDict_GetItemWithError(entries, key);
+    if (prev == NULL && PyErr_Occurred())
+        return -1;
+    if (prev != NULL) {
+        long s = state_of(prev);
+        if (s == -1 && PyErr_Occurred())
+            return -1;
+        if (s == fresh_code)
+            return PyDict_DelItem(entries, key);
+    }
+    return put_entry(entries, key, st_delete, old_raw);
+}
+
+static PyObject *
+net(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "net(batch, msg)");
+        return NULL;
+    }
+    PyObject *batch = args[0], *msg = args[1];
+    if (!ready || batch_type == NULL || !Py_IS_TYPE(batch, batch_type))
+        Py_RETURN_NONE;
+    PyObject *entries = SLOT(batch, batch_off[0]), *counts = SLOT(batch, batch_off[1]);
+    PyObject *ops = SLOT(batch, batch_off[2]), *key_pos = SLOT(batch, batch_off[3]);
+    if (entries == NULL || !PyDict_CheckExact(entries) || counts == NULL
+            || !PyDict_CheckExact(counts) || ops == NULL || !PyList_CheckExact(ops)
+            || PyList_GET_SIZE(ops) != 4 || key_pos == NULL || !PyTuple_CheckExact(key_pos))
+        Py_RETURN_NONE;
+    int keyed = PyTuple_GET_SIZE(key_pos) > 0, err = 0;
+    PyTypeObject *t = Py_TYPE(msg);
+    PyObject *kinds, *raw, *old_kinds, *old_raw, *key = NULL, *old_key = NULL;
+    if (t == insert_shape.type) {
+        if (!tuple_parts(SLOT(msg, insert_shape.offsets[2]), &kinds, &raw)
+                || has_kind(kinds, 't'))
+            Py_RETURN_NONE;
+        if (!keyed) {
+            if (bump(ops, 0) < 0 || add_count(counts, raw, 1) < 0)
+                return NULL;
+            Py_RETURN_TRUE;
+        }
+        if ((key = key_of(raw, key_pos)) == NULL)
+            goto not_mine;
+        if (bump(ops, 0) < 0)
+            goto error;
+        PyObject *state = fresh_or_update(entries, key, 1, &err);
+        if (err || put_entry(entries, key, state, raw) < 0)
+            goto error;
+        goto done;
+    }
+    if (t == delete_shape.type) {
+        PyObject *old = SLOT(msg, delete_shape.offsets[2]);
+        if (old == Py_None)
+            old = SLOT(msg, delete_shape.offsets[3]);
+        if (!tuple_parts(old, &old_kinds, &old_raw))
+            Py_RETURN_NONE;
+        if (!keyed) {
+            if (bump(ops, 2) < 0 || add_count(counts, old_raw, -1) < 0)
+                return NULL;
+            Py_RETURN_TRUE;
+        }
+        if ((key = key_of(old_raw, key_pos)) == NULL)
+            goto not_mine;
+        if (bump(ops, 2) < 0 || delete_key(entries, key, old_raw) < 0)
+            goto error;
+        goto done;
+    }
+    if (t != update_shape.type)
+        Py_RETURN_NONE;
+    /* Update: only the plain ones (no 't', no 'u' in the new row) */
+    PyObject *full = SLOT(msg, update_shape.offsets[2]), *old = full;
+    if (old == Py_None)
+        old = SLOT(msg, update_shape.offsets[3]);
+    if (!tuple_parts(SLOT(msg, update_shape.offsets[4]), &kinds, &raw)
+            || has_kind(kinds, 't') || has_kind(kinds, 'u'))
+        Py_RETURN_NONE;
+    old_raw = NULL;
+    if (old != Py_None && !tuple_parts(old, &old_kinds, &old_raw))
+        Py_RETURN_NONE;
+    if (!keyed) {
+        if (full == Py_None)
+            Py_RETURN_NONE;  /* the pure code says why it cannot be applied */
+        if (bump(ops, 1) < 0 || add_count(counts, old_raw, -1) < 0
+                || add_count(counts, raw, 1) < 0)
+            return NULL;
+        Py_RETURN_TRUE;
+    }
+    if ((key = key_of(raw, key_pos)) == NULL)
+        goto not_mine;
+    old_key = old_raw == NULL ? Py_NewRef(key) : key_of(old_raw, key_pos);
+    if (old_key == NULL)
+        goto not_mine;
+    int same = PyObject_RichCompareBool(old_key, key, Py_EQ);
+    if (same < 0 || bump(ops, 1) < 0)
+        goto error;
+    if (same) {
+        PyObject *state = fresh_or_update(entries, key, 0, &err);
+        if (err || put_entry(entries, key, state, raw) < 0)
+            goto error;
+        goto done;
+    }
+    /* a key change: the old key leaves the run (or the table), the new one arrives */
+    if (delete_key(entries, old_key, old_raw) < 0)
+        goto error;
+    PyObject *prev = PyDict_GetItemWithError(entries, key);
+    if (prev == NULL && PyErr_Occurred())
+        goto error;
+    if (put_entry(entries, key, prev == NULL ? st_fresh : st_update, raw) < 0)
+        goto error;
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(old_key);
+    Py_RETURN_TRUE;
+not_mine:
+    Py_XDECREF(key);
+    Py_XDECREF(old_key);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(key);
+    Py_XDECREF(old_key);
+    return NULL;
+}
+
+/* split(entries) -> (fresh, deletes, updates) | None: a keyed run's row images by state in
+ * one pass (TableBatch.split), None when a PATCH is among them (the pure code sorts those). */
+static PyObject *
+split(PyObject *self, PyObject *entries)
+{
+    if (!PyDict_Check(entries)) {
+        PyErr_SetString(PyExc_TypeError, "split(entries: dict)");
+        return NULL;
+    }
+    if (batch_type == NULL)
+        Py_RETURN_NONE;
+    PyObject *lists[3] = {PyList_New(0), PyList_New(0), PyList_New(0)}, *out = NULL;
+    if (lists[0] == NULL || lists[1] == NULL || lists[2] == NULL)
+        goto done;
+    Py_ssize_t pos = 0;
+    PyObject *key, *entry;
+    while (PyDict_Next(entries, &pos, &key, &entry)) {
+        long s = state_of(entry);
+        if (s == -1 && PyErr_Occurred())
+            goto done;
+        if (PyTuple_GET_SIZE(entry) != 3) {
+            PyErr_SetString(PyExc_TypeError, "a batch entry must be a (state, raw, kinds) tuple");
+            goto done;
+        }
+        PyObject *list = s == fresh_code ? lists[0] : s == delete_code ? lists[1]
+            : s == update_code ? lists[2] : NULL;
+        if (list == NULL) {
+            out = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (PyList_Append(list, PyTuple_GET_ITEM(entry, 1)) < 0)
+            goto done;
+    }
+    out = PyTuple_Pack(3, lists[0], lists[1], lists[2]);
+done:
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(lists[i]);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"column_arrays", (PyCFunction)(void (*)(void))column_arrays, METH_FASTCALL,
      "column_arrays(images, positions, elem_oids) -> list of binary arrays, one per position"},
@@ -640,6 +1021,14 @@ static PyMethodDef methods[] = {
      "read_tuple(buf, pos) -> (TupleData, pos) | None (None: not well formed)"},
     {"change", (PyCFunction)(void (*)(void))change, METH_FASTCALL,
      "change(buf, xid) -> Insert | Update | Delete | None (None: use the pure path)"},
+    {"frame_change", (PyCFunction)(void (*)(void))frame_change, METH_FASTCALL,
+     "frame_change(copydata, xid) -> the change inside an XLogData frame | None"},
+    {"setup_batch", setup_batch, METH_VARARGS,
+     "setup_batch(TableBatch, (entries, counts, ops, key_pos), FRESH, UPDATE, DELETE)"},
+    {"split", split, METH_O,
+     "split(entries) -> (fresh, deletes, updates) row images | None (a PATCH among them)"},
+    {"net", (PyCFunction)(void (*)(void))net, METH_FASTCALL,
+     "net(batch, msg) -> True (absorbed) | None (changed nothing: use the pure method)"},
     {"copy_rows", (PyCFunction)(void (*)(void))copy_rows, METH_FASTCALL,
      "copy_rows(rows, extra) -> bytes: a complete COPY BINARY stream"},
     {"binary_array", (PyCFunction)(void (*)(void))binary_array, METH_FASTCALL,

@@ -10,6 +10,9 @@ anything malformed back to the pure code), and tests/decoder runs against both.
 
 Callers read ``accel.fast`` (the compiled module or None) and ``accel.copy_rows`` /
 ``accel.binary_array`` / ``accel.column_arrays`` at call time, so ``select`` switches every caller at once.
+Besides decoding, the compiled module has ``frame_change`` (a change read straight out of
+the CopyData buffer libpq filled, no copy of the frame) and ``net`` (replica/stream/batch.py's
+TableBatch netting, registered there with ``setup_batch`` through ``compiled()``).
 """
 
 from __future__ import annotations
@@ -30,11 +33,20 @@ binary_array: Callable[[int, Sequence[bytes | None]], bytes] = copyfmt.binary_ar
 column_arrays: Callable[..., list[bytes]] = copyfmt.column_arrays
 
 
+_loaded: list[ModuleType] = []  # the compiled module once set up
+_FUNCTIONS = ("setup", "change", "frame_change", "setup_batch", "net", "split", "copy_rows",
+              "binary_array", "column_arrays")
+
+
 def _load() -> ModuleType | None:
+    if _loaded:
+        return _loaded[0]
     try:
         from decoder import _speedups  # type: ignore[attr-defined]  # built by setup.py
     except ImportError:
         return None
+    if not all(hasattr(_speedups, name) for name in _FUNCTIONS):
+        return None  # built from an older _speedups.c: run pure rather than half
     from decoder.messages import Delete, Insert, Update
     from decoder.tuples import TupleData
 
@@ -43,12 +55,19 @@ def _load() -> ModuleType | None:
 
     _speedups.setup(TupleData, names(TupleData), Insert, names(Insert), Update, names(Update),
                     Delete, names(Delete))
+    _loaded.append(_speedups)
     return _speedups  # type: ignore[no-any-return]
 
 
 def available() -> bool:
     """Whether the compiled module is built (whichever is selected)."""
     return _load() is not None
+
+
+def compiled() -> ModuleType | None:
+    """The compiled module whether or not it is selected (None if not built): for a caller
+    that registers its own classes with it once (``setup_batch``)."""
+    return _load()
 
 
 def select(name: str) -> None:

@@ -27,7 +27,7 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from decoder import Delete, Insert, Message, Update, accel
+from decoder import Message, accel
 from replica import metrics
 from replica.errors import ApplyError, NullRejected, TransientError
 from replica.stream.batch import DELETE, FRESH, UPDATE, TableBatch, encode
@@ -89,18 +89,11 @@ def apply_change(msg: Message, table: MirroredTable, batch: TableBatch,
                  writer: TargetWriter) -> None:
     """How one change joins a table's run - the one rule for ordinary transactions and for
     streamed ones replayed at their commit. An update that moves a row's key to a key the
-    run cannot net (batch.py) is written to the target at once, in order."""
-    kind = type(msg)
-    if kind is Insert:
-        batch.insert(msg.new_tuple)
-    elif kind is Update:
+    run cannot net (batch.py) is written to the target at once, in order (the netting itself,
+    compiled where it can be: ``TableBatch.absorb``)."""
+    if not batch.absorb(msg):
         old = msg.old_tuple or msg.key_tuple
-        if not batch.update(msg.new_tuple, old, msg.old_tuple is not None):
-            writer.move(table, batch, old.raw, msg.new_tuple.raw, msg.new_tuple.kinds)
-    elif kind is Delete:
-        batch.delete(msg.old_tuple or msg.key_tuple)
-    else:  # Truncate
-        batch.truncate()
+        writer.move(table, batch, old.raw, msg.new_tuple.raw, msg.new_tuple.kinds)
 
 
 class TargetWriter:
@@ -221,10 +214,16 @@ class TargetWriter:
         """COPY into the stage (and, for a big run, new rows straight into the table), then
         every set operation in one round trip (a multi-statement without parameters)."""
         conn = self.conn
-        staged, patterns = b.staged()
-        fresh = b.fresh_rows()
-        if staged and tw.layout.keyed and not b.truncated:
-            staged = self._write_arrays(tw, staged)
+        if tw.layout.keyed:  # one pass over the run (compiled where it can be)
+            fresh, deletes, updates, staged, patterns = b.split()
+            if (deletes or updates) and not b.truncated:
+                deletes, updates = self._write_arrays(tw, deletes, updates)
+            if deletes or updates:
+                staged = [(DELETE, 0, r) for r in deletes] + [(UPDATE, 0, r) for r in updates] \
+                    + staged
+        else:
+            staged, patterns = b.staged()
+            fresh = b.fresh_rows()
         via_stage = bool(fresh) and len(fresh) + len(staged) <= SMALL_RUN
         rows = staged + [(FRESH, 0, r) for r in fresh] if via_stage else staged
         if rows:
@@ -246,10 +245,11 @@ class TargetWriter:
             self._multiset_delete(tw, staged)
         return len(staged) + len(fresh)
 
-    def _write_arrays(self, tw: MirroredTable, staged: list) -> list:
+    def _write_arrays(self, tw: MirroredTable, deletes: list, updates: list
+                      ) -> tuple[list, list]:
         """Deletes (and full-row updates) as one statement each with binary array parameters
-        instead of the stage; returns the rows still for the stage (patches, or all where a
-        column's type cannot travel as an array)."""
+        instead of the stage; returns the deletes and updates still for the stage (those
+        where a column's type cannot travel as an array)."""
         types = tw.array_types
         if types is None:
             found = {name: (elem, arr) for name, elem, arr in self.conn.execute(
@@ -263,11 +263,10 @@ class TargetWriter:
             ops.add(DELETE)
             if all(arr for _, arr in types):
                 ops.add(UPDATE)
-        for op, what, positions in ((DELETE, "delete_any", key_pos),
-                                    (UPDATE, "update_any", range(len(types)))):
+        for op, what, positions, images in ((DELETE, "delete_any", key_pos, deletes),
+                                            (UPDATE, "update_any", range(len(types)), updates)):
             if op not in ops:
                 continue
-            images = [raw for code, _, raw in staged if code == op]
             stmt = tw.stmt(what) if images else None
             if stmt is not None and (op == UPDATE or len(key_pos) > 1):  # an unnest join
                 analyze_if_stale(self.conn, tw, len(images))
@@ -275,7 +274,7 @@ class TargetWriter:
                 arrays = accel.column_arrays(images, positions, [types[i][0] for i in positions])
                 self.conn.execute(stmt, [self._array(types[i], a)
                                          for i, a in zip(positions, arrays, strict=True)])
-        return [row for row in staged if row[0] not in ops]
+        return ([] if DELETE in ops else deletes), ([] if UPDATE in ops else updates)
 
     def _array(self, types: tuple[int, int], data: bytes) -> bytes:
         """``data`` (a binary array of element type ``types[0]``) as a parameter psycopg

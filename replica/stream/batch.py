@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from operator import itemgetter
 
-from decoder import TupleData, accel
+from decoder import Delete, Insert, Message, TupleData, Update, accel
 from replica.errors import UnsupportedError, UnsupportedTypeError
 
 FRESH, UPDATE, PATCH, DELETE = 0, 1, 2, 3
@@ -69,7 +69,7 @@ def overlay(old_raw: tuple, old_kinds: str, raw: tuple, kinds: str) -> tuple[tup
 class TableBatch:
     """Absorbs one table's changes in source order; apply.py writes the result."""
 
-    __slots__ = ("layout", "entries", "counts", "truncated", "ops", "_key")
+    __slots__ = ("layout", "entries", "counts", "truncated", "ops", "_key", "key_pos")
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
@@ -78,6 +78,7 @@ class TableBatch:
         self.truncated = False  # TRUNCATE first, then the entries
         self.ops = [0, 0, 0, 0]  # insert, update, delete, truncate (for metrics)
         self._key = itemgetter(*layout.key_pos) if layout.key_pos else None
+        self.key_pos = layout.key_pos  # for the compiled netting (see the end of the module)
 
     def __len__(self) -> int:
         return len(self.entries) + len(self.counts)
@@ -92,6 +93,30 @@ class TableBatch:
         raise UnsupportedTypeError(self.layout.qualname, self.layout.columns[i],
                                    self.layout.types[i], "the source sends it as text only "
                                    "(no binary send function)")
+
+    def absorb(self, msg: Message) -> bool:
+        """One Insert, Update, Delete or Truncate, in source order; False when the caller
+        must write the run first and move the row itself (``update``). The compiled netting
+        (end of the module) takes what it can; the methods below are the reference and take
+        the rest."""
+        fast = accel.fast
+        if fast is not None and fast.net(self, msg):
+            return True
+        return self.absorb_pure(msg)
+
+    def absorb_pure(self, msg: Message) -> bool:
+        """``absorb`` in Python only (the reference the compiled netting is tested against)."""
+        kind = type(msg)
+        if kind is Insert:
+            self.insert(msg.new_tuple)
+        elif kind is Update:
+            return self.update(msg.new_tuple, msg.old_tuple or msg.key_tuple,
+                               msg.old_tuple is not None)
+        elif kind is Delete:
+            self.delete(msg.old_tuple or msg.key_tuple)
+        else:  # Truncate
+            self.truncate()
+        return True
 
     def insert(self, new: TupleData) -> None:
         self.ops[0] += 1
@@ -191,6 +216,39 @@ class TableBatch:
             return [raw for raw, n in self.counts.items() for _ in range(n) if n > 0]
         return [e[1] for e in self.entries.values() if e[0] == FRESH]
 
+    def split(self) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple[int, int, tuple]],
+                             dict[str, int]]:
+        """A keyed run in one pass, for apply.py: FRESH images, DELETE images, UPDATE images,
+        the stage rows of its PATCHes and their patterns (as ``staged`` gives them)."""
+        fast = accel.fast
+        if fast is not None:
+            parts = fast.split(self.entries)  # None when there are PATCHes
+            if parts is not None:
+                return parts[0], parts[1], parts[2], [], {}
+        return self.split_pure()
+
+    def split_pure(self) -> tuple[list[tuple], list[tuple], list[tuple],
+                                  list[tuple[int, int, tuple]], dict[str, int]]:
+        """``split`` in Python only (the reference)."""
+        fresh: list[tuple] = []
+        deletes: list[tuple] = []
+        updates: list[tuple] = []
+        patches: list[tuple[int, int, tuple]] = []
+        patterns: dict[str, int] = {}
+        for state, raw, kinds in self.entries.values():
+            if state == FRESH:
+                fresh.append(raw)
+            elif state == DELETE:
+                deletes.append(raw)
+            elif state == UPDATE:
+                updates.append(raw)
+            else:
+                code = patterns.get(kinds)
+                if code is None:
+                    code = patterns[kinds] = 10 + len(patterns)
+                patches.append((code, 0, raw))
+        return fresh, deletes, updates, patches, patterns
+
     def staged(self) -> tuple[list[tuple[int, int, tuple]], dict[str, int]]:
         """(op, n, image) rows for the stage table, and each PATCH pattern's op code.
 
@@ -215,6 +273,17 @@ class TableBatch:
         self.entries.clear()
         self.counts.clear()
         self.truncated = False
+
+
+# The compiled netting (decoder._speedups.net, chosen with the rest of the hot path by
+# decoder.accel): insert, delete and the plain update (no unchanged-TOAST or text column)
+# done in C on this class's own slots, by the same rules as the methods above, which stay
+# the reference and do everything else (apply.apply_change calls them when net() declines).
+# Registered whenever it is built, so that accel.select can switch at any time.
+_compiled = accel.compiled()
+if _compiled is not None:
+    _compiled.setup_batch(TableBatch, ("entries", "counts", "ops", "key_pos"), FRESH, UPDATE,
+                          DELETE)
 
 
 def encode_array(elem_oid: int, values) -> bytes:

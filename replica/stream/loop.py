@@ -140,8 +140,12 @@ class Stream(StreamedSteps):
         self.state.source_connected = self.state.target_connected = True
         metrics.CONNECTED.labels("source").set(1)
         metrics.CONNECTED.labels("target").set(1)
-        read, handlers, flow = self.repl.read, self._handlers, self.flow
-        decode = self.decoder.decode
+        read, handlers, flow = self.repl.read_buffer, self._handlers, self.flow
+        decoder = self.decoder
+        decode = decoder.decode
+        # compiled: a change straight out of libpq's buffer (no copy of the frame), None for
+        # anything else, which takes the pure path below (decoder/accel.py)
+        frame_change = accel.fast.frame_change if accel.fast is not None else None
         stop_deadline = None
         try:
             while True:
@@ -156,11 +160,13 @@ class Stream(StreamedSteps):
                     data = self._next()
                     if data is None:
                         continue
-                try:
-                    frame = split_frame(data)  # XLogData's payload, or a keepalive
-                    msg = decode(frame) if type(frame) is bytes else None
-                except DecodeError as exc:
-                    raise ProtocolError(f"undecodable replication message: {exc}") from exc
+                msg = frame_change(data, decoder.stream_xid) if frame_change else None
+                if msg is None:
+                    try:
+                        frame = split_frame(bytes(data))  # XLogData's payload, or a keepalive
+                        msg = decode(frame) if type(frame) is bytes else None
+                    except DecodeError as exc:
+                        raise ProtocolError(f"undecodable replication message: {exc}") from exc
                 if msg is not None:
                     handler = handlers.get(type(msg))
                     if handler is not None:
@@ -186,7 +192,7 @@ class Stream(StreamedSteps):
             self.writer.shutdown()
         self._feedback(time.monotonic(), force=True)
 
-    def _next(self) -> bytes | None:
+    def _next(self) -> bytes | memoryview | None:
         """The socket had nothing at once: let a burst collect (pacing), else do the idle
         work and wait until something is due. The only place the loop waits."""
         repl, pacing = self.repl, self.pacing
@@ -199,7 +205,7 @@ class Stream(StreamedSteps):
                 pacing.hot = False  # nothing for a while: commit, reply, look around
                 self._idle()
                 wait = max(self.flow.wait_seconds(time.monotonic()), 0.001)
-        data = repl.read(wait)
+        data = repl.read_buffer(wait)
         if data is not None:
             pacing.hot, self.pinged = True, False
             self.last_heard = time.monotonic()

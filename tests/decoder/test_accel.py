@@ -157,3 +157,41 @@ def test_column_arrays_are_byte_for_byte_equal(rows, positions):
             with pytest.raises(error):
                 impl(images, [0, 1] if error is IndexError else [0], [23] * (
                     2 if error is IndexError else 1))
+
+
+@SETTINGS
+@given(kind=st.sampled_from("IUD"), marker=st.sampled_from(["", "K", "O"]), old=tuple_data,
+       new=tuple_data, xid=st.none() | st.integers(0, 2**32 - 1),
+       header=st.binary(min_size=24, max_size=24), view=st.booleans())
+def test_frame_change_reads_the_change_inside_a_frame_as_decode_does(kind, marker, old, new,
+                                                                    xid, header, view):
+    """frame_change takes the whole CopyData (any buffer: libpq's memoryview or bytes) and
+    gives what split_frame + Decoder.decode give for its payload."""
+    head = kind.encode() + (b"" if xid is None else struct.pack(">I", xid)) + b"\0\0\0\5"
+    if kind == "I":
+        body = b"N" + encode_tuple(new)
+    elif kind == "U":
+        body = (marker.encode() + encode_tuple(old) if marker else b"") + b"N" + encode_tuple(new)
+    else:
+        body = (marker or "K").encode() + encode_tuple(old)
+    payload = head + body
+    frame = b"w" + header + payload
+    fast = accel.compiled()
+    got = fast.frame_change(memoryview(frame) if view else frame, xid)
+    d = Decoder(2)
+    d.stream_xid = xid
+    assert got == d.decode(payload) and type(got) is type(d.decode(payload))
+    for cut in range(len(frame)):  # truncated: never a wrong message, None or the same one
+        part = fast.frame_change(memoryview(frame[:cut]) if view else frame[:cut], xid)
+        assert part is None
+
+
+def test_frame_change_leaves_everything_else_to_the_pure_path():
+    fast = accel.compiled()
+    keepalive = b"k" + b"\0" * 16 + b"\1"
+    begin = b"w" + b"\0" * 24 + b"B" + b"\0" * 20
+    assert fast.frame_change(keepalive, None) is None
+    assert fast.frame_change(memoryview(begin), None) is None
+    assert fast.frame_change(b"", None) is None
+    with pytest.raises(TypeError):
+        fast.frame_change("w" * 40, None)
