@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -151,10 +152,16 @@ def snapshot_native(src, tgt, rows: int) -> float:
     return rows / (time.perf_counter() - t0)
 
 
-def fresh_ours(src, tgt, rows: int, n: int, workers: int | None = None) -> float:
+STEP = re.compile(rb"step (\w+) at monotonic ([0-9.]+)")
+
+
+def fresh_ours(src, tgt, rows: int, n: int, workers: int | None = None
+               ) -> tuple[float, dict[str, float]]:
     """A fresh replica from process start: `pgml-replica run` against an empty target
     database (pgml installed there beforehand, as on a deployed ML replica) until every row
-    is there. rows/s over the whole wall time, start-up included."""
+    is there. rows/s over the whole wall time, start-up included; and the seconds from exec
+    to each start-up step the sidecar logged (replica/clone/steps.py; the last of a name),
+    ``seen`` being when this side saw every row."""
     from replica.target.pgml_install import install
 
     db = f"fresh{n}"
@@ -165,13 +172,14 @@ def fresh_ours(src, tgt, rows: int, n: int, workers: int | None = None) -> float
     except Exception as exc:  # noqa: BLE001 - no PL/Python here: run warns and goes on
         print(f"  (pgml not installed on {db}: {exc})", flush=True)
     args = [sys.executable, "-m", "replica", "run", "--source", src.dsn("bench"), "--target",
-            tgt.dsn(db), "--http-port", "0", "--log-level", "WARNING", "--slot", db,
+            tgt.dsn(db), "--http-port", "0", "--log-level", "INFO", "--slot", db,
             "--publication", db, "--tables", "public.bench"]
     if workers:
         args += ["--snapshot-workers", str(workers)]
-    log = open(Path(tempfile.gettempdir()) / f"bench-{db}.log", "wb")  # noqa: SIM115
+    log_path = Path(tempfile.gettempdir()) / f"bench-{db}.log"
+    log = open(log_path, "wb")  # noqa: SIM115
     with tgt.connect(db) as c:
-        t0 = time.perf_counter()
+        t0 = time.monotonic()  # the clock the sidecar's step lines use
         proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
         def done():
@@ -184,13 +192,16 @@ def fresh_ours(src, tgt, rows: int, n: int, workers: int | None = None) -> float
             except psycopg.errors.UndefinedTable:
                 return False
         wait(done, 600, "a fresh replica", every=0.005)
-        elapsed = time.perf_counter() - t0
+        elapsed = time.monotonic() - t0
     proc.terminate()
     proc.wait(60)
+    log.close()
+    steps = {m[1].decode(): float(m[2]) - t0 for m in STEP.finditer(log_path.read_bytes())}
+    steps["seen"] = elapsed
     with src.connect("bench") as c:
         c.execute("SELECT pg_drop_replication_slot(%s)", (db,))
         c.execute(f"DROP PUBLICATION IF EXISTS {db}")
-    return rows / elapsed
+    return rows / elapsed, steps
 
 
 def fresh_native(src, tgt, rows: int, n: int) -> float:
@@ -459,10 +470,13 @@ def main(argv: list[str] | None = None) -> int:
             ratios.append(("initial copy rows/s", o, n))
         if "fresh" in only:
             fo: dict[int, list[float]] = {int(w): [] for w in a.workers.split(",")}
+            fs: dict[int, list[dict[str, float]]] = {w: [] for w in fo}
             fn: list[float] = []
             for i in range(a.repeat):
                 for w in fo:
-                    fo[w].append(fresh_ours(src, tgt, rows, i * 10 + w, w))
+                    rate, steps = fresh_ours(src, tgt, rows, i * 10 + w, w)
+                    fo[w].append(rate)
+                    fs[w].append(steps)
                 fn.append(fresh_native(src, tgt, rows, i))
                 print("  fresh replica from process start: " + ", ".join(
                     f"ours ({w} workers) {v[-1]:,.0f}" for w, v in fo.items())
@@ -471,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
             for w, v in fo.items():
                 ratios.append((f"fresh replica from process start, {w} workers, rows/s",
                                statistics.median(v), statistics.median(fn)))
+                print(f"  ours ({w} workers), seconds from exec to each step (median of "
+                      f"{len(fs[w])}): " + ", ".join(
+                          f"{k} {statistics.median(r[k] for r in fs[w] if k in r):.3f}"
+                          for k in sorted({k for r in fs[w] for k in r},
+                                          key=lambda k: statistics.median(
+                                              r[k] for r in fs[w] if k in r))), flush=True)
         with src.connect("bench") as c:  # a clean slate for the stream phase
             c.execute("TRUNCATE bench")
         for side in (ours, native):

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import psycopg
 
 from decoder import format_lsn
+from replica.clone import steps
 from replica.clone.snapshot import Snapshot
 from replica.config import Settings
 from replica.connect import connect
@@ -84,13 +85,34 @@ class Bootstrap:
 
         def work() -> dict[TableKey, int]:
             name = f"{s.slot}_sync_{os.getpid()}"[:63]
-            with ReplicationConnection(s.source, application_name="pgml-replica sync") as rc, \
-                    self._watch("slot", SLOT_CREATION):
-                created = rc.create_slot(name, snapshot="export", temporary=True)
-                self._copy(tables, created["snapshot_name"], created["consistent_point"])
+            created = self._slot_and_copy(tables, name, "pgml-replica sync", temporary=True)
             return {(t.schema, t.name): created["consistent_point"] for t in tables}
 
         return run_with_ticks(work, tick)
+
+    def _slot_and_copy(self, tables: list[TableDef], name: str, application_name: str,
+                       **slot_options: bool) -> dict:
+        """Create slot ``name`` with an exported snapshot and copy ``tables`` inside it; the
+        copy's target side is prepared meanwhile (Snapshot.prepare_early). The slot's
+        creation result (consistent_point, snapshot_name)."""
+        snap = self._snapshot()
+        snap.prepare_early(tables)
+        try:
+            with ReplicationConnection(self.settings.source,
+                                       application_name=application_name) as rc, \
+                    self._watch("slot", SLOT_CREATION):
+                created = rc.create_slot(name, snapshot="export", **slot_options)
+                steps.mark("slot_created")
+                self._copy(snap, tables, created["snapshot_name"], created["consistent_point"])
+        finally:
+            snap.close()
+        return created
+
+    def _snapshot(self) -> Snapshot:
+        s = self.settings
+        return Snapshot(s.source, s.target, slot=s.slot, state=self.state,
+                        workers=s.snapshot_workers, chunk_pages=s.snapshot_chunk_pages,
+                        stop=self.stop, history=recorder_for(s), watch=s.receive_timeout)
 
     def _watch(self, what: str, applications: tuple[str, ...]) -> WaitWatcher:
         """Says out loud (phase, /status, log, metric) whom the step waits for on the source
@@ -103,18 +125,15 @@ class Bootstrap:
             tables = publication_defs(src, self.settings.publication, keys)
         return self.copy_beside_temporary_slot(tables, tick)
 
-    def _copy(self, tables: list[TableDef], snapshot_name: str, lsn: int) -> None:
-        s = self.settings
+    def _copy(self, snap: Snapshot, tables: list[TableDef], snapshot_name: str, lsn: int
+              ) -> None:
         log.info("copying %d table(s) as of %s: %s", len(tables), format_lsn(lsn),
                  ", ".join(t.qualname for t in tables))
         prev = self.state.phase
         self.state.phase = Phase.COPYING
         watcher = self._watch("copy", COPY).__enter__()
         try:
-            Snapshot(s.source, s.target, slot=s.slot, state=self.state,
-                     workers=s.snapshot_workers, chunk_pages=s.snapshot_chunk_pages,
-                     stop=self.stop, history=recorder_for(s),
-                     watch=s.receive_timeout).run(tables, snapshot_name, lsn)
+            snap.run(tables, snapshot_name, lsn)
         finally:
             watcher.__exit__(None, None, None)
             self.state.phase = prev
@@ -151,12 +170,10 @@ class Bootstrap:
         tables = publication_defs(source, s.publication)
         self.state.tables = [t.qualname for t in tables]
         synced = progress.synced_tables(target, s.slot)
+        steps.mark("catalog_read")
         if prog is None and slot is None:
-            with ReplicationConnection(s.source, application_name="pgml-replica") as rc, \
-                    self._watch("slot", SLOT_CREATION):
-                created = rc.create_slot(s.slot, snapshot="export", failover=s.failover_slot)
-                todo = tables
-                self._copy(todo, created["snapshot_name"], created["consistent_point"])
+            created = self._slot_and_copy(tables, s.slot, "pgml-replica",
+                                          failover=s.failover_slot)
             start = created["consistent_point"]
             progress.start(target, s.slot, start, sysid)
             return start, progress.synced_tables(target, s.slot)

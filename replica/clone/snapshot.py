@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from replica import metrics
+from replica.clone import steps
 from replica.clone.relay import relay_copy
 from replica.connect import Watchdog, connect
 from replica.errors import SnapshotInterrupted, translate
@@ -42,14 +43,24 @@ class Chunk:
     hi: int | None = None  # first page after the range; None = to the end
 
 
-def plan(tables: list[TableDef], chunk_pages: int) -> list[Chunk]:
-    """Ranges of at most ``chunk_pages`` pages, biggest tables first (they finish last)."""
+#: a table of at least this many pages per worker is split so every worker gets a share,
+#: even below ``chunk_pages`` (a lone table of 400k rows is ~5,000 pages: one chunk, one
+#: worker busy, the others idle); smaller ones are not worth a range scan's overhead
+SPLIT_MIN_PAGES = 1024
+
+
+def plan(tables: list[TableDef], chunk_pages: int, workers: int = 1) -> list[Chunk]:
+    """Ranges of at most ``chunk_pages`` pages, biggest tables first (they finish last);
+    with several ``workers``, a big table has at least one range per worker."""
     chunks: list[Chunk] = []
     for t in sorted(tables, key=lambda t: t.pages, reverse=True):
-        if t.relkind != "r" or t.pages <= chunk_pages:
+        step = chunk_pages
+        if workers > 1 and t.pages >= SPLIT_MIN_PAGES * workers:
+            step = min(step, -(-t.pages // workers))
+        if t.relkind != "r" or t.pages <= step:
             chunks.append(Chunk(t))
             continue
-        starts = list(range(0, t.pages, chunk_pages))
+        starts = list(range(0, t.pages, step))
         for i, lo in enumerate(starts):
             chunks.append(Chunk(t, lo or None, starts[i + 1] if i + 1 < len(starts) else None))
     return chunks
@@ -77,14 +88,23 @@ def copy_in(table: TableDef) -> sql.Composed:
         table.ident, sql.SQL(", ").join(map(sql.Identifier, table.column_names)))
 
 
+#: a table the source's statistics say has fewer rows than this (and some: 0 is also "never
+#: analyzed") is created with its primary key and copied into it; a bigger one gets the key after the load (one sorted build instead of an
+#: insert per row). Measured: docs/sidecar.md "Performance notes".
+KEY_FIRST_MAX_ROWS = 0
+#: bytes the relay gathers from the source before each write to the target
+RELAY_BYTES = 256 * 1024
+
+
 def prepare_target(conn: psycopg.Connection, table: TableDef, slot: str) -> bool:
-    """Make the target table match and empty it; True when created here (key comes later)."""
+    """Make the target table match and empty it; True when the key is still to be added."""
     with conn.transaction():
         progress.unmark_synced(conn, slot, table.schema, table.name)
         current = schema.read_target(conn, table.schema, table.name)
         if current is None:
-            schema.create_table(conn, table, with_key=False)
-            return True
+            key_first = 0 < table.est_rows < KEY_FIRST_MAX_ROWS  # 0: never analyzed
+            schema.create_table(conn, table, with_key=key_first)
+            return not key_first
         conn.execute(sql.SQL("TRUNCATE {}").format(table.ident))  # first: a retype of
         d = schema.diff(current, list(table.columns))  # old rows could fail (a re-copy)
         if d:
@@ -116,6 +136,90 @@ class Snapshot:
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self._lock = threading.Lock()
         self._failed: BaseException | None = None
+        self._early: threading.Thread | None = None  # prepare_early's thread
+        self._early_error: BaseException | None = None
+        self._needs_key: dict[str, bool] | None = None
+        self._spare: list[tuple] = []  # (src, its watchdog, tgt) opened ahead of the snapshot
+
+    def prepare_early(self, tables: list[TableDef]) -> None:
+        """Start the target's side of the copy in a thread now, before the snapshot exists:
+        the tables made to match and emptied, the first worker's connections opened. Why:
+        the slot's creation waits on the source (for its open transactions, then for its
+        snapshot), and none of this needs the snapshot; ``run`` waits for it, ``close``
+        ends it. Issue 14: a fresh replica is measured from process start."""
+        if not tables:
+            return
+
+        def work() -> None:
+            try:
+                self._prepare(tables)
+            except BaseException as exc:  # handed to run(), which raises it
+                self._early_error = exc
+
+        self._early = threading.Thread(target=work, name="copy-prepare", daemon=True)
+        self._early.start()
+
+    def _prepare(self, tables: list[TableDef]) -> None:
+        tgt = self._target()
+        try:
+            try:
+                self._needs_key = {t.qualname: prepare_target(tgt, t, self.slot)
+                                   for t in tables}
+            except psycopg.Error as exc:  # the watchdog cut it, or the target went away
+                raise translate(exc, "target", "the initial copy") from exc
+            steps.mark("copy_target_prepared")
+            src, dog = self._source()
+        except BaseException:
+            tgt.close()
+            raise
+        self._spare.append((src, dog, tgt))  # the copy's connection pair, snapshot aside
+
+    def _target(self) -> psycopg.Connection:
+        tgt = connect(self.target_dsn, "target", "copy")
+        try:
+            self._watched(tgt, self.target_dsn, "target")
+            tgt.execute("SET synchronous_commit = off")  # the final mark is synchronous
+        except psycopg.Error as exc:  # the watchdog cut it, or the target went away
+            tgt.close()
+            raise translate(exc, "target", "the initial copy") from exc
+        return tgt
+
+    def _source(self) -> tuple[psycopg.Connection, Watchdog | None]:
+        src = connect(self.source_dsn, "source", "copy", autocommit=False)
+        dog = self._watched(src, self.source_dsn, "source")
+        src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        src.read_only = True
+        return src, dog
+
+    def _pair(self) -> tuple[psycopg.Connection, Watchdog | None, psycopg.Connection]:
+        """A worker's (source, its watchdog, target): one opened ahead, or new ones."""
+        with self._lock:
+            if self._spare:
+                return self._spare.pop()
+        src, dog = self._source()
+        try:
+            return src, dog, self._target()
+        except BaseException:
+            src.close()
+            raise
+
+    def _wait_early(self) -> None:
+        if self._early is not None:
+            self._early.join()
+            self._early = None
+        if self._early_error is not None:
+            raise self._early_error
+
+    def close(self) -> None:
+        """End what ``prepare_early`` started and close connections no worker took."""
+        if self._early is not None:
+            self._early.join()
+            self._early = None
+        with self._lock:
+            spare, self._spare = self._spare, []
+        for src, _, tgt in spare:
+            src.close()
+            tgt.close()
 
     def run(self, tables: list[TableDef], snapshot_name: str, sync_lsn: int
             ) -> dict[str, int]:
@@ -123,12 +227,17 @@ class Snapshot:
         if not tables:
             return {}
         try:
-            with connect(self.target_dsn, "target", "copy") as conn:
-                self._watched(conn, self.target_dsn, "target")
-                needs_key = {t.qualname: prepare_target(conn, t, self.slot) for t in tables}
-        except psycopg.Error as exc:  # the watchdog cut it, or the target went away
-            raise translate(exc, "target", "the initial copy") from exc
-        chunks = plan(tables, self.chunk_pages)
+            self._wait_early()
+            if self._needs_key is None:
+                self._prepare(tables)
+            needs_key = self._needs_key
+            return self._run(tables, needs_key, snapshot_name, sync_lsn)
+        finally:
+            self.close()
+
+    def _run(self, tables: list[TableDef], needs_key: dict[str, bool], snapshot_name: str,
+             sync_lsn: int) -> dict[str, int]:
+        chunks = plan(tables, self.chunk_pages, self.workers)
         todo: queue.Queue[Chunk] = queue.Queue()
         for c in chunks:
             todo.put(c)
@@ -149,11 +258,13 @@ class Snapshot:
             with conn.transaction():
                 if needs_key[table.qualname]:
                     schema.add_key(conn, table)
+                    steps.mark("keyed")
                 if self.history is not None and self.history.wants(table.qualname):
                     history_store.seed(conn, table.schema, table.name, table.column_names,
                                        list(table.key), sync_lsn, self.history.retention)
                 progress.mark_synced(conn, self.slot, table.schema, table.name, sync_lsn,
                                      rows[table.qualname], table.filenode)
+            steps.mark("synced")
             conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
             self.state.snapshot[table.qualname].update(
                 rows=rows[table.qualname], total=rows[table.qualname], total_is_estimate=False,
@@ -178,21 +289,18 @@ class Snapshot:
         def worker() -> None:
             tgt = None
             try:
-                with connect(self.source_dsn, "source", "copy", autocommit=False) as src, \
-                        connect(self.target_dsn, "target", "copy") as tgt:
-                    dog = self._watched(src, self.source_dsn, "source")
-                    self._watched(tgt, self.target_dsn, "target")
-                    src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-                    src.read_only = True
+                src, dog, tgt = self._pair()
+                with src, tgt:
                     src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
                         sql.Literal(snapshot_name)))
-                    tgt.execute("SET synchronous_commit = off")  # the final mark is synchronous
+                    steps.mark("copy_connected")
                     while not self.stop.is_set() and self._failed is None:
                         try:
                             chunk = todo.get_nowait()
                         except queue.Empty:
                             return
                         self._copy_chunk(src, tgt, chunk, count, dog and dog.moved)
+                        steps.mark("chunk_copied")
                         with self._lock:
                             remaining[chunk.table.qualname] -= 1
                             last = remaining[chunk.table.qualname] == 0
@@ -241,7 +349,9 @@ class Snapshot:
         with tgt.transaction(), tgt.cursor() as tcur:
             with tcur.copy(copy_in(chunk.table)) as cout:
                 for rows in relay_copy(src, copy_out(chunk).as_bytes(src), cout,
-                                       moved=moved):
+                                       chunk_bytes=RELAY_BYTES, moved=moved):
+                    if not reported:
+                        steps.mark("first_rows")
                     count(chunk.table, rows - reported)
                     reported = rows
                     if self.stop.is_set():

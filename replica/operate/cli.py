@@ -18,10 +18,12 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import psycopg
 from pydantic import ValidationError
 
+from replica.clone import steps
 from replica.config import ENV_PREFIX, WRITEBACK_FIELDS, Settings
 from replica.errors import ReplicaError
 from replica.secrets import scrub, secrets_of
@@ -115,10 +117,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from replica.operate.runner import Runner
     from replica.state import Phase, SidecarState
 
+    imported = time.monotonic()
     settings = settings_from(args)
     settings.require("source", "target")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    steps.mark("cli_loaded", steps.LOADED)
+    steps.mark("runner_imported", imported)
+    steps.mark("settings")
     state = SidecarState(slot=settings.slot, publication=settings.publication)
     state.status_provider = lambda: report.collect(
         settings.source, settings.target, slot=settings.slot, publication=settings.publication)
@@ -134,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if not args.no_pgml_install:
         _install_pgml(settings.target)
+        steps.mark("pgml_check")
     server = None
     if settings.http_port:
         from replica.operate import ml_report
@@ -265,14 +272,25 @@ def cmd_install(args: argparse.Namespace) -> int:
 # -- entry point -----------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand's parser; given the ``command`` about to run, only this module's own
+    when it is one of them. Why: the other verbs' modules import what only they need (rich
+    tables for `check`), and `run`'s start-up is measured from exec (issue 14)."""
+    if command is not None:
+        own = _parser([p for p in SUBCOMMANDS if p.partition(":")[0] == __name__])
+        if command in own[1].choices:
+            return own[0]
+    return _parser(list(SUBCOMMANDS))[0]
+
+
+def _parser(paths: list[str]) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="pgml-replica", description="Mirror Postgres "
                                      "tables into an ML replica over logical replication.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for path in SUBCOMMANDS:
+    for path in paths:
         module, _, func = path.partition(":")
         getattr(importlib.import_module(module), func)(sub)
-    return parser
+    return parser, sub
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -285,7 +303,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):
-            return build_parser().parse_args(argv)
+            return build_parser(argv[0] if argv else None).parse_args(argv)
     except SystemExit:
         text = said.getvalue()
         for a in argv:

@@ -23,6 +23,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from replica import metrics
+from replica.clone import steps
 from replica.clone.bootstrap import Bootstrap
 from replica.config import Settings
 from replica.connect import connect
@@ -46,7 +47,6 @@ from replica.source.publication import (
 from replica.source.replconn import ReplicationConnection
 from replica.source.slots import drop_slot, slot_info
 from replica.state import Phase, SidecarState
-from replica.stream.loop import Stream
 from replica.target import progress
 
 log = logging.getLogger("pgml_replica")
@@ -86,6 +86,7 @@ class Runner:
             try:
                 if not prepared:  # a source not reachable yet is retried like a lost one
                     self._preflight()
+                    steps.mark("preflight")
                     prepared = True
                 self._session()
                 break
@@ -198,6 +199,7 @@ class Runner:
             raise
         # both ends answer from here on, the initial copy included (the stream sets these
         # again; _disconnected clears them when the session ends)
+        steps.mark("session_connected")
         state.source_connected = state.target_connected = True
         metrics.CONNECTED.labels("source").set(1)
         metrics.CONNECTED.labels("target").set(1)
@@ -222,6 +224,10 @@ class Runner:
             dsn = with_options(dsn, options=" ".join(filter(None, (
                 conninfo_to_dict(dsn).get("options"),
                 f"-c logical_decoding_work_mem={s.decoding_work_mem}"))))
+        # imported here, not at the top: a fresh replica's copy does not wait for the
+        # stream's modules (issue 14 measures from exec to the last copied row)
+        from replica.stream.loop import Stream
+
         with ReplicationConnection(dsn) as repl:
             Stream(repl=repl, source=src, target=tgt, settings=s, state=state,
                    start_lsn=start_lsn, synced=synced, stop=self.stop,

@@ -1,0 +1,101 @@
+"""A fresh replica's start-up path (issue 14): every worker gets a share of a big table, the
+copy's target side is prepared while the slot is created, and each step is logged."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from replica.clone import snapshot as snapshot_mod
+from replica.clone.snapshot import Snapshot, plan
+from replica.errors import ReplicaError
+from replica.source.catalog import ColumnDef, TableDef
+from replica.source.publication import publication_defs
+from replica.state import SidecarState
+from replica.target import progress
+from tests.replica.conftest import wait_for
+
+
+def _table(pages: int, relkind: str = "r") -> TableDef:
+    return TableDef("public", f"t{pages}", 1, (ColumnDef("id", "bigint"),), ("id",), "d",
+                    pages=pages, est_rows=pages * 80, relkind=relkind)
+
+
+def test_plan_gives_every_worker_a_share_of_a_big_table():
+    big, small = _table(5000), _table(1000)
+    ranges = plan([small, big], chunk_pages=8192, workers=2)
+    assert [(c.table.name, c.lo, c.hi) for c in ranges] == [
+        ("t5000", None, 2500), ("t5000", 2500, None), ("t1000", None, None)]
+    assert [(c.lo, c.hi) for c in plan([big], chunk_pages=8192, workers=1)] == [(None, None)]
+    assert len(plan([_table(5000, "p")], chunk_pages=8192, workers=4)) == 1  # no ctid
+    # chunk_pages still bounds a range when it is the smaller one
+    assert [(c.lo, c.hi) for c in plan([big], chunk_pages=2000, workers=2)] == [
+        (None, 2000), (2000, 4000), (4000, None)]
+
+
+def _copy_sessions(db) -> list[tuple]:
+    return db.execute("SELECT pid FROM pg_stat_activity WHERE application_name ="
+                      " 'pgml-replica copy' AND datname = current_database()")
+
+
+def test_a_copy_prepared_early_but_never_run_leaves_no_session(source_db, replica_db):
+    """The slot's creation failed after the target side was prepared: close() ends what
+    prepare_early opened, on both servers."""
+    source_db.execute("CREATE TABLE t (id bigint PRIMARY KEY, v text);"
+                      " CREATE PUBLICATION early_pub FOR TABLE t")
+    with source_db.connect() as c:
+        tables = publication_defs(c, "early_pub")
+    with replica_db.connect() as c:
+        progress.ensure(c)  # what Bootstrap.prepare does before any copy
+    snap = Snapshot(source_db.dsn, replica_db.dsn, slot="early", state=SidecarState(),
+                    workers=1)
+    snap.prepare_early(tables)
+    wait_for(lambda: snap._early_error or _copy_sessions(source_db)
+             and _copy_sessions(replica_db), 30, "the early copy sessions")
+    assert snap._early_error is None
+    snap.close()
+    wait_for(lambda: not _copy_sessions(source_db) and not _copy_sessions(replica_db), 30,
+             "the early copy sessions to end")
+    assert replica_db.execute("SELECT count(*) FROM t") == [(0,)]  # prepared: created
+
+
+def test_a_target_lost_while_prepared_early_is_the_copy_error(source_db, replica_db,
+                                                              pg_replica):
+    source_db.execute("CREATE TABLE t (id bigint PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t")
+    with source_db.connect() as c:
+        tables = publication_defs(c, "p")
+    gone = pg_replica.dsn("no_such_database_here")
+    snap = Snapshot(source_db.dsn, gone, slot="early", state=SidecarState(), workers=1)
+    snap.prepare_early(tables)
+    with pytest.raises(ReplicaError):
+        snap.run(tables, "00000003-00000002-1", 0)
+    assert not _copy_sessions(source_db)
+
+
+@pytest.mark.parametrize("key_first", [False, True])
+def test_fresh_start_logs_each_step_and_copies_with_the_key(source_db, replica_db, sidecars,
+                                                            caplog, monkeypatch, key_first):
+    """Both ways to the key (built after the load, or the table created with it) end with
+    the same rows and the same primary key; the step lines come in start-up order."""
+    monkeypatch.setattr(snapshot_mod, "KEY_FIRST_MAX_ROWS", 10**9 if key_first else 0)
+    source_db.execute("""
+        CREATE TABLE bench (id bigint PRIMARY KEY, a float8, b float8, t text, ts timestamptz);
+        INSERT INTO bench SELECT g, random(), random(), md5(g::text), now()
+          FROM generate_series(1, 20000) g;
+        ANALYZE bench;
+    """)
+    caplog.set_level(logging.INFO, logger="pgml_replica.steps")
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn, snapshot_workers=2)
+    sc.wait_streaming(60)
+    sc.wait_same(source_db, replica_db, ["public.bench"])
+    assert replica_db.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE"
+                              " conrelid = 'bench'::regclass") == [("PRIMARY KEY (id)",)]
+    said = [r.getMessage().split()[1] for r in caplog.records
+            if r.name == "pgml_replica.steps"]
+    order = [s for s in said if s in ("catalog_read", "slot_created", "copy_connected",
+                                      "chunk_copied", "synced")]
+    assert order[0] == "catalog_read" and order[1] == "slot_created"
+    assert order[-1] == "synced" and "chunk_copied" in order
+    assert ("keyed" in said) is not key_first
+    assert said.index("copy_target_prepared") > said.index("catalog_read")
