@@ -124,7 +124,7 @@ class TableBatch:
         if "t" in new.kinds:
             self._text_value(new)
         if self._key is None:
-            self.counts[raw] = self.counts.get(raw, 0) + 1
+            self._count(raw, 1)  # (a row deleted then inserted again nets to no entry)
             return
         k = self._key(raw)
         prev = self.entries.get(k)
