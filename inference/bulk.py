@@ -1,37 +1,37 @@
 """pgml.predict_relation: score every row of a relation into a new table, without per-row calls.
 
-Three steps, each one statement inside the caller's transaction (so an error, or a rollback,
-leaves no table behind, and the relation is read as the caller sees it -- uncommitted rows
-included -- which a second, loopback connection could not do):
+Everything runs inside the caller's transaction (so an error, or a rollback, leaves no table
+behind, and the relation is read as the caller sees it -- uncommitted rows included -- which a
+second, loopback connection could not do), in chunks of rows that overlap
+(bulk_pipeline.py): while a worker thread scores chunk k, the backend reads chunk k+1 and
+writes chunk k-1.
 
-1. Read. One scan returns the key columns (their send bytes for step 3's COPY, or text
-   arrays for the array path) and every feature column as one bytea of big-endian float8 (``string_agg(float8send(col::float8))``, NULL as NaN),
-   which numpy reads without a Python object per value -- the loader training uses
-   (relations.py: 0.7 s for 1M x 11 columns against 1.37 s for psycopg binary COPY over a
-   loopback connection, measured on this box). All aggregates run in the one scan, so key i
-   and feature row i are the same row.
-2. Score in batches of BATCH_ROWS rows through the deployed model's Scorer (``predict`` with
-   the threads Postgres allows one query, as predict_batch; on a CUDA box the RoutedScorer
-   sends these batches to the tensor graph) -- or, for XGBoost and LightGBM on the CPU, through
-   the stored native pipeline, whose own batch predictor is faster than onnxruntime's
-   TreeEnsemble kernel, once it has answered like the graph on the batch's first rows
-   (``native_scorer``).
-3. Write. CREATE TABLE into (keys, prediction float8[, probabilities float8[]]), then one
-   binary COPY FROM a file this backend writes: copybin builds the stream with numpy (the
-   key columns travel as their type's own send bytes, read in step 1 with
-   ``string_agg(<typsend>(key))`` and their lengths, so a key of any type, NULL or not, goes
-   back byte for byte with no Python object per row). Measured for 1M rows on the dev box:
-   0.2 s of backend CPU against 1.2-1.3 s for the array-parameter form below. COPY FROM a
-   server file needs a role that may read server files (superuser, pg_read_server_files);
-   for any other role, or with ``SET pgml.bulk_copy = off``, the results go in as before:
-   ``CREATE TABLE into AS SELECT ... FROM unnest($1, $2, ...)``, one array parameter per
-   column (keys as text, cast back).
+1. Read (bulk_read.py). One SPI cursor, so one snapshot, returns one row per chunk of heap
+   blocks: the key columns (their send bytes for the COPY, or text arrays for the array
+   path) and every feature column as one bytea of float8 (NULL as NaN) that numpy reads
+   without a Python object per value -- the loader training uses (relations.py).
+2. Score each chunk in the worker thread (``predict`` with the threads Postgres allows one
+   query, less the one reading). Which scorer: the model's compiled trees where it has them
+   (routing: the same C library that answers per-row pgml.predict, so bulk and per-row
+   answers are the same numbers; 0.72-0.74 s of CPU per 1M rows against 0.85-0.86 s for
+   XGBoost's own predictor in the same backend, and one GIL-free call per chunk); else, for
+   XGBoost and LightGBM on the CPU, the stored native pipeline, faster than onnxruntime's
+   TreeEnsemble kernel, once it has answered like the graph on the first chunk's first rows
+   (``native_scorer``); else the ONNX scorer (on a CUDA box the RoutedScorer sends large
+   batches to the tensor graph). The scorer is chosen, and anything it loads is loaded, in
+   the backend's thread before the worker starts: the worker never calls plpy.
+3. Write (bulk_write.py). CREATE TABLE into (keys, prediction float8[, probabilities
+   float8[]]), then per chunk a binary COPY FROM a file built with copybin (keys byte for
+   byte, any type) by the backend's thread, between reads (bulk_pipeline: "The GIL"); or, for a role that may not read server files or with ``SET
+   pgml.bulk_copy = off``, one CREATE TABLE AS ... unnest of array parameters at the end.
 
-Read, measured: 0.55-0.65 s of backend CPU for 1M x 10 float8 (per value, float8send and
-string_agg's append); binary COPY of the same table to a server file costs the same 0.5 s
-(the same send functions), and psycopg over a loopback connection adds the socket -- and
-could not see the caller's uncommitted rows. Scoring (XGBoost 100 trees depth 6, its own
-predictor) is 0.8-0.9 s of CPU per 1M rows on one thread; compiled trees (routing.py) 1.3 s.
+With ``max_parallel_workers_per_gather = 0`` (one thread per query) the same chunks go
+through the same steps one after another, without the worker.
+
+Measured for 1M rows x 10 float8 + an int8 key, XGBoost 100 trees depth 6, backend CPU:
+read 0.31 s, score 0.72 s (compiled trees), write 0.16 s + 0.04 s building the files; 1.27 s
+in all against 1.80 s before the chunks, and 0.78 s wall on the 2-core box at load ~4.5
+(docs/benchmarks.md, "Scoring at scale").
 
 Names: the relation through to_regclass (relations.resolve), key columns checked against its
 columns and quoted; ``into`` may be schema-qualified (``schema.table``, each part quoted) and
@@ -40,13 +40,13 @@ must not exist.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
-import plpy
 
-from inference import deployed, relations, store
+from inference import bulk_pipeline, bulk_read, bulk_write, deployed, relations, store
 from inference.errors import InvalidData, PgmlError, UnknownColumn
-
-BATCH_ROWS = 262_144
+from inference.rows import feature_rows
 
 
 def predict_relation(project_name: str, relation_name: str, key_columns: list[str] | None,
@@ -85,37 +85,75 @@ def predict_relation(project_name: str, relation_name: str, key_columns: list[st
 
     clock = _Clock()
     by_copy = copy_allowed()
-    n, key_values, X = _read(source, [cols[k] for k in keys], [cols[f] for f in features],
-                             categories, sent=by_copy)
-    if encoding:  # text columns were read as codes: the model's encoded features
-        from inference.encoding import apply
+    key_cols, feature_cols = [cols[k] for k in keys], [cols[f] for f in features]
+    classes = len(scorer.classes) if scorer.has_proba else 0
+    writer = (bulk_write.CopyWriter if by_copy else bulk_write.ArrayWriter)(into, key_cols,
+                                                                           classes)
+    try:
+        steps = _score_chunks(model, scorer, source, oid, key_cols, feature_cols, categories,
+                              encoded if encoding else None, writer, threads, by_copy)
+        with bulk_pipeline.Timed(steps, "write"):
+            writer.finish()
+    finally:
+        writer.close()
+    LAST_RUN["seconds"] = {**steps.report(), "total": clock.lap()}
+    LAST_RUN["chunks"] = steps.chunks
+    return LAST_RUN["rows"]
 
-        values = apply(model.encoding, {f: X[:, j] for j, f in enumerate(features)})
-        X = relations.gather(values, encoded, np.arange(n))
-    read = clock.lap()
-    prediction = np.empty(n)
-    proba = np.empty((n, len(scorer.classes))) if scorer.has_proba and n else None
-    native = native_scorer(model.model_id, scorer, X, threads)
-    LAST_RUN.clear()
-    LAST_RUN.update(model_id=model.model_id, rows=n, scored_by=_scored_by(scorer, native, n),
-                    written_by="copy" if by_copy else "arrays")
-    for start in range(0, n, BATCH_ROWS):
-        part = X[start:start + BATCH_ROWS]
+
+def _score_chunks(model, scorer, source: str, oid: int, key_cols, feature_cols, categories,
+                  encoded: list[str] | None, writer, threads: int, by_copy: bool):
+    """Read, score and write every chunk (bulk_pipeline), the scorer chosen on the first chunk
+    in this thread: nothing the worker thread runs may touch plpy or load a model file."""
+    steps = bulk_pipeline.Steps()
+    blocks = bulk_read.plan_blocks(oid, source, bulk_read.chunk_rows(len(feature_cols)))
+    chunks = bulk_read.read(source, key_cols, feature_cols, categories, sent=by_copy,
+                            blocks=blocks)
+    names = [c.name for c in feature_cols]
+
+    from inference.encoding import apply  # imported here: the worker only calls it
+
+    def features(chunk) -> np.ndarray:
+        if encoded is None:
+            return chunk.X
+        # text columns were read as codes: the model's encoded features
+        values = apply(model.encoding, {f: chunk.X[:, j] for j, f in enumerate(names)})
+        return relations.gather(values, encoded, np.arange(chunk.n))
+
+    with bulk_pipeline.Timed(steps, "read"):
+        first = next(chunks, None)
+    native = None
+    with bulk_pipeline.Timed(steps, "check"):
+        cuda = getattr(scorer, "cuda", False)  # a compiled scorer asks (and loads) here
+        compiled = getattr(scorer, "graph", None) == "compiled" and not cuda
+        if first is not None and not compiled:  # compiled trees first, else native
+            expected = max(blocks.rows if blocks is not None else 0, first.n)
+            native = native_scorer(model.model_id, scorer, features(first), threads,
+                                   rows=expected)
+    counted = [0]
+
+    def score(chunk, n_threads: int):
+        X = features(chunk)
+        counted[0] += chunk.n
         if native is not None:
-            prediction[start:start + len(part)] = native.predict(part)
-            if proba is not None:
-                proba[start:start + len(part)] = native.predict_proba(part)
-            continue
-        prediction[start:start + len(part)] = scorer.predict(part, threads=threads)
-        if proba is not None:
-            proba[start:start + len(part)] = scorer.predict_proba(part)
-    score = clock.lap()
-    if by_copy:
-        _write_copy(into, [cols[k] for k in keys], key_values, prediction, proba)
-    else:
-        _write(into, [cols[k] for k in keys], key_values, prediction, proba)
-    LAST_RUN["seconds"] = {"read": read, "score": score, "write": clock.lap()}
-    return n
+            _set_threads(native, n_threads)
+            prediction = np.asarray(native.predict(X), dtype=np.float64)
+            return prediction, (native.predict_proba(X) if scorer.has_proba else None)
+        if compiled and scorer.has_proba:  # one pass gives both (CompiledScorer's own rule)
+            out, labels = scorer.trees.rows(feature_rows(X, scorer.n_features), n_threads)
+            return scorer.classes[labels], out
+        prediction = np.asarray(scorer.predict(X, threads=n_threads), dtype=np.float64)
+        return prediction, (scorer.predict_proba(X) if scorer.has_proba else None)
+
+    LAST_RUN.clear()
+    LAST_RUN.update(model_id=model.model_id, rows=0, written_by="copy" if by_copy else "arrays",
+                    scored_by=_scored_by(scorer, native, first.n if first is not None else 0))
+    if first is not None:
+        bulk_pipeline.run(itertools.chain([first], chunks), score, writer.prepare,
+                          writer.write, threads=threads, steps=steps,
+                          overlap=blocks is not None, prepare_here=True)
+    LAST_RUN["rows"] = counted[0]
+    return steps
 
 
 class _Clock:
@@ -162,7 +200,7 @@ def batch_scorer(model, X: np.ndarray, threads: int):
     return native_scorer(model.model_id, model.scorer, X, threads)
 
 
-def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int):
+def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int, rows: int | None = None):
     """The model's native pipeline (model.pkl) for a large batch, or None to use ``scorer``.
 
     Only where the served graph is the default CPU one (a CUDA-routed scorer keeps its tensor
@@ -177,7 +215,7 @@ def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int):
 
     from inference import parity
 
-    if len(X) < NATIVE_MIN_ROWS or getattr(scorer, "cuda", False) or scorer.runtime != "onnx":
+    if (len(X) if rows is None else rows) < NATIVE_MIN_ROWS or getattr(scorer, "cuda", False) or scorer.runtime != "onnx":
         return None
     setting = store.query("SELECT current_setting('pgml.native_bulk', true) AS v")[0]["v"]
     if (setting or "on").strip().lower() in ("off", "false", "0"):  # SET pgml.native_bulk = off
@@ -190,12 +228,9 @@ def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int):
         pipeline = pickle.loads(data)  # noqa: S301 - our own model file, written by pgml.train
         _PIPELINES.clear()  # one model's pipeline at a time: a backend scores one at a time
         _PIPELINES[model_id] = pipeline
-    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
-    inner = getattr(final, "estimator_", final)
-    if type(inner).__name__ not in NATIVE_BULK:
+    if _final_name(pipeline) not in NATIVE_BULK:
         return None
-    if "n_jobs" in inner.get_params():
-        inner.set_params(n_jobs=max(1, int(threads)))
+    _set_threads(pipeline, threads)
     probe = X[:CHECK_ROWS]
     ours, theirs = scorer.predict(probe), np.asarray(pipeline.predict(probe), dtype=np.float64)
     if scorer.classes is None:
@@ -210,69 +245,21 @@ def native_scorer(model_id: int, scorer, X: np.ndarray, threads: int):
     return pipeline
 
 
-def _final_name(pipeline) -> str:
+def _estimator(pipeline):
     final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
-    return type(getattr(final, "estimator_", final)).__name__
+    return getattr(final, "estimator_", final)
 
 
-def _read(source: str, keys, features, categories: dict[str, list[str]] | None = None,
-          sent: bool = False) -> tuple[int, list, np.ndarray]:
-    """One scan: features as float8 bytes (a text column as its codes: NULL 0, a known value
-    its 1-based place in ``categories``, an unknown one NaN); keys as arrays, or, ``sent``,
-    as their type's send output ready for binary COPY (copybin.sent_field: no Python object
-    per key, any type)."""
-    parts = ["count(*)::int8 AS n"]
-    raw = relations.raw_arrays()
-    for i, k in enumerate(keys):
-        name = plpy.quote_ident(k.name)
-        if not sent:
-            parts.append(f"array_agg({name}::text) AS k{i}")
-            continue
-        send, width = _send_function(k)
-        parts.append(f"string_agg({send}({name}), ''::bytea) AS k{i}")
-        if width > 0:  # a fixed-width type: each length is a constant (or NULL's -1)
-            size = width.to_bytes(4, "big").hex()
-            parts.append(f"string_agg(CASE WHEN {name} IS NULL THEN '\\xffffffff'::bytea"
-                         f" ELSE '\\x{size}'::bytea END, ''::bytea) AS l{i}")
-        else:
-            parts.append(f"string_agg(int4send(coalesce(octet_length({send}({name})), -1)),"
-                         f" ''::bytea) AS l{i}")
-    params: list[list[str]] = []
-    for i, c in enumerate(features):
-        value = plpy.quote_ident(c.name)
-        if categories and c.name in categories:
-            params.append(list(categories[c.name]))
-            value = (f"(CASE WHEN {value} IS NULL THEN 0 ELSE array_position(${len(params)}"
-                     f"::text[], {value}::text) END)::float8")
-        else:
-            value = f"{value}::int::float8" if c.base_oid == 16 else f"{value}::float8"
-        parts.append(f"{relations.float8_column_sql(value, raw)} AS c{i}")
-    sql = f"SELECT {', '.join(parts)} FROM {source}"  # noqa: S608 - quoted
-    row = (plpy.execute(plpy.prepare(sql, ["text[]"] * len(params)), params) if params
-           else plpy.execute(sql))[0]
-    n = row["n"]
-    X = np.empty((n, len(features)), dtype=np.float64)
-    for i in range(len(features)):
-        if n:
-            X[:, i] = relations.float8_column(row[f"c{i}"], n, raw)
-    if sent:
-        from inference import copybin
-
-        return n, [copybin.sent_field(np.frombuffer(row[f"l{i}"] or b"", dtype=">i4"),
-                                      row[f"k{i}"] or b"") for i in range(len(keys))], X
-    return n, [row[f"k{i}"] or [] for i in range(len(keys))], X
+def _final_name(pipeline) -> str:
+    return type(_estimator(pipeline)).__name__
 
 
-def _send_function(column) -> tuple[str, int]:
-    """The key column's type's binary send function, as SQL (regproc quotes it if needed), and
-    the byte width of its send output where that is fixed (else 0): a domain's is its base
-    type's, and its recv function reads the bytes back in the new table."""
-    found = store.query(
-        "SELECT typsend::regproc::text AS f, CASE WHEN typtype <> 'e'"  # an enum sends its label
-        " AND (typbyval OR oid = ANY ('{uuid,macaddr,interval,point,timetz}'::regtype[]))"
-        " THEN typlen ELSE 0 END::int AS w FROM pg_type WHERE oid = $1::oid",
-        ("int8",), (column.base_oid,))
-    return found[0]["f"], found[0]["w"]
+def _set_threads(pipeline, threads: int) -> None:
+    """The native estimator's n_jobs (XGBoost passes it on to its booster), when it changes."""
+    inner = _estimator(pipeline)
+    params = inner.get_params()
+    if "n_jobs" in params and params["n_jobs"] != max(1, int(threads)):
+        inner.set_params(n_jobs=max(1, int(threads)))
 
 
 def copy_allowed() -> bool:
@@ -285,67 +272,3 @@ def copy_allowed() -> bool:
         " current_setting('pgml.bulk_copy', true) AS setting")[0]
     return bool(found["ok"]) and (found["setting"] or "on").strip().lower() not in (
         "off", "false", "0")
-
-
-def _target(into: str) -> str:
-    """``into`` as quoted SQL: 'name' or 'schema.name' (a dot inside a name: quote it)."""
-    found = store.query("SELECT parse_ident($1) AS parts", ("text",), (into,))
-    parts = found[0]["parts"]
-    if len(parts) > 2:
-        raise PgmlError(f"into {into!r} must be a table name, optionally schema-qualified")
-    return ".".join(plpy.quote_ident(p) for p in parts)
-
-
-def _write_copy(into: str, keys, key_fields, prediction: np.ndarray,
-                proba: np.ndarray | None) -> None:
-    """CREATE TABLE into, then one binary COPY FROM a file this backend writes (in a private
-    directory of its own, removed after): the stream built by copybin from the key columns'
-    own send bytes, the predictions and the probabilities."""
-    import os
-    import shutil
-    import tempfile
-
-    from inference import copybin
-
-    columns = [f"{plpy.quote_ident(k.name)} {k.pg_type}" for k in keys]
-    columns.append("prediction float8")
-    if proba is not None:
-        columns.append("probabilities float8[]")
-    target = _target(into)
-    plpy.execute(f"CREATE TABLE {target} ({', '.join(columns)})")
-    n = len(prediction)
-    if not n:
-        return
-    fields = [*key_fields, copybin.float8_field(prediction)]
-    if proba is not None:
-        fields.append(copybin.float8_array_field(proba))
-    folder = tempfile.mkdtemp(prefix="pgml-bulk-")
-    try:
-        path = os.path.join(folder, "rows.copy")
-        with open(path, "wb") as out:
-            copybin.write(out, n, fields)
-        plpy.execute(f"COPY {target} FROM {plpy.quote_literal(path)} (FORMAT binary)")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _write(into: str, keys, key_values, prediction: np.ndarray, proba: np.ndarray | None):
-    """The path without COPY: every column as one array parameter of CREATE TABLE AS ...
-    unnest. Keys travel as their text form and are cast back (exact for every type, and an
-    array-typed key stays one value per row, which unnest of an array of arrays would not)."""
-    names = [plpy.quote_ident(k.name) for k in keys] + ["prediction"]
-    types = ["text[]" for _ in keys] + ["float8[]"]
-    args = [*key_values, prediction.tolist()]
-    select = [f"{n}::{k.pg_type} AS {n}" for n, k in zip(names, keys, strict=False)]
-    select.append("prediction")
-    if proba is not None:
-        classes = [f"p{j}" for j in range(proba.shape[1])]
-        names += classes
-        types += ["float8[]"] * len(classes)
-        args += [proba[:, j].tolist() for j in range(proba.shape[1])]
-        select.append(f"ARRAY[{', '.join(classes)}]::float8[] AS probabilities")
-    params = ", ".join(f"${i + 1}" for i in range(len(args)))
-    plan = plpy.prepare(
-        f"CREATE TABLE {_target(into)} AS SELECT {', '.join(select)}"  # noqa: S608 - quoted
-        f" FROM unnest({params}) AS t({', '.join(names)})", types)
-    plpy.execute(plan, args)
