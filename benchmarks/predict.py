@@ -171,12 +171,17 @@ def _configure(conn, key: str | None) -> None:
     conn.execute("RESET max_parallel_workers_per_gather")
     conn.execute("RESET pgml.native_bulk")
     conn.execute("RESET pgml.bulk_copy")
+    conn.execute("RESET pgml.bulk_chunk_rows")
     if key == "one_thread":
         conn.execute("SET max_parallel_workers_per_gather = 0")
     elif key == "onnx_only":
         conn.execute("SET pgml.native_bulk = off")
     elif key == "array_write":
         conn.execute("SET pgml.bulk_copy = off")
+    elif key == "one_chunk":  # predict_relation without the overlap: read all, score, write
+        conn.execute("SET pgml.bulk_chunk_rows = 0")
+    elif key is not None and key.startswith("chunks_"):  # chunks of this many rows
+        conn.execute(f"SET pgml.bulk_chunk_rows = {int(key.split('_', 1)[1])}")
 
 
 def batch(conn, rows: int) -> dict:
@@ -192,14 +197,16 @@ def batch(conn, rows: int) -> dict:
     return out
 
 
-RELATION_CONFIGURATIONS = (*CONFIGURATIONS, "array_write")
+RELATION_CONFIGURATIONS = (*CONFIGURATIONS, "array_write", "one_chunk")
 
 
 def relation(conn, rows: int, configurations=RELATION_CONFIGURATIONS, repeat: int = 3) -> dict:
     """(f) pgml.predict_relation over the first ``rows`` rows as a table of feature columns,
     keyed by id: end to end (read, score, write the new table), median of ``repeat`` runs, wall
-    and the backend's CPU (all its threads): as configured, one thread, onnxruntime scoring,
-    and with the results written through array parameters instead of binary COPY."""
+    and the backend's CPU (all its threads): as configured (chunks read while a worker thread
+    scores), one thread (the chunks in turn), onnxruntime scoring, the results written through
+    array parameters instead of binary COPY, and the relation read as one chunk (no overlap:
+    read, then score, then write, as before the overlap); ``chunks_N``: chunks of N rows."""
     cols = ", ".join(f"features[{i + 1}] AS {c}" for i, c in enumerate(FEATURES))
     conn.execute("DROP TABLE IF EXISTS bench_wide")
     conn.execute(f"CREATE TABLE bench_wide AS SELECT id, {cols} FROM bench_rows"  # noqa: S608 - constants
@@ -222,7 +229,8 @@ def relation(conn, rows: int, configurations=RELATION_CONFIGURATIONS, repeat: in
                           .fetchone()[0]).get("last_predict_relation", {})
         out[key] = {"rows": n, "seconds": wall, "rows_per_s": n / wall, "walls": walls,
                     "cpu_s": statistics.median(cpus), "load": os.getloadavg()[0],
-                    "steps": info.get("seconds", {}), "scored_by": info.get("scored_by")}
+                    "steps": info.get("seconds", {}), "scored_by": info.get("scored_by"),
+                    "chunks": info.get("chunks")}
     _configure(conn, None)
     return out
 
@@ -472,10 +480,11 @@ def _print_train(e: dict, train_rows: int) -> None:
 
 
 def _print_relation(f: dict) -> None:
-    for key, label in (("default", "as configured"), ("one_thread", "one thread   "),
-                       ("onnx_only", "onnx only    "), ("array_write", "array write  ")):
-        if key not in f:
-            continue
+    labels = {"default": "as configured", "one_thread": "one thread   ",
+              "onnx_only": "onnx only    ", "array_write": "array write  ",
+              "one_chunk": "one chunk    "}
+    for key in f:
+        label = labels.get(key, key)
         r = f[key]
         print(f"(f) predict_relation {r['rows']} rows, {label} {r['rows_per_s']:10,.0f} rows/s "
               f"(median {r['seconds']:.2f} s wall of {', '.join(f'{w:.2f}' for w in r['walls'])};"
@@ -484,11 +493,15 @@ def _print_relation(f: dict) -> None:
         if r["steps"]:
             print("    last run's steps, wall / CPU s: " + ", ".join(
                 f"{k} {v['wall']:.2f} / {v['cpu']:.2f}" for k, v in r["steps"].items())
-                + f"; scored by {r['scored_by']}")
+                + f"; scored by {r['scored_by']}; {r.get('chunks')} chunks")
     if "default" in f and "array_write" in f:
         print(f"    binary COPY write vs array parameters, same run: "
               f"{f['array_write']['seconds'] / f['default']['seconds']:.2f}x wall, "
               f"{f['array_write']['cpu_s'] / f['default']['cpu_s']:.2f}x backend CPU")
+    if "default" in f and "one_chunk" in f:
+        print(f"    overlapped chunks vs one chunk (read, then score, then write), same run: "
+              f"{f['one_chunk']['seconds'] / f['default']['seconds']:.2f}x wall, "
+              f"{f['one_chunk']['cpu_s'] / f['default']['cpu_s']:.2f}x backend CPU")
 
 
 def train_only(rows: int) -> None:
@@ -512,6 +525,7 @@ def relation_only(rows: int, configurations=RELATION_CONFIGURATIONS, repeat: int
     """(f), and (c) at ``batch_rows`` when asked, on a cluster of their own."""
     import psycopg
 
+    load_before = os.getloadavg()[0]
     with running_cluster("bench-predict", REPLICA_SETTINGS) as cluster:
         cluster.create_database("bench")
         dsn = cluster.dsn("bench")
@@ -521,7 +535,8 @@ def relation_only(rows: int, configurations=RELATION_CONFIGURATIONS, repeat: int
             c = batch(conn, batch_rows) if batch_rows else None
             f = relation(conn, rows, configurations, repeat)
     print(f"pgml.predict_relation (XGBoost 100 trees depth 6, 10 features, distinct rows; "
-          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f})")
+          f"{os.cpu_count()} cores; load average {load_before:.1f} before,"
+          f" {os.getloadavg()[0]:.1f} after)")
     _print_relation(f)
     for key, r in (c or {}).items():
         print(f"(c) predict_batch {batch_rows} rows, {key:10s} {r['rows_per_s']:10,.0f} rows/s "
