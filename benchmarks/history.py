@@ -6,7 +6,12 @@ pgml.point_in_time against the same join written as a Postgres LATERAL query, in
 1. Apply, catch-up: two sidecar processes (slots ``hist_on`` / ``hist_off``), each into its
    own replica database, copy a table of K keys, then are stopped; the source makes N updates
    (100-row transactions, the whole row rewritten) and a marker row; each sidecar is started
-   alone and timed from start until the marker is visible on its target.
+   alone and timed from start until the marker is visible on its target (polled on one open
+   connection). Beside each time, the CPU seconds of the sidecar process (start-up
+   included), of its target backend and of the source's walsender (from /proc: where the
+   extra time goes); ``--profile DIR``: py-spy samples of each sidecar run, summed per mode;
+   ``--compare-tree DIR``: a third sidecar, history on, run from another checkout (slot
+   ``hist_base``), so a change is measured against the code before it in the same run.
 2. Bytes per change: the history table's total size (heap + TOAST) over its versions.
 3. Point in time: a spine of S rows (random key, random event time inside the history) on the
    replica; ``pgml.point_in_time`` vs ``LEFT JOIN LATERAL (... ORDER BY commit LSN DESC
@@ -21,6 +26,7 @@ pgml.point_in_time against the same join written as a Postgres LATERAL query, in
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import subprocess
@@ -32,21 +38,21 @@ from pathlib import Path
 import psycopg
 
 from benchmarks import history_scale
-from benchmarks.replication import wait
+from benchmarks.replication import profile_summary, wait
 from devtools.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 DDL = "CREATE TABLE feat (id bigint PRIMARY KEY, x float8, y int, t text)"
 
 
-def sidecar(src, tgt, db: str, history: bool) -> subprocess.Popen:
+def sidecar(src, tgt, db: str, history: bool, root: Path = ROOT) -> subprocess.Popen:
     args = [sys.executable, "-m", "replica", "run", "--source", src.dsn("bench"), "--target",
             tgt.dsn(db), "--http-port", "0", "--log-level", "WARNING", "--slot", db,
             "--tables", "public.feat,public.marker", "--no-pgml-install", "--protocol", "1"]
     if history:
         args += ["--history", "public.feat"]
     log = open(tempfile.mkstemp(prefix=f"bench-{db}-", suffix=".log")[1], "ab")  # noqa: SIM115
-    return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(args, cwd=root, stdout=log, stderr=subprocess.STDOUT)
 
 
 def marker_seen(tgt, db: str, n: int) -> bool:
@@ -55,6 +61,32 @@ def marker_seen(tgt, db: str, n: int) -> bool:
             return c.execute("SELECT count(*) FROM marker WHERE id = %s", (n,)).fetchone()[0] > 0
     except psycopg.Error:
         return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peers_cpu(src, tgt, db: str, watcher: psycopg.Connection) -> tuple[float, float]:
+    """CPU seconds so far of the sidecar's target backends (every client backend in ``db``
+    but the watcher's) and of its walsender on the source (the slot's active pid)."""
+    pids = [r[0] for r in watcher.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND backend_type = 'client backend' AND pid <> pg_backend_pid()")]
+    with psycopg.connect(src.dsn("bench"), autocommit=True) as s:
+        (ws,) = s.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                          (db,)).fetchone()
+    return sum(cpu_seconds(p) for p in pids), cpu_seconds(ws) if ws else 0.0
+
+
+def profile(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy on the sidecar (writes ``out`` when the sidecar exits)."""
+    return subprocess.Popen(  # noqa: S603 - our own tool, our own child's pid
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--format",
+         "raw", "--rate", "250", "--nonblocking", "--threads", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> int:
@@ -71,13 +103,21 @@ def main() -> int:
     ap.add_argument("--scale-versions", type=int, default=10_000_000)
     ap.add_argument("--feast-python", default=history_scale.FEAST_PYTHON,
                     help="python of the environment where Feast is installed")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="py-spy each catch-up run into DIR/<db>-NN.txt; print a summary per mode")
+    ap.add_argument("--compare-tree", type=Path, default=None, metavar="DIR",
+                    help="also time history on with the sidecar of another checkout (hist_base)")
     a = ap.parse_args()
     if a.scale_only:
         return history_scale.run(a.scale_spine, a.scale_versions, a.rounds, a.feast_python)
+    modes = [("hist_off", False, ROOT), ("hist_on", True, ROOT)]
+    if a.compare_tree is not None:
+        modes.append(("hist_base", True, a.compare_tree.resolve()))
+    names = [m[0] for m in modes]
     with running_cluster("hsrc", SOURCE_SETTINGS) as src, \
             running_cluster("hml", REPLICA_SETTINGS) as tgt:
         src.create_database("bench")
-        for db in ("hist_on", "hist_off"):
+        for db in names:
             tgt.create_database(db)
         with psycopg.connect(src.dsn("bench"), autocommit=True) as s:
             s.execute(DDL)
@@ -88,15 +128,18 @@ def main() -> int:
         from replica.target.pgml_install import install
         install(tgt.dsn("hist_on"))
         # 1. copy, stop, change, catch up
-        for db, hist in (("hist_on", True), ("hist_off", False)):
-            p = sidecar(src, tgt, db, hist)
+        for db, hist, root in modes:
+            p = sidecar(src, tgt, db, hist, root)
             with psycopg.connect(src.dsn("bench"), autocommit=True) as s:
                 s.execute("INSERT INTO marker VALUES (0) ON CONFLICT DO NOTHING")
             wait(lambda db=db: marker_seen(tgt, db, 0), 300, f"{db} to copy")
             p.terminate()
             p.wait(60)
         rng = random.Random(1)
-        times: dict[str, list[float]] = {"hist_off": [], "hist_on": []}
+        times: dict[str, list[float]] = {db: [] for db in names}
+        cpus: dict[str, list[tuple[float, float, float]]] = {db: [] for db in names}
+        if a.profile is not None:
+            a.profile.mkdir(parents=True, exist_ok=True)
         changes = 0
         for rnd in range(a.rounds):  # both stopped; N changes; each catches up alone
             with psycopg.connect(src.dsn("bench"), autocommit=True) as s:
@@ -108,22 +151,40 @@ def main() -> int:
                         s.execute("UPDATE feat SET x = random(), y = y + 1,"
                                   " t = md5(random()::text) WHERE id = ANY(%s)", (ids,))
                 s.execute("INSERT INTO marker VALUES (%s)", (rnd + 1,))
-            order = [("hist_off", False), ("hist_on", True)]
-            for db, hist in order if rnd % 2 == 0 else order[::-1]:
-                t0 = time.perf_counter()
-                p = sidecar(src, tgt, db, hist)
-                wait(lambda db=db, rnd=rnd: marker_seen(tgt, db, rnd + 1), 900,
-                     f"{db} to catch up")
-                times[db].append(time.perf_counter() - t0)
+            k = rnd % len(modes)  # each mode first in turn; odd rounds reversed
+            order = modes[k:] + modes[:k]
+            for db, hist, root in order if rnd % 2 == 0 else order[::-1]:
+                with psycopg.connect(tgt.dsn(db), autocommit=True) as watcher:
+                    t0 = time.perf_counter()
+                    p = sidecar(src, tgt, db, hist, root)
+                    if a.profile is not None:
+                        profile(p.pid, a.profile / f"{db}-{rnd:02d}.txt")
+                    wait(lambda w=watcher, n=rnd + 1: w.execute(
+                        "SELECT 1 FROM marker WHERE id = %s", (n,)).fetchone(), 900,
+                         f"{db} to catch up")
+                    times[db].append(time.perf_counter() - t0)
+                    cpus[db].append((cpu_seconds(p.pid), *peers_cpu(src, tgt, db, watcher)))
                 p.terminate()
                 p.wait(60)
         med = {db: statistics.median(ts) for db, ts in times.items()}
         print(f"apply catch-up, {changes:,} row updates in 100-row transactions, median of"
               f" {a.rounds} rounds (process start to the marker row):")
-        for db in ("hist_off", "hist_on"):
+        for db in names:
             print(f"  {db}: {med[db]:.2f} s  {changes / med[db]:,.0f} changes/s"
                   f"  (rounds: {', '.join(f'{t:.2f}' for t in times[db])})")
-        print(f"  history on is {100 * (med['hist_on'] / med['hist_off'] - 1):+.1f}% time")
+        for db in names[1:]:
+            print(f"  {db} is {100 * (med[db] / med['hist_off'] - 1):+.1f}% time against"
+                  " hist_off")
+        print("  CPU seconds, median (sidecar process incl. start-up / target backend /"
+              " walsender):")
+        for db in names:
+            sc, be, ws = (statistics.median(c[i] for c in cpus[db]) for i in range(3))
+            print(f"    {db}: {sc:.2f} / {be:.2f} / {ws:.2f}")
+        if a.profile is not None:
+            time.sleep(1)  # py-spy writes its file once the sidecar it sampled has exited
+            for db in names:
+                print(f"profile {db} (py-spy, the sidecar's busy samples):\n"
+                      + profile_summary(sorted(a.profile.glob(f"{db}-*.txt"))))
         with psycopg.connect(tgt.dsn("hist_on"), autocommit=True) as r:
             versions, size = r.execute(
                 "SELECT count(*), pg_total_relation_size('pgml_history.public__feat')"

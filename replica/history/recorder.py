@@ -5,17 +5,20 @@ needs every one. ``change`` sees each change as the stream routes it; ``write`` 
 ``TargetWriter.commit`` just before the progress row, so data, versions and position commit
 together or not at all (a rollback ``forget``s). Every ``SPILL`` versions the rows go to the
 target writer's thread (``attach``), so the server stores them while the stream decodes on
-instead of all at once while the commit waits.
+instead of all at once while the commit waits - but only when the writer has finished the
+last hand-over: a spill never waits for the writer (its queue is short, and a stream blocked
+behind a big mirror run stops decoding), the rows wait for the next chance instead.
 
 Rows go in by one COPY BINARY per table and write: pgoutput's binary values are COPY's
 field format, and the metadata is encoded here (timestamptz: int8 microseconds since
 2000-01-01; pg_lsn: int8; int4; "char": one byte; text[]: the array binary format). The hot
-path does four list appends for a version whose values are all present (``_Table``): the
-rows are laid out later, column by column with C-level maps (``encode``: measured 0.6 us
-per version against 2.9 us for the first row-by-row recorder, the mirror's own batching
-0.26 us); the commit time and LSN are packed once per transaction. Unchanged-TOAST values ('u') are
-stored NULL with their column names in ``_pgml_unchanged``; readers fill them from the
-previous version of the key (reading the target's value here would cost a round trip).
+path appends one tuple per version - pgoutput's raw values plus the five metadata values,
+the commit time and LSN packed once per transaction, the sequence number from a table of
+packed ints - and the COPY stream is laid out later, in the writer's thread, by the
+decoder's compiled COPY-row builder (``accel.copy_rows``, the one the mirror uses; measured
+in docs/benchmarks.md "History"). Unchanged-TOAST values ('u') are stored NULL with their
+column names in ``_pgml_unchanged``; readers fill them from the previous version of the key
+(reading the target's value here would cost a round trip).
 
 Streamed transactions (protocol 2) do not know their commit time and LSN until Stream Commit:
 their recorder (``streamed()``, replica/history/staged.py) puts the same rows into a
@@ -30,29 +33,24 @@ import logging
 import struct
 import time
 from datetime import UTC, datetime, timedelta
-from itertools import repeat
 
 import psycopg
 from psycopg import sql
 
-from decoder import Insert, Update
+from decoder import Insert, Update, accel
 from replica import metrics
 from replica.errors import ApplyError, TransientError
 from replica.history import report, store
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_NULL = b"\xff\xff\xff\xff"
 _LEN = struct.Struct(">i").pack
-HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" * 2
-TRAILER = b"\xff\xff"
-_TIME_LSN = struct.Struct(">iqiq").pack  # len 8 time, len 8 lsn: once per transaction
-_SEQ_OP = struct.Struct(">iiib").pack  # len 4 seq, len 1 op
-_SEQ_OP_NULL = struct.Struct(">iiibi").pack  # ... and a NULL _pgml_unchanged
-_NCOLS = struct.Struct(">h").pack
+_INT8 = struct.Struct(">q").pack
+_ZERO8 = _INT8(0)
 _TEXT_OID = 25
+_SEQS = tuple(map(_LEN, range(4096)))  # _pgml_seq values packed once: most transactions
 log = logging.getLogger("pgml_replica")
-SPILL = 2_000  # versions buffered before they go to the writer's thread
-OP_I, OP_U, OP_D, OP_T = b"IUDT"
+SPILL = 2_000  # versions buffered before they go to the writer's thread (when it is free)
+OP_I, OP_U, OP_D, OP_T = b"I", b"U", b"D", b"T"
 
 
 def micros(t: datetime) -> int:
@@ -60,10 +58,14 @@ def micros(t: datetime) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
+def _seq(seq: int) -> bytes:
+    return _SEQS[seq] if seq < 4096 else _LEN(seq)
+
+
 def _text_array(names: list[str]) -> bytes:
-    body = struct.pack(">iiiii", 1, 0, _TEXT_OID, len(names), 1) + b"".join(
+    """A text[] value in binary format (without its field length)."""
+    return struct.pack(">iiiii", 1, 0, _TEXT_OID, len(names), 1) + b"".join(
         _LEN(len(b)) + b for b in (n.encode() for n in names))
-    return _LEN(len(body)) + body
 
 
 def parse_tables(spec: str | None) -> frozenset[str] | None:
@@ -89,58 +91,35 @@ def parse_retention(spec: str | None) -> timedelta | None:
 
 
 class _Table:
-    """What the hot path needs of one table shape: its buffered versions (``rows`` None: no
-    history). Most versions are a new image with every value present (kinds all 'b'): they
-    are kept as pgoutput's tuple plus their (prefix, seq, op), four appends, and encoded in
-    bulk by ``encode`` (C-level maps over columns, in the writer's thread); the rest are
-    encoded one by one into ``rows``."""
+    """What the hot path needs of one table shape: its buffered versions (``images`` None:
+    no history), each a tuple of the row's raw values and the five metadata values - the
+    form ``accel.copy_rows`` lays out as COPY BINARY rows."""
 
-    __slots__ = ("tw", "rows", "raws", "prefixes", "seqs", "ops", "head", "all_b", "keyed",
-                 "key_pos", "columns")
+    __slots__ = ("tw", "images", "keyed", "key_pos", "columns")
 
     def __init__(self, tw, wanted: bool) -> None:
         self.tw = tw
-        self.rows: list[bytes] | None = [] if wanted else None
-        self.raws: list[tuple] = []
-        self.prefixes: list[bytes] = []
-        self.seqs: list[int] = []
-        self.ops: list[int] = []
+        self.images: list[tuple] | None = [] if wanted else None
         self.columns = tw.layout.columns
-        self.head = _NCOLS(len(self.columns) + len(store.META))
-        self.all_b = "b" * len(self.columns)
         self.keyed = tw.layout.keyed
         self.key_pos = tw.layout.key_pos
 
-    def take(self) -> tuple[list[bytes], tuple]:
-        """The buffered versions (encoded rows, the bulk part) and empty buffers."""
-        taken = (self.rows, (self.raws, self.prefixes, self.seqs, self.ops))
-        self.rows, self.raws, self.prefixes, self.seqs, self.ops = [], [], [], [], []
+    def take(self) -> list[tuple]:
+        """The buffered versions, and an empty buffer."""
+        taken = self.images
+        if not taken:
+            return []
+        self.images = []
         return taken
 
     @property
     def buffered(self) -> int:
-        return len(self.rows or ()) + len(self.raws)
+        return len(self.images or ())
 
 
-def encode(head: bytes, rows: list[bytes], bulk: tuple) -> tuple[list[bytes], int]:
-    """COPY BINARY rows (without header and trailer) of one table's taken versions, and how
-    many: the row-by-row part as it is, the bulk part laid out column by column - every
-    field's length prefix from ``map`` over the column, interleaved by slice assignment."""
-    raws, prefixes, seqs, ops = bulk
-    n = len(raws)
-    if not n:
-        return rows, len(rows)
-    k = len(raws[0])
-    w = 2 * k + 3  # head, (length, value) per column, time+LSN, seq+op+unchanged
-    out: list = [head] * (n * w)
-    for i, col in enumerate(zip(*raws, strict=True)):
-        out[1 + 2 * i::w] = list(map(_LEN, map(len, col)))
-        out[2 + 2 * i::w] = col
-    out[w - 2::w] = prefixes
-    out[w - 1::w] = list(map(_SEQ_OP_NULL, repeat(4, n), seqs, repeat(1, n), ops,
-                             repeat(-1, n)))
-    rows.append(b"".join(out))
-    return rows, len(rows) - 1 + n
+def encode(images: list[tuple]) -> bytes:
+    """A complete COPY BINARY stream of one table's taken versions (compiled when built)."""
+    return accel.copy_rows(images, False)
 
 
 class Recorder:
@@ -151,8 +130,9 @@ class Recorder:
         self._by_rel: dict[int, _Table] = {}  # relation id -> the shape in use
         self._retired: list[_Table] = []  # earlier shapes with rows not written yet
         self._ready: dict[str, tuple] = {}  # qualname -> columns its history table has
-        self._prefix = _TIME_LSN(8, 0, 8, 0)
+        self._time = self._lsn = _ZERO8  # this transaction's commit time and LSN, packed
         self._seq = 0
+        self._free = [True]  # whether the writer has run the last hand-over (``take``)
         self._buffered = 0
         self._gen = 0  # bumped by forget(): a write taken before it counts for nothing
         self.versions = 0  # written since start
@@ -177,7 +157,7 @@ class Recorder:
         return "*" in self.tables or qualname in self.tables
 
     def begin(self, final_lsn: int, commit_time: datetime) -> None:
-        self._prefix = _TIME_LSN(8, micros(commit_time), 8, final_lsn)
+        self._time, self._lsn = _INT8(micros(commit_time)), _INT8(final_lsn)
         self._seq = 0
 
     # -- the hot path ---------------------------------------------------------------------
@@ -197,59 +177,45 @@ class Recorder:
         t = self._by_rel.get(tw.relation_id)
         if t is None or t.tw is not tw:
             t = self._table(tw)
-        rows = t.rows
-        if rows is None:
+        images = t.images
+        if images is None:
             return
         kind = type(msg)
         seq = self._seq
+        unchanged = None
         if kind is Insert or kind is Update:
             new = msg.new_tuple
+            raw = new.raw
             op = OP_I
             if kind is Update:
                 op = OP_U
                 old = msg.key_tuple or msg.old_tuple
                 if old is not None and t.keyed:
-                    o, n = old.raw, new.raw
-                    if any(o[i] != n[i] for i in t.key_pos):
-                        rows.append(t.head + b"".join(
-                            [_NULL if v is None else _LEN(len(v)) + v for v in o])
-                            + self._prefix + _SEQ_OP_NULL(4, seq, 1, OP_D, -1))
+                    o = old.raw
+                    if any(o[i] != raw[i] for i in t.key_pos):
+                        images.append(o + (self._time, self._lsn, _seq(seq), OP_D, None))
                         seq += 1
             kinds = new.kinds
-            if kinds == t.all_b:  # the common case: kept for the bulk encoding
-                t.raws.append(new.raw)
-                t.prefixes.append(self._prefix)
-                t.seqs.append(seq)
-                t.ops.append(op)
-                self._seq = seq + 1
-                self._buffered += 1
-                if self._buffered >= SPILL and self.writer is not None:
-                    self.spill()
-                return
             if "u" in kinds:
                 cols = t.columns
-                tail = _SEQ_OP(4, seq, 1, op) + _text_array(
-                    [cols[i] for i, k in enumerate(kinds) if k == "u"])
-            else:
-                tail = _SEQ_OP_NULL(4, seq, 1, op, -1)
-            raw = new.raw
+                unchanged = _text_array([cols[i] for i, k in enumerate(kinds) if k == "u"])
         else:  # Delete
             raw = (msg.old_tuple or msg.key_tuple).raw
-            tail = _SEQ_OP_NULL(4, seq, 1, OP_D, -1)
-        rows.append(t.head + b"".join([_NULL if v is None else _LEN(len(v)) + v for v in raw])
-                    + self._prefix + tail)
+            op = OP_D
+        images.append(raw + (self._time, self._lsn,
+                             _SEQS[seq] if seq < 4096 else _LEN(seq), op, unchanged))
         self._seq = seq + 1
         self._buffered += 1
-        if self._buffered >= SPILL and self.writer is not None:
+        if self._buffered >= SPILL and self._free[0] and self.writer is not None:
             self.spill()
 
     def truncate(self, tw) -> None:
         """TRUNCATE: one marker that ends every version before it (all columns NULL)."""
         t = self._table(tw)
-        if t.rows is None:
+        if t.images is None:
             return
-        t.rows.append(t.head + _NULL * len(t.columns) + self._prefix
-                      + _SEQ_OP_NULL(4, self._seq, 1, OP_T, -1))
+        t.images.append((None,) * len(t.columns)
+                        + (self._time, self._lsn, _seq(self._seq), OP_T, None))
         self._seq += 1
         self._buffered += 1
 
@@ -260,12 +226,12 @@ class Recorder:
         if self._buffered:
             self.writer.submit(None, self.take())
 
-    def _taken(self) -> list[tuple[_Table, list[bytes], tuple]]:
-        out = [(t, *t.take()) for t in self._retired]
+    def _taken(self) -> list[tuple[_Table, list[tuple]]]:
+        out = [(t, t.take()) for t in self._retired]
         self._retired = []
         for t in self._by_rel.values():
             if t.buffered:
-                out.append((t, *t.take()))
+                out.append((t, t.take()))
         self._buffered = 0
         return out
 
@@ -276,16 +242,15 @@ class Recorder:
             store.ensure(conn, tw.schema, tw.name, key, self.retention)
             self._ready[tw.qualname] = cols
 
-    def _copy(self, conn: psycopg.Connection, tw, rows: list[bytes]) -> int:
+    def _copy(self, conn: psycopg.Connection, tw, data: bytes) -> int:
         self._ensure(conn, tw)
         target = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
             sql.Identifier(store.SCHEMA, store.history_name(tw.schema, tw.name)),
             sql.SQL(", ").join(map(sql.Identifier, (*tw.layout.columns, *store.META))))
-        return self._write_rows(conn, target, rows)
+        return self._write_rows(conn, target, data)
 
     @staticmethod
-    def _write_rows(conn: psycopg.Connection, target: sql.Composable, rows: list[bytes]) -> int:
-        data = b"".join([HEADER, *rows, TRAILER])
+    def _write_rows(conn: psycopg.Connection, target: sql.Composable, data: bytes) -> int:
         with conn.cursor().copy(target) as cp:
             cp.write(data)
         return len(data)
@@ -294,11 +259,13 @@ class Recorder:
         """COPY ``taken`` unless a rollback came since it was taken (``gen``); the versions
         count as pending until the commit (not a streamed transaction's stage rows)."""
         n = 0
-        for t, rows, bulk in taken:
+        for t, images in taken:
             if gen != self._gen:
                 break
-            rows, k = encode(t.head, rows, bulk)
-            size = self._copy(conn, t.tw, rows)
+            if not images:
+                continue
+            k = len(images)
+            size = self._copy(conn, t.tw, encode(images))
             if self.counts_copies and gen == self._gen:
                 pending = self._pending.setdefault(t.tw.qualname, [0, 0])
                 pending[0] += k
@@ -316,6 +283,7 @@ class Recorder:
         """The versions buffered so far, handed to the target writer's thread: a call that
         COPYs them into the open transaction (while the stream decodes on)."""
         taken, gen = self._taken(), self._gen
+        done = self._free = [False]
 
         def write(conn: psycopg.Connection) -> None:
             try:
@@ -326,6 +294,8 @@ class Recorder:
             except psycopg.Error as exc:
                 raise ApplyError(f"the target rejected history rows: "
                                  f"{exc.diag.message_primary or exc}") from exc
+            finally:
+                done[0] = True
         return write
 
     def clear(self) -> None:
@@ -350,6 +320,7 @@ class Recorder:
         self._gen += 1
         self._ready.clear()
         self._taken()
+        self._free = [True]  # a hand-over the writer skipped (after an error) never runs
         self._pending.clear()
 
 

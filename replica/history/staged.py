@@ -45,7 +45,7 @@ class StagedRecorder(Recorder):
         """The Stream Commit's LSN and time: what ``write`` puts on every version."""
         self._commit = (commit_lsn, commit_time)
 
-    def _copy(self, conn: psycopg.Connection, tw, rows: list[bytes]) -> int:
+    def _copy(self, conn: psycopg.Connection, tw, data: bytes) -> int:
         key = (tw.relation_id, tw.layout.columns)
         found = self._stages.get(key)
         if found is None:
@@ -61,7 +61,7 @@ class StagedRecorder(Recorder):
                 stage, cols, meta, sql.Identifier(tw.schema, tw.name)))
             self._made.add(found[0])
         target = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(stage)
-        size = self._write_rows(conn, target, rows)
+        size = self._write_rows(conn, target, data)
         self._staged_bytes += size
         return size
 
