@@ -88,23 +88,19 @@ def copy_in(table: TableDef) -> sql.Composed:
         table.ident, sql.SQL(", ").join(map(sql.Identifier, table.column_names)))
 
 
-#: a table the source's statistics say has fewer rows than this (and some: 0 is also "never
-#: analyzed") is created with its primary key and copied into it; a bigger one gets the key after the load (one sorted build instead of an
-#: insert per row). Measured: docs/sidecar.md "Performance notes".
-KEY_FIRST_MAX_ROWS = 0
-#: bytes the relay gathers from the source before each write to the target
+#: bytes the relay gathers from the source before each write to the target (1 MB was no
+#: faster: the relay's cost is libpq's one CopyData message per row, ~0.4 us, not the writes)
 RELAY_BYTES = 256 * 1024
 
 
 def prepare_target(conn: psycopg.Connection, table: TableDef, slot: str) -> bool:
-    """Make the target table match and empty it; True when the key is still to be added."""
+    """Make the target table match and empty it; True when created here (key comes later)."""
     with conn.transaction():
         progress.unmark_synced(conn, slot, table.schema, table.name)
         current = schema.read_target(conn, table.schema, table.name)
-        if current is None:
-            key_first = 0 < table.est_rows < KEY_FIRST_MAX_ROWS  # 0: never analyzed
-            schema.create_table(conn, table, with_key=key_first)
-            return not key_first
+        if current is None:  # key after the load: a fresh 400k-row copy into a keyed
+            schema.create_table(conn, table, with_key=False)  # table took 0.63 s, this
+            return True  # 0.41 s + 0.13 s for the key (issue 14, same run)
         conn.execute(sql.SQL("TRUNCATE {}").format(table.ident))  # first: a retype of
         d = schema.diff(current, list(table.columns))  # old rows could fail (a re-copy)
         if d:
@@ -136,28 +132,39 @@ class Snapshot:
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self._lock = threading.Lock()
         self._failed: BaseException | None = None
-        self._early: threading.Thread | None = None  # prepare_early's thread
+        self._early: list[threading.Thread] = []  # prepare_early's threads
         self._early_error: BaseException | None = None
         self._needs_key: dict[str, bool] | None = None
         self._spare: list[tuple] = []  # (src, its watchdog, tgt) opened ahead of the snapshot
 
     def prepare_early(self, tables: list[TableDef]) -> None:
-        """Start the target's side of the copy in a thread now, before the snapshot exists:
-        the tables made to match and emptied, the first worker's connections opened. Why:
-        the slot's creation waits on the source (for its open transactions, then for its
-        snapshot), and none of this needs the snapshot; ``run`` waits for it, ``close``
-        ends it. Issue 14: a fresh replica is measured from process start."""
+        """Start the target's side of the copy in threads now, before the snapshot exists:
+        the tables made to match and emptied, each worker's connections opened (in
+        parallel: a worker connecting later would wait for the GIL behind the first one's
+        relay). Why: the slot's creation waits on the source (for its open transactions,
+        then for its snapshot), and none of this needs the snapshot; ``run`` waits for it,
+        ``close`` ends it. Issue 14: a fresh replica is measured from process start."""
         if not tables:
             return
+        streams = min(self.workers, len(plan(tables, self.chunk_pages, self.workers)))
 
-        def work() -> None:
+        def work(job: Callable[[], None]) -> None:
             try:
-                self._prepare(tables)
+                job()
             except BaseException as exc:  # handed to run(), which raises it
-                self._early_error = exc
+                with self._lock:
+                    self._early_error = self._early_error or exc
 
-        self._early = threading.Thread(target=work, name="copy-prepare", daemon=True)
-        self._early.start()
+        def spare() -> None:
+            pair = self._new_pair()
+            with self._lock:
+                self._spare.append(pair)
+
+        jobs = [lambda: self._prepare(tables)] + [spare] * (streams - 1)
+        self._early = [threading.Thread(target=work, args=(job,), name=f"copy-prepare-{i}",
+                                        daemon=True) for i, job in enumerate(jobs)]
+        for th in self._early:
+            th.start()
 
     def _prepare(self, tables: list[TableDef]) -> None:
         tgt = self._target()
@@ -172,7 +179,8 @@ class Snapshot:
         except BaseException:
             tgt.close()
             raise
-        self._spare.append((src, dog, tgt))  # the copy's connection pair, snapshot aside
+        with self._lock:
+            self._spare.append((src, dog, tgt))  # the copy's connection pair, snapshot aside
 
     def _target(self) -> psycopg.Connection:
         tgt = connect(self.target_dsn, "target", "copy")
@@ -196,6 +204,9 @@ class Snapshot:
         with self._lock:
             if self._spare:
                 return self._spare.pop()
+        return self._new_pair()
+
+    def _new_pair(self) -> tuple[psycopg.Connection, Watchdog | None, psycopg.Connection]:
         src, dog = self._source()
         try:
             return src, dog, self._target()
@@ -204,17 +215,17 @@ class Snapshot:
             raise
 
     def _wait_early(self) -> None:
-        if self._early is not None:
-            self._early.join()
-            self._early = None
+        for th in self._early:
+            th.join()
+        self._early = []
         if self._early_error is not None:
             raise self._early_error
 
     def close(self) -> None:
         """End what ``prepare_early`` started and close connections no worker took."""
-        if self._early is not None:
-            self._early.join()
-            self._early = None
+        for th in self._early:
+            th.join()
+        self._early = []
         with self._lock:
             spare, self._spare = self._spare, []
         for src, _, tgt in spare:
