@@ -106,9 +106,13 @@ def _score_chunks(model, scorer, source: str, oid: int, key_cols, feature_cols, 
     """Read, score and write every chunk (bulk_pipeline), the scorer chosen on the first chunk
     in this thread: nothing the worker thread runs may touch plpy or load a model file."""
     steps = bulk_pipeline.Steps()
+    cuda = getattr(scorer, "cuda", False)  # a compiled scorer asks (and loads) here
+    compiled = getattr(scorer, "graph", None) == "compiled" and not cuda
     blocks = bulk_read.plan_blocks(oid, source, bulk_read.chunk_rows(len(feature_cols)))
+    # compiled trees take float32 (per-row pgml.predict packs the same floats): converted
+    # while reading, so the worker's only step is the library call
     chunks = bulk_read.read(source, key_cols, feature_cols, categories, sent=by_copy,
-                            blocks=blocks)
+                            blocks=blocks, dtype=np.float32 if compiled else np.float64)
     names = [c.name for c in feature_cols]
 
     from inference.encoding import apply  # imported here: the worker only calls it
@@ -124,8 +128,6 @@ def _score_chunks(model, scorer, source: str, oid: int, key_cols, feature_cols, 
         first = next(chunks, None)
     native = None
     with bulk_pipeline.Timed(steps, "check"):
-        cuda = getattr(scorer, "cuda", False)  # a compiled scorer asks (and loads) here
-        compiled = getattr(scorer, "graph", None) == "compiled" and not cuda
         if first is not None and not compiled:  # compiled trees first, else native
             expected = max(blocks.rows if blocks is not None else 0, first.n)
             native = native_scorer(model.model_id, scorer, features(first), threads,
@@ -139,9 +141,11 @@ def _score_chunks(model, scorer, source: str, oid: int, key_cols, feature_cols, 
             _set_threads(native, n_threads)
             prediction = np.asarray(native.predict(X), dtype=np.float64)
             return prediction, (native.predict_proba(X) if scorer.has_proba else None)
-        if compiled and scorer.has_proba:  # one pass gives both (CompiledScorer's own rule)
+        if compiled:  # the library itself, as CompiledScorer.predict / predict_proba use it
             out, labels = scorer.trees.rows(feature_rows(X, scorer.n_features), n_threads)
-            return scorer.classes[labels], out
+            if scorer.has_proba:  # one pass gives both
+                return scorer.classes[labels], out
+            return out.reshape(-1), None
         prediction = np.asarray(scorer.predict(X, threads=n_threads), dtype=np.float64)
         return prediction, (scorer.predict_proba(X) if scorer.has_proba else None)
 

@@ -110,8 +110,10 @@ def plan_blocks(oid: int, source: str, rows_per_chunk: int) -> Blocks | None:
 
 
 def read(source: str, keys, features, categories: dict[str, list[str]] | None,
-         sent: bool, blocks: Blocks | None) -> Iterator[Chunk]:
-    """The relation's rows, chunk after chunk (empty chunks skipped), through one cursor."""
+         sent: bool, blocks: Blocks | None, dtype=np.float64) -> Iterator[Chunk]:
+    """The relation's rows, chunk after chunk (empty chunks skipped), through one cursor;
+    the features as ``dtype`` (float32 for compiled trees, which take it: the conversion
+    then happens here, in the backend's thread, not in the scoring worker)."""
     raw = relations.raw_arrays()
     parts, params = _aggregates(keys, features, categories, sent, raw)
     rows = f"SELECT {', '.join(parts)} FROM {source} AS pgml_bulk_rows"  # noqa: S608 - quoted
@@ -127,7 +129,7 @@ def read(source: str, keys, features, categories: dict[str, list[str]] | None,
     cursor = plpy.cursor(plpy.prepare(sql, ["text[]"] * len(params)), params)
     for row in cursor:
         if row["n"]:
-            yield _chunk(row, keys, features, sent, raw)
+            yield _chunk(row, keys, features, sent, raw, dtype)
 
 
 def _aggregates(keys, features, categories, sent: bool, raw: bool) -> tuple[list[str], list]:
@@ -168,7 +170,7 @@ def _aggregates(keys, features, categories, sent: bool, raw: bool) -> tuple[list
     return parts, params
 
 
-def _matrix(data: bytes, n: int, width: int) -> np.ndarray:
+def _matrix(data: bytes, n: int, width: int, dtype=np.float64) -> np.ndarray:
     """The (n, width) float8[] that ``array_agg(ARRAY[...])`` built, as a native matrix.
 
     After the length word: ndim int32 (2), data offset int32 (0: no NULL bitmap), element type
@@ -183,15 +185,16 @@ def _matrix(data: bytes, n: int, width: int) -> np.ndarray:
     start = (4 + 12 + 8 * ndim + 7) // 8 * 8 - 4  # MAXALIGN(header) less the length word
     # a copy: the values start 4 bytes off an 8-byte boundary of the bytes object, and not
     # every scorer takes an unaligned matrix
-    return np.frombuffer(data, dtype="=f8", offset=start, count=n * width).reshape(n, width).copy()
+    view = np.frombuffer(data, dtype="=f8", offset=start, count=n * width).reshape(n, width)
+    return view.astype(dtype)
 
 
-def _chunk(row, keys, features, sent: bool, raw: bool) -> Chunk:
+def _chunk(row, keys, features, sent: bool, raw: bool, dtype) -> Chunk:
     n = row["n"]
     if "x" in row:
-        X = _matrix(row["x"], n, len(features))
+        X = _matrix(row["x"], n, len(features), dtype)
     else:
-        X = np.empty((n, len(features)), dtype=np.float64)
+        X = np.empty((n, len(features)), dtype=dtype)
         for i in range(len(features)):
             X[:, i] = relations.float8_column(row[f"c{i}"], n, raw)
     if not sent:
