@@ -134,8 +134,10 @@ def test_runtime_info_names_the_graphs_without_a_gpu(conn):
 @pytest.mark.parametrize(("project", "task", "y"), [("xgb_big_r", "regression", "target"),
                                                      ("xgb_big_c", "classification", "cls")])
 def test_predict_relation_scores_large_batches_natively_like_the_graph(conn, project, task, y):
-    """XGBoost batches of >= NATIVE_MIN_ROWS go through XGBoost's own predictor, checked
-    against the graph first; the rows written agree with pgml.predict (float32 graph)."""
+    """XGBoost batches of >= NATIVE_MIN_ROWS go through the compiled trees where a C compiler
+    is (the library pgml.predict uses), else through XGBoost's own predictor, checked against
+    the graph first (tests/inference/test_bulk.py also takes that path with compiled trees
+    off); the rows written agree with pgml.predict (float32 graph)."""
     conn.execute("CREATE TABLE IF NOT EXISTS big AS SELECT row_number() OVER () AS id,"
                  " age + g * 1e-7 AS age, sex,"
                  " bmi, bp, s1, s2, s3, s4, s5, s6, target, (target > 140)::int AS cls"
@@ -150,7 +152,9 @@ def test_predict_relation_scores_large_batches_natively_like_the_graph(conn, pro
             f" '{project}_out')")
     assert n == 442 * 60
     info = one(conn, "SELECT pgml.runtime_info(%s)", (project,))
-    assert info["last_predict_relation"]["scored_by"].startswith("native XGB"), info
+    scored = info["last_predict_relation"]["scored_by"]
+    compiled = bool(info["compiled_trees"]["compiler"])
+    assert scored == "compiled" if compiled else scored.startswith("native XGB"), info
     conn.execute("SET pgml.native_bulk = off")  # the session's way back to the graph
     try:
         assert one(conn, f"SELECT pgml.predict_relation('{project}', 'big', '{{id}}',"  # noqa: S608
