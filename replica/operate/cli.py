@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-import time
+from collections.abc import Callable
 
 import psycopg
 from pydantic import ValidationError
@@ -112,19 +112,41 @@ def _install_pgml(target: str) -> None:
                     "`pgml-replica install --target ...`, or pass --no-pgml-install", exc)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from replica.operate import report
-    from replica.operate.runner import Runner
-    from replica.state import Phase, SidecarState
+def _in_thread(fn, *args) -> Callable[[], None]:
+    """Run ``fn(*args)`` in a thread now; the returned join re-raises what it raised."""
+    box: list[BaseException] = []
 
-    imported = time.monotonic()
+    def work() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            box.append(exc)
+
+    th = threading.Thread(target=work, name=fn.__name__, daemon=True)
+    th.start()
+
+    def join() -> None:
+        th.join()
+        if box:
+            raise box[0]
+    return join
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     settings.require("source", "target")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     steps.mark("cli_loaded", steps.LOADED)
-    steps.mark("runner_imported", imported)
     steps.mark("settings")
+    # the pgml check waits on the target (a connection, one query) while this thread
+    # imports the runner; it still ends before replication starts (issue 14)
+    pgml = None if args.no_pgml_install else _in_thread(_install_pgml, settings.target)
+    from replica.operate import report
+    from replica.operate.runner import Runner
+    from replica.state import Phase, SidecarState
+
+    steps.mark("runner_imported")
     state = SidecarState(slot=settings.slot, publication=settings.publication)
     state.status_provider = lambda: report.collect(
         settings.source, settings.target, slot=settings.slot, publication=settings.publication)
@@ -138,8 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if not args.no_pgml_install:
-        _install_pgml(settings.target)
+    if pgml is not None:
+        pgml()
         steps.mark("pgml_check")
     server = None
     if settings.http_port:
