@@ -14,7 +14,7 @@ import logging
 import time
 
 log = logging.getLogger("pgml_replica.steps")
-LOADED = time.monotonic()  # the first import of this module: the CLI's start-up path
+LOADED = time.monotonic()  # first imported by the CLI, right after psycopg and pydantic
 
 
 def mark(step: str, at: float | None = None) -> None:
