@@ -39,7 +39,7 @@ SEARCHES = ("grid", "random")
 
 def train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search,
           search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess,
-          joint=False):
+          joint=False, materialize_snapshot=False):
     """Train a model for the project; (project, task, algorithm, deployed) as PostgresML
     2.9's ``pgml.train`` answers."""
     from inference import algorithms, encoding, training
@@ -69,7 +69,7 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
             raise PgmlError(f"{task} learns without a label; leave y_column_name out")
         y_columns = []
     snap, n, values = _snapshot_for(project, project_name, relation_name, y_columns,
-                                    test_size, test_sampling, unsupervised)
+                                    test_size, test_sampling, unsupervised, materialize_snapshot)
     if len(snap.y_column_name) > 1 and not joint:
         raise PgmlError(f"project {project_name!r} has several y columns; use pgml.train_joint")
     for y in snap.y_column_name:
@@ -266,7 +266,7 @@ def _beats_deployed(project_id: int, task: str, metrics: dict) -> bool:
 
 
 def _snapshot_for(project, project_name, relation_name, y_columns, test_size, test_sampling,
-                  unsupervised=False):
+                  unsupervised=False, materialize=False):
     """A new snapshot when relation_name is given, else the project's latest, reloaded."""
     previous = store.project_snapshot(project.id) if project else None
     if relation_name is None:
@@ -279,23 +279,24 @@ def _snapshot_for(project, project_name, relation_name, y_columns, test_size, te
                 f"y_column_name {y_columns} differs from the project's snapshot "
                 f"({previous.y_column_name}); pass relation_name to take a new snapshot")
         try:
-            oid, _ = relations.resolve(previous.table)
+            oid, table = relations.resolve(previous.table)
         except UnknownRelation:
             raise UnknownRelation(
                 f"the snapshot table {previous.table} of project {project_name!r} was dropped; "
                 "pass relation_name to take a new snapshot") from None
-        n, values = relations.load(previous.table, relations.columns(oid), previous.widths,
+        n, values = relations.load(table, relations.snapshot_columns(previous, oid), previous.widths,
                                    previous.categories, tuple(previous.y_column_name))
         return previous, n, values
     if not y_columns and not unsupervised:
         if previous is None:
             raise PgmlError("y_column_name is required for the first pgml.train of a project")
         y_columns = previous.y_column_name
-    return take_snapshot(relation_name, y_columns, test_size, test_sampling)
+    return take_snapshot(relation_name, y_columns, test_size, test_sampling, materialize)
 
 
-def take_snapshot(relation_name, y_columns, test_size, test_sampling):
-    """Copy the relation into a new snapshot table; (snapshot, rows, column values)."""
+def take_snapshot(relation_name, y_columns, test_size, test_sampling, materialize=True):
+    """A new snapshot of the relation, copied into its own table where relations.needs_copy
+    says so, else read in place; (snapshot, rows, column values)."""
     oid, source = _resolve(relation_name)
     cols = relations.columns(oid)
     relations.check_columns(source, cols, y_columns)
@@ -303,7 +304,8 @@ def take_snapshot(relation_name, y_columns, test_size, test_sampling):
     sampling = relations.check_sampling(test_sampling)
     meta = [{"name": c.name, "pg_type": c.pg_type, "position": c.position,
              "nullable": c.nullable, "label": c.name in y_columns} for c in cols]
-    snap = store.new_snapshot(source, y_columns, fraction, sampling, meta)
+    snap = store.new_snapshot(source, y_columns, fraction, sampling, meta,
+                              relations.needs_copy(oid, cols, materialize))
     relations.materialize(snap, source, cols)
     for c, m in zip(cols, meta, strict=True):
         if c.is_array:  # the width is part of the snapshot: a retrain expands it the same way

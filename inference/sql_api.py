@@ -71,13 +71,13 @@ def environment() -> str:
 @_entry
 def train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search,
           search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess,
-          joint=False):
+          joint=False, materialize_snapshot=False):
     from inference import projects
 
     return [projects.train(project_name, task, relation_name, y_column_name, algorithm,
                            _json(hyperparams), search, _json(search_params), _json(search_args),
                            test_size, test_sampling, automatic_deploy, _json(preprocess),
-                           joint=joint)]
+                           joint=joint, materialize_snapshot=bool(materialize_snapshot))]
 
 
 @_entry

@@ -87,11 +87,15 @@ class Snapshot:
     test_sampling: str
     random_state: int
     columns: list[dict]
+    materialized: bool = True
 
     @property
     def table(self) -> str:
-        """The materialized copy: built from our own integer id, so safe as SQL text."""
-        return f"pgml.snapshot_{int(self.id)}"
+        """What the snapshot's rows are read from: the materialized copy (built from our own
+        integer id, so safe as SQL text), else the relation itself -- PostgresML's
+        ``materialize_snapshot => false``, where a retrain reads the relation as it is then.
+        A caller re-resolves the latter (relations.resolve) before using it as SQL text."""
+        return f"pgml.snapshot_{int(self.id)}" if self.materialized else self.relation_name
 
     @property
     def features(self) -> list[str]:
@@ -119,22 +123,23 @@ class Snapshot:
 
 
 _SNAPSHOT_COLUMNS = ("s.id, s.relation_name, s.y_column_name, s.test_size, s.test_sampling,"
-                     " s.random_state, s.columns::text AS columns")
+                     " s.random_state, s.columns::text AS columns, s.materialized")
 
 
 def _snapshot(row) -> Snapshot:
     return Snapshot(row["id"], row["relation_name"], list(row["y_column_name"]),
                     row["test_size"], row["test_sampling"], row["random_state"],
-                    json.loads(row["columns"]))
+                    json.loads(row["columns"]), row["materialized"])
 
 
 def new_snapshot(relation_name: str, y_columns: list[str], test_size: float, test_sampling: str,
-                 columns: list[dict]) -> Snapshot:
+                 columns: list[dict], materialized: bool = True) -> Snapshot:
     rows = query(
         "INSERT INTO pgml.snapshots AS s (relation_name, y_column_name, test_size,"  # noqa: S608 - constants
-        " test_sampling, columns) VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING " + _SNAPSHOT_COLUMNS,
-        ("text", "text[]", "real", "text", "text"),
-        (relation_name, y_columns, test_size, test_sampling, dumps(columns)))
+        " test_sampling, columns, materialized) VALUES ($1, $2, $3, $4, $5::jsonb, $6)"
+        " RETURNING " + _SNAPSHOT_COLUMNS,
+        ("text", "text[]", "real", "text", "text", "bool"),
+        (relation_name, y_columns, test_size, test_sampling, dumps(columns), materialized))
     return _snapshot(rows[0])
 
 

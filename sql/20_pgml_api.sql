@@ -48,8 +48,10 @@ $$;
 -- PostgresML 2.9.3's train, argument for argument and result column for result column,
 -- plus as_of (docs/history.md): train on relation_name as it was then. runtime ('python' or
 -- 'rust' there) is checked and otherwise has no effect: every model here scores through ONNX
--- with its native pipeline as the checked fallback. materialize_snapshot is accepted for the
--- same reason: a snapshot here is always a table (retrains and #527's statistics read it).
+-- with its native pipeline as the checked fallback. materialize_snapshot as PostgresML: false
+-- (the default) reads the relation in place, true copies it into pgml.snapshot_<id> so that
+-- retrains see the same rows (docs/pgml.md, Snapshots; relations.needs_copy says when a copy
+-- is kept anyway).
 -- Earlier installs' forms (13 and 14 arguments, status text) are dropped so calls are never
 -- ambiguous and the result type can change.
 DROP FUNCTION IF EXISTS pgml.train(text, text, text, text, text, jsonb, text, jsonb, jsonb,
@@ -81,7 +83,7 @@ LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 if runtime is not None and runtime.strip().lower() not in ("python", "rust"): plpy.error(f"runtime {runtime!r} is not one of python, rust (every model here scores through ONNX)", sqlstate="22023")
 relation = relation_name if as_of is None else GD["pgml"].history_as_of(relation_name, as_of, None)
-return GD["pgml"].train(project_name, task, relation, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess)
+return GD["pgml"].train(project_name, task, relation, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess, materialize_snapshot=materialize_snapshot)
 $$;
 
 CREATE OR REPLACE FUNCTION pgml.train_joint(
@@ -104,7 +106,7 @@ RETURNS TABLE (project text, task text, algorithm text, deployed boolean)
 LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 if runtime is not None and runtime.strip().lower() not in ("python", "rust"): plpy.error(f"runtime {runtime!r} is not one of python, rust (every model here scores through ONNX)", sqlstate="22023")
-return GD["pgml"].train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess, joint=True)
+return GD["pgml"].train(project_name, task, relation_name, y_column_name, algorithm, hyperparams, search, search_params, search_args, test_size, test_sampling, automatic_deploy, preprocess, joint=True, materialize_snapshot=materialize_snapshot)
 $$;
 
 -- PostgresML's result columns (project, strategy, algorithm); earlier installs answered

@@ -1,6 +1,7 @@
 """The loaders' column read (inference/relations.py float8_column_sql / float8_column) on a real
 PL/Python cluster: the raw array bytes through pgml._float8_array_bytes and the float8send
-fallback return the same values -- NULL as NaN, special values kept, no rows as no values."""
+fallback return the same values -- NULL as NaN, special values kept, no rows as no values --
+and so does an array that keeps its NULLs (its NULL bitmap read)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ for raw in (True, False):
     row = plpy.execute(f"SELECT count(*) AS n, {sql} AS c FROM {rel}")[0]
     values = relations.float8_column(row["c"], row["n"], raw)
     out[str(raw)] = [None if v != v else v for v in values.tolist()]
+row = plpy.execute(f"SELECT count(*) AS n, pgml._float8_array_bytes(array_agg({expr})) AS c"
+                   f" FROM {rel}")[0]  # NULL kept as NULL: the array's NULL bitmap
+out["bitmap"] = [None if v != v else v
+                 for v in relations.float8_column(row["c"], row["n"], True).tolist()]
 return json.dumps(out)
 $$
 """
@@ -46,6 +51,110 @@ def test_raw_array_read_equals_the_float8send_read(db, rows):
                            .fetchone()[0])
     assert got["raw_available"] is True
     want = [None if v is None or math.isnan(v) else v for v in rows]
-    assert got["True"] == got["False"] == want
+    assert got["True"] == got["False"] == got["bitmap"] == want
     assert [math.copysign(1, v) for v in got["True"] if v == 0] == [-1.0] * (0.0 in want)
-    assert flags["True"] == flags["False"] == [None if v is None else float(v > 0) for v in rows]
+    assert flags["True"] == flags["False"] == flags["bitmap"] == [
+        None if v is None else float(v > 0) for v in rows]
+
+
+SAME_AS_NUMPY = """
+CREATE FUNCTION pg_temp.same_as_numpy() RETURNS text LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+import json
+import numpy as np
+from inference import relations
+
+def reference(col):  # the statistics as numpy's own functions compute them
+    col = np.asarray(col, dtype=np.float64)
+    nan = np.isnan(col)
+    present = col[~nan]
+    stats = {"count": int(present.size), "missing": int(nan.sum())}
+    if present.size:
+        stats.update(mean=float(present.mean()), stddev=float(present.std()),
+                     min=float(present.min()), max=float(present.max()),
+                     median=float(np.median(present)))
+    return stats
+
+rng = np.random.default_rng(7)
+out = {"analyze": [], "gather": []}
+for n in (0, 1, 2, 7, 70_000, 70_001):
+    base = rng.normal(size=(n, 3)) * 1e3 + 5
+    holes = base[:, 2].copy()
+    holes[::3] = np.nan
+    infinities = base[:, 0].copy()
+    infinities[:2] = (np.inf, -np.inf)[:n]
+    values = {"plain": base[:, 0].copy(), "strided": base[:, 1], "holes": holes,
+              "infinities": infinities, "nulls": np.full(n, np.nan),
+              "big_endian": base[:, 2].astype(">f8")}
+    got, want = relations.analyze(values), {k: reference(v) for k, v in values.items()}
+    out["analyze"].append([n, json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)])
+    rows = rng.permutation(n)[: (3 * n) // 4]
+    names = list(values)
+    expected = np.column_stack([np.asarray(values[k], dtype=np.float64)[rows] for k in names]) \
+        if n else np.empty((0, len(names)))
+    matrix = relations.gather(values, names, rows)
+    out["gather"].append([n, bool(np.array_equal(matrix, expected, equal_nan=True))
+                          and matrix.flags.c_contiguous and matrix.shape == expected.shape])
+return json.dumps(out)
+$$
+"""
+
+
+def test_statistics_and_gather_equal_numpys_own_bit_for_bit(db):
+    """analyze's in-place steps give numpy's mean/std/min/max/median exactly (NULLs, infinities,
+    strided and big-endian columns, odd and even counts); gather equals fancy indexing across
+    several blocks of rows."""
+    with db.connect(autocommit=True) as conn:
+        conn.execute(SAME_AS_NUMPY)
+        got = json.loads(conn.execute("SELECT pg_temp.same_as_numpy()").fetchone()[0])
+    sizes = [0, 1, 2, 7, 70_000, 70_001]
+    assert got["analyze"] == [[n, True] for n in sizes]
+    assert got["gather"] == [[n, True] for n in sizes]
+
+
+LOAD_PATHS = """
+CREATE FUNCTION pg_temp.load_paths(rel text) RETURNS text LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+import json
+import numpy as np
+from inference import relations
+oid, name = relations.resolve(rel)
+cols = relations.columns(oid)
+n, values = relations.load(name, cols)
+relations._RAW[:] = [False]  # the float8send form, one aggregate per column, to compare with
+try:
+    n_plain, plain = relations.load(name, cols)
+finally:
+    relations._RAW[:] = [True]
+names = [c.name for c in cols]
+rows = np.random.default_rng(1).permutation(n)[: (4 * n) // 5]
+def same(a, b):
+    return bool(np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
+                               equal_nan=True))
+picks = (names[:-1], [names[3], names[0], names[2]], names, [names[-1]])
+return json.dumps({
+    "n": [n, n_plain], "matrix": values.rows is not None and getattr(plain, "rows") is None,
+    "values": [same(values[k], plain[k]) for k in names],
+    "nan": [int(np.isnan(values[k]).sum()) for k in names],
+    "gather": [same(relations.gather(values, p, rows), relations.gather(plain, p, rows))
+               and relations.gather(values, p, rows).flags.c_contiguous for p in picks]})
+$$
+"""
+
+
+def test_one_matrix_read_equals_the_read_column_by_column(db):
+    """load's row-major read (one array_agg of ARRAY[...] per row, NULLs through the array's
+    bitmap) gives the values the float8send form gives, and gather takes the same rows from
+    the matrix as column by column (several blocks of rows, any column order)."""
+    with db.connect(autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS mixed")
+        conn.execute("CREATE TABLE mixed AS SELECT g AS i, CASE WHEN g % 7 = 0 THEN NULL ELSE"
+                     " g / 3.0 END::float8 AS x, CASE WHEN g % 5 = 0 THEN NULL ELSE g % 2 = 0"
+                     " END AS b, (g * 1.5)::real AS r, (g % 11)::numeric AS y"
+                     " FROM generate_series(1, 9000) g")
+        conn.execute(LOAD_PATHS)
+        got = json.loads(conn.execute("SELECT pg_temp.load_paths('mixed')").fetchone()[0])
+    assert got["n"] == [9000, 9000] and got["matrix"] is True
+    assert got["values"] == [True] * 5
+    assert got["nan"] == [0, 9000 // 7, 9000 // 5, 0, 0]
+    assert got["gather"] == [True] * 4

@@ -125,9 +125,9 @@ def test_retraining_from_a_snapshot_is_deterministic(pgml_db):
     with connect(pgml_db) as conn:
         conn.execute("SELECT pgml.load_dataset('diabetes')")
         conn.execute("SELECT pgml.train('rf', 'regression', 'pgml.diabetes', 'target',"
-                     " 'random_forest', '{\"n_estimators\": 20}')")
+                     " 'random_forest', '{\"n_estimators\": 20}', materialize_snapshot => true)")
         first = latest_model(conn, "rf")
-        conn.execute("TRUNCATE pgml.diabetes")  # the snapshot, not the table, is retrained on
+        conn.execute("TRUNCATE pgml.diabetes")  # the snapshot's copy, not the table, is retrained on
         conn.execute("SELECT pgml.train('rf', algorithm => 'random_forest',"
                      " hyperparams => '{\"n_estimators\": 20}')")
         second = latest_model(conn, "rf")
