@@ -385,12 +385,16 @@ def train_overhead(dsn: str, rows: int) -> dict:
                              (f"overhead_{name}", algorithm, json.dumps(hyper)))
                 trains.append(time.perf_counter() - start)
                 fit_inside, table = conn.execute(
-                    "SELECT (m.metrics->>'fit_time')::float8, 'pgml.snapshot_' || m.snapshot_id"
-                    " FROM pgml.models m ORDER BY m.id DESC LIMIT 1").fetchone()
+                    "SELECT (m.metrics->>'fit_time')::float8, CASE WHEN s.materialized THEN"
+                    " 'pgml.snapshot_' || m.snapshot_id END FROM pgml.models m"
+                    " JOIN pgml.snapshots s ON s.id = m.snapshot_id"
+                    " ORDER BY m.id DESC LIMIT 1").fetchone()
                 fits_inside.append(fit_inside)
-                # The new 1M-row snapshot draws autovacuum once committed; done here, untimed,
-                # so it does not run beside (and slow) the next fit.
-                conn.execute(f"VACUUM ANALYZE {table}")
+                # A new 1M-row snapshot copy draws autovacuum once committed; done here,
+                # untimed, so it does not run beside (and slow) the next fit. (The default
+                # snapshot reads the relation in place: no copy.)
+                if table:
+                    conn.execute(f"VACUUM ANALYZE {table}")
                 start = time.perf_counter()
                 make().fit(X_train, y_train)
                 fits.append(time.perf_counter() - start)
@@ -401,6 +405,93 @@ def train_overhead(dsn: str, rows: int) -> dict:
                      "ratio_from_overhead": (min(fits) + overhead) / min(fits),
                      "trains": trains, "fits": fits, "first_call_extra_s": first_call - small_warm}
     return out
+
+
+TRAIN_STEPS = """
+CREATE FUNCTION pg_temp.train_steps(rel text, y text, materialize bool, reference bool)
+RETURNS text LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+import json, time
+import numpy as np
+from inference import relations, store
+
+def analyze_before(values):  # relations.analyze before issue 12's round (numpy calls)
+    out = {}
+    for name, col in values.items():
+        col = np.asarray(col, dtype=np.float64)
+        nan = np.isnan(col)
+        missing = int(nan.sum())
+        present = col[~nan] if missing else col
+        out[name] = {"count": int(present.size), "missing": missing, "mean": float(present.mean()),
+                     "stddev": float(present.std()), "min": float(present.min()),
+                     "max": float(present.max()), "median": float(np.median(present))}
+    return out
+
+def gather_before(values, names, rows):  # relations.gather before issue 12's round
+    out = np.empty((len(rows), len(names)))
+    for j, name in enumerate(names):
+        np.take(np.asarray(values[name], dtype=np.float64), rows, out=out[:, j])
+    return out
+
+analyze = analyze_before if reference else relations.analyze
+gather = gather_before if reference else relations.gather
+cpu = {}
+def step(name, fn, *args):
+    start = time.process_time()
+    result = fn(*args)
+    cpu[name] = time.process_time() - start
+    return result
+
+oid, source = relations.resolve(rel)
+cols = relations.columns(oid)
+meta = [{"name": c.name, "pg_type": c.pg_type, "position": c.position, "nullable": c.nullable,
+         "label": c.name == y} for c in cols]
+snap = store.new_snapshot(source, [y], 0.25, "random", meta,
+                          relations.needs_copy(oid, cols, materialize))
+step("snapshot", relations.materialize, snap, source, cols)
+n, values = step("load", relations.load, snap.table, cols, {}, {}, (y,))
+step("statistics", analyze, values)
+train, test = step("split", relations.split, n, 0.25, "random", 0)
+features = [c.name for c in cols if c.name != y]
+step("gather", lambda: [gather(values, names, r) for names in (features, [y])
+                        for r in (train, test)])
+cpu["total"] = sum(cpu.values())
+return json.dumps(cpu)
+$$
+"""
+
+STEP_MODES = {"before": (True, True), "copy": (True, False), "in_place": (False, False)}
+
+
+def train_steps(dsn: str, table: str = "big", repeat: int = 3) -> dict:
+    """pgml.train's steps beside the fit, backend CPU seconds per step, median of ``repeat``
+    interleaved runs of each mode: 'before' (a copy, and statistics and gather as they were
+    before issue 12's round), 'copy' (materialize_snapshot => true now), 'in_place' (the
+    default now). Each run is rolled back: nothing stays."""
+    import psycopg
+
+    runs: dict[str, list[dict]] = {mode: [] for mode in STEP_MODES}
+    with psycopg.connect(dsn) as conn:
+        conn.execute(TRAIN_STEPS)
+        conn.commit()
+        for _ in range(repeat):
+            for mode, (materialize, reference) in STEP_MODES.items():
+                got = conn.execute("SELECT pg_temp.train_steps(%s, 'y', %s, %s)",
+                                   (table, materialize, reference)).fetchone()[0]
+                conn.rollback()
+                runs[mode].append(json.loads(got))
+    return {mode: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            for mode, rs in runs.items()}
+
+
+def _print_steps(steps: dict, rows: int) -> None:
+    names = list(steps["before"])
+    print(f"    steps beside the fit, {rows} rows x 10 + y, backend CPU s (median of 3):")
+    print("      " + " " * 9 + "".join(f"{k:>11s}" for k in names))
+    for mode, r in steps.items():
+        print(f"      {mode:9s}" + "".join(f"{r[k]:11.3f}" for k in names))
+    print(f"      in_place / before: {steps['in_place']['total'] / steps['before']['total']:.2f}x"
+          f"; target total <= {0.5 * rows / 1e6:.2f} s")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -415,7 +506,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="with --relation-only: runs each")
     parser.add_argument("--batch-rows", type=int, default=0,
                         help="with --relation-only: also (c) predict_batch over this many rows")
+    parser.add_argument("--batch-only", type=int, metavar="ROWS",
+                        help="only (c): one pgml.predict_batch over ROWS rows x 10 features")
     args = parser.parse_args(argv)
+    if args.batch_only:
+        return batch_only(args.batch_only)
     if args.train_only:
         return train_only(args.train_only)
     if args.relation_only:
@@ -514,10 +609,59 @@ def train_only(rows: int) -> None:
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SELECT pgml.load_dataset('diabetes')")  # the warm-up trains on it
+        load_start = os.getloadavg()[0]
         e = train_overhead(dsn, rows)
-    print(f"pgml.train overhead ({os.cpu_count()} cores; load average "
-          f"{os.getloadavg()[0]:.1f} at the end)")
+        steps = train_steps(dsn)
+    print(f"pgml.train overhead ({os.cpu_count()} cores; load average {load_start:.1f} at the"
+          f" start, {os.getloadavg()[0]:.1f} at the end)")
     _print_train(e, rows)
+    _print_steps(steps, rows)
+
+
+def batch_only(rows: int) -> None:
+    """(c) once at ``rows`` rows x 10 features -- one pgml.predict_batch call, as configured --
+    on a cluster of its own; an argument PostgreSQL cannot build or pass is reported with the
+    server's own error (see docs/pgml.md, predict_batch's limits)."""
+    import psycopg
+
+    with running_cluster("bench-batch", REPLICA_SETTINGS) as cluster:
+        cluster.create_database("bench")
+        dsn = cluster.dsn("bench")
+        install(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pgml.load_dataset('diabetes')")
+            conn.execute("SELECT * FROM pgml.train(%s, 'regression', 'pgml.diabetes', 'target',"
+                         " 'xgboost', %s)", (PROJECT, json.dumps(MODEL)))
+            cols = ", ".join(FEATURES)
+            # rows cycle through diabetes' 442 rows, each value with its own noise (distinct rows)
+            conn.execute(f"CREATE TABLE bench_base AS SELECT array_agg(ARRAY[{cols}]::float8[])"  # noqa: S608 - constants
+                         " AS b FROM pgml.diabetes")
+            start = time.perf_counter()
+            try:
+                conn.execute("CREATE TABLE bench_flat AS SELECT array_agg(b[g % 442 + 1][i]"
+                             " * (0.95 + 0.1 * random())) AS a FROM bench_base,"
+                             " generate_series(0, %s - 1) g, generate_series(1, 10) i", (rows,))
+            except psycopg.Error as exc:
+                print(f"(c) predict_batch {rows} rows: the argument cannot be built with array_agg"
+                      f" ({time.perf_counter() - start:.1f} s): {exc.sqlstate} {exc}".strip())
+                conn.execute("CREATE TABLE bench_flat AS SELECT a1 || a2 AS a FROM"
+                             " (SELECT array_agg(b[g % 442 + 1][i]) AS a1 FROM bench_base,"
+                             "  generate_series(0, %s - 1) g, generate_series(1, 10) i) s1,"
+                             " (SELECT array_agg(b[g % 442 + 1][i]) AS a2 FROM bench_base,"
+                             "  generate_series(0, %s - 1) g, generate_series(1, 10) i) s2",
+                             (rows // 2, rows - rows // 2))
+                print("    built as two halves (array_cat) instead, to try the call")
+            load = os.getloadavg()[0]
+            try:
+                wall, cpu = _timed(conn, "SELECT count(p) FROM bench_flat,"
+                                   " pgml.predict_batch(%s, a) p", (PROJECT,), repeat=1,
+                                   all_threads=True)
+            except psycopg.Error as exc:
+                print(f"(c) predict_batch {rows} rows: {exc.sqlstate} {exc}".strip())
+                return
+    print(f"(c) predict_batch {rows} rows, as configured, one run: {rows / wall:,.0f} rows/s "
+          f"({wall:.2f} s wall, {cpu:.2f} s backend CPU; load average {load:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after; {os.cpu_count()} cores)")
 
 
 def relation_only(rows: int, configurations=RELATION_CONFIGURATIONS, repeat: int = 3,
