@@ -433,8 +433,19 @@ def gather_before(values, names, rows):  # relations.gather before issue 12's ro
         np.take(np.asarray(values[name], dtype=np.float64), rows, out=out[:, j])
     return out
 
+def load_before(table, cols, *_):  # relations.load before issue 12's round: one array_agg
+    parts = ["count(*)::int8 AS n"] + [  # per column, coalesce per value
+        relations.float8_column_sql(plpy.quote_ident(c.name) + "::float8", True) + f" AS c{i}"
+        for i, c in enumerate(cols)]
+    plpy.execute("SET LOCAL synchronize_seqscans = off")
+    plpy.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+    row = plpy.execute(f"SELECT {', '.join(parts)} FROM {table}")[0]
+    return row["n"], {c.name: relations.float8_column(row[f"c{i}"], row["n"], True)
+                      for i, c in enumerate(cols)}
+
 analyze = analyze_before if reference else relations.analyze
 gather = gather_before if reference else relations.gather
+load = load_before if reference else relations.load
 cpu = {}
 def step(name, fn, *args):
     start = time.process_time()
@@ -449,7 +460,7 @@ meta = [{"name": c.name, "pg_type": c.pg_type, "position": c.position, "nullable
 snap = store.new_snapshot(source, [y], 0.25, "random", meta,
                           relations.needs_copy(oid, cols, materialize))
 step("snapshot", relations.materialize, snap, source, cols)
-n, values = step("load", relations.load, snap.table, cols, {}, {}, (y,))
+n, values = step("load", load, snap.table, cols, {}, {}, (y,))
 step("statistics", analyze, values)
 train, test = step("split", relations.split, n, 0.25, "random", 0)
 features = [c.name for c in cols if c.name != y]
@@ -465,8 +476,8 @@ STEP_MODES = {"before": (True, True), "copy": (True, False), "in_place": (False,
 
 def train_steps(dsn: str, table: str = "big", repeat: int = 3) -> dict:
     """pgml.train's steps beside the fit, backend CPU seconds per step, median of ``repeat``
-    interleaved runs of each mode: 'before' (a copy, and statistics and gather as they were
-    before issue 12's round), 'copy' (materialize_snapshot => true now), 'in_place' (the
+    interleaved runs of each mode: 'before' (a copy, and load, statistics and gather as they
+    were before issue 12's round), 'copy' (materialize_snapshot => true now), 'in_place' (the
     default now). Each run is rolled back: nothing stays."""
     import psycopg
 

@@ -235,7 +235,7 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
     out = Columns()
     in_matrix: dict[int, int] = {}
     if scalars:
-        matrix = float8_array(row["m"], (n, len(scalars)))
+        matrix = _aligned(float8_array(row["m"], (n, len(scalars))))
         by_column = list(_transpose(matrix))  # one view object per column: gather checks them
         in_matrix = {i: j for j, (i, _) in enumerate(scalars)}
         out.rows = (matrix, {cols[i].name: (j, by_column[j]) for j, (i, _) in enumerate(scalars)})
@@ -329,6 +329,13 @@ class Columns(dict):
     rows: tuple[np.ndarray, dict[str, tuple[int, np.ndarray]]] | None = None
 
 
+def _aligned(matrix: np.ndarray) -> np.ndarray:
+    """``matrix``, copied where its values are not 8-byte aligned: the array's values sit 28
+    bytes into the bytes PL/Python hands over, and numpy's ``take`` of unaligned rows costs
+    2.4x an aligned one (0.13 against 0.055 s for 1M x 10; the copy: 0.02 s)."""
+    return matrix if matrix.flags.aligned else matrix.copy()
+
+
 def _transpose(matrix: np.ndarray) -> np.ndarray:
     """The columns of a row-major matrix as the C-contiguous rows of a new array, copied in
     blocks of rows that stay in the caches (numpy's own transposing copy: 0.045 s for 1M x 11
@@ -386,8 +393,9 @@ def gather(values: dict[str, np.ndarray], names: list[str], rows: np.ndarray) ->
                                                                               strict=True)):
             taken = matrix.take(rows, axis=0, mode="clip")
             js = [w[0] for w in where]
-            return taken if js == list(range(matrix.shape[1])) else \
-                np.ascontiguousarray(taken[:, js])
+            if js == list(range(js[0], js[0] + len(js))):  # a run of columns: a slice
+                return np.ascontiguousarray(taken[:, js[0]:js[0] + len(js)])
+            return np.ascontiguousarray(taken[:, js])
     cols = [np.asarray(values[name], dtype=np.float64) for name in names]
     out = np.empty((len(rows), len(names)))
     for start in range(0, len(rows), _GATHER_BLOCK):
