@@ -10,8 +10,9 @@ pgml.point_in_time against the same join written as a Postgres LATERAL query, in
    connection). Beside each time, the CPU seconds of the sidecar process (start-up
    included), of its target backend and of the source's walsender (from /proc: where the
    extra time goes); ``--profile DIR``: py-spy samples of each sidecar run, summed per mode;
-   ``--compare-tree DIR``: a third sidecar, history on, run from another checkout (slot
-   ``hist_base``), so a change is measured against the code before it in the same run.
+   ``--compare-tree DIR`` (repeatable): one more sidecar, history on, run from another
+   checkout (slot ``hist_<dir name>``), so a change is measured against the code before it
+   in the same run.
 2. Bytes per change: the history table's total size (heap + TOAST) over its versions.
 3. Point in time: a spine of S rows (random key, random event time inside the history) on the
    replica; ``pgml.point_in_time`` vs ``LEFT JOIN LATERAL (... ORDER BY commit LSN DESC
@@ -105,14 +106,16 @@ def main() -> int:
                     help="python of the environment where Feast is installed")
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
                     help="py-spy each catch-up run into DIR/<db>-NN.txt; print a summary per mode")
-    ap.add_argument("--compare-tree", type=Path, default=None, metavar="DIR",
-                    help="also time history on with the sidecar of another checkout (hist_base)")
+    ap.add_argument("--compare-tree", type=Path, action="append", default=[], metavar="DIR",
+                    help="also time history on with the sidecar of another checkout"
+                         " (hist_<dir name>; repeatable)")
     a = ap.parse_args()
     if a.scale_only:
         return history_scale.run(a.scale_spine, a.scale_versions, a.rounds, a.feast_python)
     modes = [("hist_off", False, ROOT), ("hist_on", True, ROOT)]
-    if a.compare_tree is not None:
-        modes.append(("hist_base", True, a.compare_tree.resolve()))
+    for tree in a.compare_tree:
+        name = "hist_" + "".join(c if c.isalnum() else "_" for c in tree.resolve().name.lower())
+        modes.append((name, True, tree.resolve()))
     names = [m[0] for m in modes]
     with running_cluster("hsrc", SOURCE_SETTINGS) as src, \
             running_cluster("hml", REPLICA_SETTINGS) as tgt:
