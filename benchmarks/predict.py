@@ -629,6 +629,11 @@ def train_only(rows: int) -> None:
     _print_steps(steps, rows)
 
 
+# ``rows`` rows x 10 features, in row order: the FROM clause of batch_only's argument
+ROWS_OF = (" FROM generate_series(0, %s - 1) g JOIN bench_base b ON b.k = g %% 442,"
+           " LATERAL (VALUES (1, age), (2, sex), (3, bmi), (4, bp), (5, s1), (6, s2), (7, s3), (8, s4), (9, s5), (10, s6)) v(i, x)")
+
+
 def batch_only(rows: int) -> None:
     """(c) once at ``rows`` rows x 10 features -- one pgml.predict_batch call, as configured --
     on a cluster of its own; an argument PostgreSQL cannot build or pass is reported with the
@@ -643,23 +648,25 @@ def batch_only(rows: int) -> None:
             conn.execute("SELECT pgml.load_dataset('diabetes')")
             conn.execute("SELECT * FROM pgml.train(%s, 'regression', 'pgml.diabetes', 'target',"
                          " 'xgboost', %s)", (PROJECT, json.dumps(MODEL)))
-            cols = ", ".join(FEATURES)
-            # rows cycle through diabetes' 442 rows, each value with its own noise (distinct rows)
-            conn.execute(f"CREATE TABLE bench_base AS SELECT array_agg(ARRAY[{cols}]::float8[])"  # noqa: S608 - constants
-                         " AS b FROM pgml.diabetes")
+            # rows cycle through diabetes' 442 rows, each value with its own noise (distinct
+            # rows); a nested loop over an index keeps generate_series' order, the VALUES list
+            # each row's feature order (a 2-D array of the base rows would be detoasted per value)
+            conn.execute(f"CREATE TABLE bench_base AS SELECT row_number() OVER () - 1 AS k,"  # noqa: S608 - constants
+                         f" {', '.join(FEATURES)} FROM pgml.diabetes")
+            conn.execute("CREATE UNIQUE INDEX ON bench_base (k)")
+            conn.execute("VACUUM ANALYZE bench_base")
+            conn.execute("SET enable_hashjoin = off")
+            conn.execute("SET enable_mergejoin = off")
             start = time.perf_counter()
             try:
-                conn.execute("CREATE TABLE bench_flat AS SELECT array_agg(b[g % 442 + 1][i]"
-                             " * (0.95 + 0.1 * random())) AS a FROM bench_base,"
-                             " generate_series(0, %s - 1) g, generate_series(1, 10) i", (rows,))
+                conn.execute("CREATE TABLE bench_flat AS SELECT array_agg(v.x"
+                             " * (0.95 + 0.1 * random())) AS a" + ROWS_OF, (rows,))
             except psycopg.Error as exc:
                 print(f"(c) predict_batch {rows} rows: the argument cannot be built with array_agg"
                       f" ({time.perf_counter() - start:.1f} s): {exc.sqlstate} {exc}".strip())
                 conn.execute("CREATE TABLE bench_flat AS SELECT a1 || a2 AS a FROM"
-                             " (SELECT array_agg(b[g % 442 + 1][i]) AS a1 FROM bench_base,"
-                             "  generate_series(0, %s - 1) g, generate_series(1, 10) i) s1,"
-                             " (SELECT array_agg(b[g % 442 + 1][i]) AS a2 FROM bench_base,"
-                             "  generate_series(0, %s - 1) g, generate_series(1, 10) i) s2",
+                             " (SELECT array_agg(v.x) AS a1" + ROWS_OF + ") s1,"
+                             " (SELECT array_agg(v.x) AS a2" + ROWS_OF + ") s2",
                              (rows // 2, rows - rows // 2))
                 print("    built as two halves (array_cat) instead, to try the call")
             load = os.getloadavg()[0]
