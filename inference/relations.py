@@ -20,6 +20,7 @@ split.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -195,6 +196,7 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
     for c in cols:
         if c.is_array and c.name not in widths:
             widths[c.name] = array_width(table, c)
+    matrix_read = raw and _fits_one_array(table, len(cols))
     for i, c in enumerate(cols):
         value = plpy.quote_ident(c.name)
         if c.is_array:  # each row's elements in storage order; a NULL array as NULL elements
@@ -211,7 +213,7 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
                      else f"(CASE WHEN {value} IS NULL THEN 0 ELSE {found} END)::float8")
         else:
             value = f"{value}::int::float8" if c.base_oid == _BOOL else f"{value}::float8"
-        if raw:
+        if matrix_read:
             scalars.append((i, value))
             continue
         parts.append(f"{float8_column_sql(value, raw)} AS c{i}")
@@ -252,6 +254,21 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
         for j, name in enumerate(element_names(c.name, width)):
             out[name] = matrix[:, j]
     return n, out
+
+
+# Values one array_agg may collect: it fails at 2^27 slots (1 GB of Datums), so a relation
+# whose planner estimate of rows x columns exceeds half of the last size that fits (a 2x margin
+# for stale statistics) is read one array per column, each then holding one value per row.
+MATRIX_VALUES = 1 << 25
+
+
+def _fits_one_array(table: str, columns: int) -> bool:
+    """Whether the planner's row estimate of ``table`` times ``columns`` is at most
+    MATRIX_VALUES (EXPLAIN plans the scan, for views too, without running it)."""
+    plan = plpy.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table}")[0]["QUERY PLAN"]  # noqa: S608 - quoted
+    rows = json.loads(plan)[0]["Plan"]["Plan Rows"] if isinstance(plan, str) else \
+        plan[0]["Plan"]["Plan Rows"]
+    return float(rows) * max(columns, 1) <= MATRIX_VALUES
 
 
 _RAW: list[bool] = []  # whether pgml._float8_array_bytes exists (asked once per backend)
@@ -323,7 +340,8 @@ class Columns(dict):
     row instead of eleven). The matrix is then copied once, by blocks, into contiguous aligned
     columns for the statistics and everything else (0.03 s), and ``gather`` takes a split's
     rows from the matrix itself: whole rows, one or two cache lines each, instead of a random
-    read per value (0.06 s against 0.13 s for the 1M x 10 train and test matrices).
+    read per value (0.06 s against 0.13 s for the 1M x 10 train and test matrices). Only
+    where the relation fits one array (``MATRIX_VALUES``); bigger ones: one array per column.
     """
 
     rows: tuple[np.ndarray, dict[str, tuple[int, np.ndarray]]] | None = None
