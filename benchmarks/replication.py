@@ -318,7 +318,16 @@ def live(src, side: Side, rows: int, base: int) -> dict[str, float]:
 
 
 def lag(src, side: Side, rate: int, seconds: float, first_probe: int) -> tuple[float, float]:
+    # the same settled start for each side: after the stream phases' 2.4M changes, autovacuum
+    # and a checkpoint fell into whichever side ran first (ours: p99 94-208 ms in full runs
+    # against 6-7 ms for the lag phase alone, native then 7-11 ms)
+    with src.connect("bench") as c:
+        c.execute("VACUUM (ANALYZE) bench")
+        c.execute("CHECKPOINT")
     side.start()
+    with side.target() as c:
+        c.execute("VACUUM (ANALYZE) bench")
+        c.execute("CHECKPOINT")
     mark = marker(src)  # start caught up: nothing of the other side's run is pending
     with side.target() as c:
         wait(lambda: side.check_alive() or c.execute(
