@@ -30,8 +30,10 @@ CREATE TABLE IF NOT EXISTS pgml.projects (
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
--- A snapshot is a materialized copy of the relation (table pgml.snapshot_<id>) plus what
--- is needed to split it again identically: test_size, test_sampling and random_state.
+-- A snapshot names the relation a model was trained on, plus what is needed to split it
+-- again identically: test_size, test_sampling and random_state. As in PostgresML it is a
+-- copy (table pgml.snapshot_<id>) only with materialize_snapshot => true (or where the
+-- loader needs one: docs/pgml.md "Snapshots"); otherwise a retrain reads the relation now.
 -- columns: [{name, pg_type, position, label, nullable}] in the relation's column order;
 -- analysis: {column: {count, missing, mean, stddev, min, max, median}} over all rows.
 CREATE TABLE IF NOT EXISTS pgml.snapshots (
