@@ -53,4 +53,38 @@ def test_statistics_taken_on_dead_rows_are_refreshed_before_a_big_unnest_join(re
         fresh = _plan(c, tw)
         assert "Join Filter" not in fresh, fresh  # no scan of the table per row of the run
         assert not analyze_if_stale(c, tw, RUN)  # fresh now: no second ANALYZE
-        assert not analyze_if_stale(c, tw, 10)  # a small run never pays the check
+        assert not analyze_if_stale(c, tw, 10)  # fresh for a small run too
+
+
+def test_a_table_emptied_and_filled_again_is_analyzed_before_small_runs(replica_db):
+    """VACUUM leaves reltuples at the few rows left (its pages kept: a live row at the end);
+    refilled, every small update would scan the whole table (the lag benchmark's stall).
+    The server's live count against reltuples catches it, at most once a second."""
+    types = ("int8", "float8", "float8", "text", "timestamptz")
+    tw = MirroredTable(16601, "public", "queue", Layout("public.queue", COLS, types, (0,)), 0)
+    fill = FILL.replace("public.stale", "public.queue").replace("md5(g::text)", "'x'")
+    with psycopg.connect(replica_db.dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE public.queue (id int8 PRIMARY KEY, a float8, b float8, t text,"
+                  " ts timestamptz) WITH (autovacuum_enabled = off)")
+        c.execute(fill, (1, 4 * ROWS))  # the benchmark's 400k: pages enough for the trap
+        c.execute("DELETE FROM public.queue WHERE id < %s", (4 * ROWS - 9,))
+        c.execute("VACUUM (ANALYZE) public.queue")  # 10 rows left, at the end: pages kept
+        assert c.execute("SELECT reltuples, relpages FROM pg_class"
+                         " WHERE oid = 'public.queue'::regclass").fetchone()[0] == 10
+        c.execute(fill, (4 * ROWS + 1, 4 * ROWS + 75_000))
+        c.execute("SELECT pg_stat_force_next_flush()")
+        c.execute("SELECT 1")  # the flush happens at this statement's end
+        ids = list(range(4 * ROWS + 100, 4 * ROWS + 115))
+        stmt = sql.SQL("EXPLAIN ") + tw.stmt("update_any")
+        now = datetime.now(UTC)
+        args = [ids, [1.5] * 15, [2.5] * 15, ["x"] * 15, [now] * 15]
+        stale = "\n".join(r[0] for r in c.execute(stmt, args))
+        assert "Join Filter" in stale, stale  # the trap: the whole table per statement
+        with c.transaction():
+            assert analyze_if_stale(c, tw, 15)
+        fresh = "\n".join(r[0] for r in c.execute(stmt, args))
+        assert "Join Filter" not in fresh, fresh
+        tw.stats_checked_at = float("-inf")
+        assert not analyze_if_stale(c, tw, 15)  # fresh now
+        c.execute("ANALYZE public.queue")
+        assert not analyze_if_stale(c, tw, 15)  # checked within the second: no query at all
