@@ -114,29 +114,91 @@ def build(source: str, model_id: int) -> str | None:
     path = None if cc is None else library_path(model_id, body_sha256(source), cc)
     if path is None or os.path.exists(path):
         return path
+    started = start_build(source)
+    return None if started is None else started.finish(model_id)
+
+
+def start_build(source: str) -> Build | None:
+    """Start compiling ``source`` in the background; None when there is no compiler or cache.
+
+    Why apart from build: pgml.train starts the compiler as soon as the model is fitted and
+    makes the ONNX graphs while it runs (a subprocess: another core), before the model's id
+    -- part of the library's name -- exists; ``Build.finish`` names it then."""
+    cc = compiler()
+    directory = None if cc is None else cache_dir()
+    if directory is None:
+        return None
     import subprocess
     import tempfile
 
-    fd, c_path = tempfile.mkstemp(suffix=".c", dir=os.path.dirname(path))
-    so_tmp = c_path[:-2] + ".so.tmp"
+    c_path = None
     try:
+        fd, c_path = tempfile.mkstemp(suffix=".c", dir=directory)
         with os.fdopen(fd, "w") as f:
             f.write(source)
-        done = subprocess.run([cc, *CFLAGS, "-o", so_tmp, c_path, "-lm"], capture_output=True,
-                              timeout=COMPILE_TIMEOUT_S, check=False)
-        if done.returncode != 0:
-            return None
-        os.replace(so_tmp, path)  # atomic: a concurrent backend sees all of it or nothing
-        _prune(os.path.dirname(path), keep=path)
-        return path
+        so_tmp = c_path[:-2] + ".so.tmp"
+        proc = subprocess.Popen([cc, *CFLAGS, "-o", so_tmp, c_path, "-lm"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
+        if c_path is not None:
+            _unlink(c_path)
         return None
-    finally:
-        for leftover in (c_path, so_tmp):
+    return Build(proc, cc, body_sha256(source), c_path, so_tmp)
+
+
+class Build:
+    """A compile in progress: ``finish`` waits for it and puts the library into the cache
+    under the model's id; ``cancel`` stops it. Either removes its temporary files."""
+
+    def __init__(self, proc, cc: str, body_hash: str, c_path: str, so_tmp: str):
+        import time
+
+        self.proc, self.cc, self.body_hash = proc, cc, body_hash
+        self.c_path, self.so_tmp = c_path, so_tmp
+        self.deadline = time.monotonic() + COMPILE_TIMEOUT_S
+
+    def finish(self, model_id: int) -> str | None:
+        """The library's path in the cache, or None (compiler failed, timed out, no cache)."""
+        import subprocess
+        import time
+
+        try:
             try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
+                code = self.proc.wait(timeout=max(0.0, self.deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return None
+            path = library_path(model_id, self.body_hash, self.cc)
+            if code != 0 or path is None:
+                return None
+            os.replace(self.so_tmp, path)  # atomic: a concurrent backend sees all or nothing
+            _prune(os.path.dirname(path), keep=path)
+            return path
+        except OSError:
+            return None
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop the compiler if it still runs and remove the temporary files (idempotent)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for leftover in (self.c_path, self.so_tmp):
+            _unlink(leftover)
+
+    def __del__(self):  # dropped unfinished (an error on the way): no compiler, no files left
+        try:
+            self.cancel()
+        except Exception:  # noqa: BLE001, S110 - at interpreter exit os may be half gone
+            pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _prune(directory: str, keep: str) -> None:

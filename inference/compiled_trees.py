@@ -37,10 +37,20 @@ anything Ensemble cannot express (categorical splits, dart).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
-from inference.compiled_scorer import FORMAT, body_sha256, build, compiler, load
+from inference.compiled_scorer import (
+    FORMAT,
+    Build,
+    body_sha256,
+    build,
+    compiler,
+    header,
+    load,
+    start_build,
+)
 from inference.errors import NotExportable
 from inference.parity import TREE_RTOL, tree_parity
 
@@ -57,14 +67,18 @@ POSTS = ("identity", "exp", "sigmoid", "softmax", "proba")
 
 
 def c_source(pipeline, *, task: str, n_features: int, classes: list | None,
-             parity_record: dict | None = None) -> str:
-    """The C source of a fitted tree pipeline; NotExportable when it has no compiled form."""
+             parity_record: dict | None = None, ens=None) -> str:
+    """The C source of a fitted tree pipeline; NotExportable when it has no compiled form.
+
+    ``ens``: the pipeline's Ensemble where the caller has it already (pgml.train builds it
+    once for this and the tensor graph)."""
     from inference.tree_graph import unwrap
     from inference.tree_graph_models import ensemble_of
 
     spec, final = unwrap(pipeline)
     n_classes = None if task != "classification" else len(classes)
-    ens = ensemble_of(final, n_features, n_classes)
+    if ens is None:
+        ens = ensemble_of(final, n_features, n_classes)
     if ens.post not in POSTS:
         raise NotExportable(f"{type(final).__name__} ({ens.post} of the trees) is not compiled")
     if n_classes is not None and ens.post == "identity":
@@ -234,47 +248,124 @@ def _finish(w: _Writer, post: str, task: str) -> None:
 # -- training ------------------------------------------------------------------------------
 
 
-def checked(pipeline, X: np.ndarray, *, task: str, classes: list | None, n_features: int,
-            model_id: int) -> tuple[str | None, dict]:
-    """(source or None, parity record): generated, compiled, scored on ``X`` and compared."""
-    if compiler() is None:
-        return None, {"ok": False, "reason": "no C compiler on this host"}
+@dataclass
+class Pending:
+    """A fitted model's compiled form on its way: the Ensemble (the tensor graph uses it too),
+    the C source and its compile already running, or the reason there is none."""
+
+    ensemble: object | None
+    source: str | None
+    build: Build | None
+    reason: str | None
+
+    def cancel(self) -> None:
+        if self.build is not None:
+            self.build.cancel()
+
+
+def start(pipeline, *, task: str, classes: list | None, n_features: int) -> Pending:
+    """Generate the C source of a freshly fitted pipeline and start compiling it.
+
+    Called by training.train right after the fit, so the compiler (a subprocess, on another
+    core) runs while the test split is scored and the ONNX graphs are made; ``checked`` then
+    waits for it. The caller cancels it when the model is not served (see for_training).
+    """
+    from inference.tree_graph import unwrap
+    from inference.tree_graph_models import ensemble_of
+
+    _, final = unwrap(pipeline)
+    n_classes = None if task != "classification" else len(classes)
     try:
-        source = c_source(pipeline, task=task, n_features=n_features, classes=classes)
+        ens, reason = ensemble_of(final, n_features, n_classes), None
     except NotExportable as exc:
-        return None, {"ok": False, "reason": str(exc)}
+        ens, reason = None, str(exc)
+    if compiler() is None:
+        return Pending(ens, None, None, "no C compiler on this host")
+    if ens is None:
+        return Pending(None, None, None, reason)
+    try:
+        source = c_source(pipeline, task=task, n_features=n_features, classes=classes, ens=ens)
+    except NotExportable as exc:
+        return Pending(ens, None, None, str(exc))
+    return Pending(ens, source, start_build(source), None)
+
+
+def checked(pipeline, X: np.ndarray, *, task: str, classes: list | None, n_features: int,
+            model_id: int, pending: Pending | None = None,
+            native: tuple | None = None) -> tuple[str | None, dict]:
+    """(source or None, parity record): generated, compiled, scored on ``X`` and compared.
+
+    ``pending``: what ``start`` began for this pipeline (else it is done here, in the
+    foreground); ``native``: the native model's (labels or values, probabilities or None)
+    on ``X`` as float32, where the caller has them already."""
+    if pending is None:
+        pending = start(pipeline, task=task, classes=classes, n_features=n_features)
+    if pending.source is None:
+        return None, {"ok": False, "reason": pending.reason}
+    source = pending.source
+    if pending.build is not None:
+        pending.build.finish(model_id)  # the library is in the cache (or None: load says)
     trees = load(source, model_id)
     if trees is None:
         return None, {"ok": False, "reason": "the C compiler failed or the cache is unusable"}
     X = np.asarray(X, dtype=np.float32)
     out, labels = trees.rows(X)
-    X64 = X.astype(np.float64)
+    if native is None:
+        native = native_on(pipeline, X, task)
     if task == "classification":
-        native_proba = np.asarray(pipeline.predict_proba(X64), dtype=np.float64)
-        native_labels = np.asarray(pipeline.predict(X64), dtype=np.float64)
+        native_labels, native_proba = native
         ours = np.asarray(classes, dtype=np.float64)[labels]
         record = tree_parity(native_proba, out, ours != native_labels, native_proba)
     else:
-        native = np.asarray(pipeline.predict(X64), dtype=np.float64).reshape(len(X), -1)
-        record = tree_parity(native, out)
+        record = tree_parity(np.asarray(native[0]).reshape(len(X), -1), out)
     if not record["ok"]:
         record["reason"] = "compiled trees differ from the native model"
         return None, record
-    final = c_source(pipeline, task=task, n_features=n_features, classes=classes,
-                     parity_record=record)
+    final = with_parity(source, record)
     build(final, model_id)  # into this host's cache now: the first predict finds it
     return final, record
 
 
+def native_on(pipeline, X: np.ndarray, task: str) -> tuple:
+    """The native model's (labels or values, probabilities or None) on ``X`` rounded to
+    float32 -- what a scorer built from its trees sees -- for the parity checks."""
+    X64 = np.asarray(X, dtype=np.float32).astype(np.float64)
+    values = np.asarray(pipeline.predict(X64), dtype=np.float64)
+    if task != "classification":
+        return values, None
+    return values, np.asarray(pipeline.predict_proba(X64), dtype=np.float64)
+
+
+def with_parity(source: str, record: dict) -> str:
+    """``source`` with the parity record in its header (as c_source(parity_record=) writes
+    it; the body, hence the library, is unchanged)."""
+    head, body = source.split("\n", 1)
+    found = header(head)
+    found["parity"] = record
+    return "/* " + json.dumps(found).replace("*/", "* /") + " */\n" + body
+
+
 def for_training(result, task: str, feature_names: list[str], X_test: np.ndarray,
-                 random_state: int, model_id: int) -> tuple[bytes | None, dict]:
-    """The C source pgml.train stores beside the graphs (served tree models), and its record."""
+                 random_state: int, model_id: int,
+                 native: tuple | None = None) -> tuple[bytes | None, dict]:
+    """The C source pgml.train stores beside the graphs (served tree models), and its record.
+
+    ``result.compiled``: the Pending training.train started (its compile has run beside the
+    ONNX export); ``native``: the native answers on the parity sample (parity.sample_rows)."""
     from inference import parity
 
+    pending = getattr(result, "compiled", None)
     if result.runtime != "onnx":
+        if pending is not None:
+            pending.cancel()
         return None, {"ok": False, "reason": "the model is not served from ONNX"}
     rows = parity.sample_rows(len(X_test), random_state)
     X = X_test if rows is None else X_test[rows]
-    source, record = checked(result.estimator, X, task=task, classes=result.classes,
-                             n_features=len(feature_names), model_id=model_id)
+    try:
+        source, record = checked(result.estimator, X, task=task, classes=result.classes,
+                                 n_features=len(feature_names), model_id=model_id,
+                                 pending=pending, native=native)
+    finally:
+        if pending is not None:
+            pending.cancel()
     return (None if source is None else source.encode()), record

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import weakref
 
 import numpy as np
 
@@ -195,19 +194,14 @@ def _xgboost_regressor_shape(operator) -> None:
     operator.outputs[0].type = FloatTensorType([n_rows, n_targets])
 
 
-_TREE_INFO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _tree_info(model) -> list[int]:
-    """XGBoost's tree -> output table, read once per fitted booster: the shape calculator and
-    the converter both need it, and parsing a 100-tree model's JSON takes ~0.15-0.3 s."""
-    booster = model.get_booster()
-    found = _TREE_INFO.get(booster)
-    if found is None:
-        raw = json.loads(booster.save_raw("json"))
-        found = raw["learner"]["gradient_booster"]["model"].get("tree_info", [])
-        _TREE_INFO[booster] = found
-    return found
+    """XGBoost's tree -> output table: the shape calculator and the converter both need it,
+    and parsing a 100-tree model's JSON takes ~0.15-0.3 s, so it is parsed once per fitted
+    booster (tree_graph_models.xgboost_json, shared with the tensor graph and compiled trees)."""
+    from inference.tree_graph_models import xgboost_json
+
+    raw = xgboost_json(model.get_booster())
+    return raw["learner"]["gradient_booster"]["model"].get("tree_info", [])
 
 
 def _convert_xgboost_with_tree_info(scope, operator, container, op_type, tree_key, out_key):

@@ -110,10 +110,14 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
         task, algorithm, X_train, Y_train, X_test, Y_test,
         feature_names=features, hyperparams=hyperparams, preprocess=preprocess, search=search,
         search_params=search_params, search_args=search_args, joint=joint,
-        random_state=snap.random_state)
-    return _store_and_deploy(project, project_name, task, snap, algorithm, features, result,
-                             search, search_params, search_args, joint, automatic_deploy, X_test,
-                             encoded)
+        random_state=snap.random_state, compile_trees=True)
+    try:
+        return _store_and_deploy(project, project_name, task, snap, algorithm, features, result,
+                                 search, search_params, search_args, joint, automatic_deploy,
+                                 X_test, encoded)
+    finally:
+        if result.compiled is not None:  # finished by _compile_trees, or not needed
+            result.compiled.cancel()
 
 
 def _store_and_deploy(project, project_name, task, snap, algorithm, features, result, search,
@@ -133,10 +137,11 @@ def _store_and_deploy(project, project_name, task, snap, algorithm, features, re
     if task not in UNSUPERVISED:
         from inference.tree_graph import for_training  # tree models: the GPU-ready tensor graph
 
-        tensor = for_training(result, task, features, X_test, snap.random_state)
+        native = _native_on_sample(result, task, X_test, snap.random_state)
+        tensor = for_training(result, task, features, X_test, snap.random_state, native)
         if tensor is not None:
             store.add_file(model_id, "tensor.onnx", tensor)
-        _compile_trees(model_id, result, task, features, X_test, snap.random_state)
+        _compile_trees(model_id, result, task, features, X_test, snap.random_state, native)
     # NULL deploys as true does (PostgresML 2.9: ``Some(true) | None``)
     deployed = automatic_deploy is not False and _beats_deployed(project.id, task,
                                                                   result.metrics)
@@ -189,12 +194,27 @@ def _answer(model):
     return values
 
 
-def _compile_trees(model_id, result, task, features, X_test, random_state) -> None:
+def _native_on_sample(result, task, X_test, random_state):
+    """The native model's answers on the parity sample, computed once for both scorers built
+    from its trees (tensor graph, compiled trees); None where neither is built from them."""
+    pending = result.compiled
+    if result.runtime != "onnx" or pending is None or pending.ensemble is None:
+        return None
+    from inference import parity
+    from inference.compiled_trees import native_on
+
+    rows = parity.sample_rows(len(X_test), random_state)
+    return native_on(result.estimator, X_test if rows is None else X_test[rows], task)
+
+
+def _compile_trees(model_id, result, task, features, X_test, random_state,
+                   native=None) -> None:
     """Tree models: the C source of the per-row scorer (compiled_trees.py), parity-checked;
     its record joins the model's parity column under 'compiled_trees' either way."""
     from inference.compiled_trees import SOURCE_FILE, for_training
 
-    source, record = for_training(result, task, features, X_test, random_state, model_id)
+    source, record = for_training(result, task, features, X_test, random_state, model_id,
+                                  native)
     if source is not None:
         store.add_file(model_id, SOURCE_FILE, source)
     store.query("UPDATE pgml.models SET parity = coalesce(parity, '{}'::jsonb)"

@@ -47,6 +47,9 @@ class TrainResult:
     classes: list | None
     preprocessor: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # compiled_trees.Pending: the C compile started right after the fit (projects.py finishes
+    # or cancels it); None where nothing was started
+    compiled: object | None = None
 
 
 def train(
@@ -65,12 +68,15 @@ def train(
     search_args: dict | None = None,
     joint: bool = False,
     random_state: int = 0,
+    compile_trees: bool = False,
 ) -> TrainResult:
     """Fit ``algorithm`` on the training split and evaluate it on the test split.
 
     ``preprocess`` is either the user's per-column options or a spec already fitted by
     fit_preprocessor (used as is, e.g. the one stored with a snapshot). Classifiers are fitted
     on class indexes and wrapped so the native model answers in the original labels.
+    ``compile_trees`` (pgml.train): start the compiled trees' compile right after the fit,
+    in ``TrainResult.compiled``; the caller finishes or cancels it.
     """
     task = algorithms.normalize_task(task)
     algorithm = algorithms.canonical_name(algorithm)
@@ -113,20 +119,29 @@ def train(
 
             back_to_cpu(fitted)  # the stored model predicts on the CPU, wherever it goes
         pipeline, export_pipeline = _pipelines(spec, fitted, classes)
-        has_proba = task == "classification" and hasattr(pipeline, "predict_proba")
-        start = time.perf_counter()
-        y_pred = np.asarray(pipeline.predict(X_test), dtype=np.float64)
-        proba = pipeline.predict_proba(X_test) if has_proba else None
-        score_time = time.perf_counter() - start
-        if task == "regression":
-            metrics = regression_metrics(y_test, y_pred)
-        else:
-            metrics = classification_metrics(y_test, y_pred, proba, classes)
-        metrics.update(fit_time=fit_time, score_time=score_time)
-        onnx, runtime, check = _export_and_check(
-            export_pipeline, pipeline, task, spec, classes, has_proba, feature_names,
-            X_test, y_pred, proba, y_train, random_state,
-        )
+        labels = None if classes is None else [_plain_label(c) for c in classes]
+        pending = _start_compile(pipeline, task, labels, len(feature_names)) \
+            if compile_trees else None
+        try:
+            has_proba = task == "classification" and hasattr(pipeline, "predict_proba")
+            start = time.perf_counter()
+            y_pred = np.asarray(pipeline.predict(X_test), dtype=np.float64)
+            proba = pipeline.predict_proba(X_test) if has_proba else None
+            score_time = time.perf_counter() - start
+            if task == "regression":
+                metrics = regression_metrics(y_test, y_pred)
+            else:
+                metrics = classification_metrics(y_test, y_pred, proba, classes)
+            metrics.update(fit_time=fit_time, score_time=score_time)
+            onnx, runtime, check = _export_and_check(
+                export_pipeline, pipeline, task, spec, classes, has_proba, feature_names,
+                X_test, y_pred, proba, y_train, random_state,
+            )
+            native = pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+            raise
     return TrainResult(
         estimator=pipeline,
         hyperparams={**hyperparams, **device, **best_params},
@@ -135,11 +150,24 @@ def train(
         onnx=onnx,
         runtime=runtime,
         parity=check,
-        native=pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL),
-        classes=None if classes is None else [_plain_label(c) for c in classes],
+        native=native,
+        classes=labels,
         preprocessor=spec,
         warnings=caught,
+        compiled=pending,
     )
+
+
+def _start_compile(pipeline, task: str, classes: list | None, n_features: int):
+    """Tree models: start the compiled trees' C compile now (compiled_trees.start), so the
+    compiler runs on another core while the test split is scored and the ONNX graphs made.
+    None where that fails unexpectedly: projects.py then does it all after, as before."""
+    from inference import compiled_trees
+
+    try:
+        return compiled_trees.start(pipeline, task=task, classes=classes, n_features=n_features)
+    except Exception:  # noqa: BLE001 - the later, foreground attempt raises it where it did
+        return None
 
 
 def _device(algorithm: str, hyperparams: dict) -> dict:

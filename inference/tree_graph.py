@@ -51,11 +51,13 @@ RTOL = TREE_RTOL
 
 
 def checked(pipeline, X_test: np.ndarray, *, task: str, classes: list | None, has_proba: bool,
-            error_columns: list[int], feature_names: list[str]) -> tuple[bytes | None, dict]:
+            error_columns: list[int], feature_names: list[str], ens: Ensemble | None = None,
+            native: tuple | None = None) -> tuple[bytes | None, dict]:
     """(tensor graph or None, parity record): built, scored on ``X_test`` and compared.
 
     The record says ``ok``, ``max_rel_diff`` (regression, probabilities), ``label_mismatches``,
     the formulation, or ``reason`` when there is no graph. A graph that fails parity is dropped.
+    ``ens`` and ``native`` (compiled_trees.native_on of ``X_test``): where the caller has them.
     """
     from inference.runtime import OnnxScorer
 
@@ -63,14 +65,17 @@ def checked(pipeline, X_test: np.ndarray, *, task: str, classes: list | None, ha
     try:
         data = tensor_graph(pipeline, task=task, n_features=n_features, classes=classes,
                             has_proba=has_proba, error_columns=error_columns,
-                            feature_names=feature_names)
+                            feature_names=feature_names, ens=ens)
     except NotExportable as exc:
         return None, {"ok": False, "reason": str(exc)}
     X = np.asarray(X_test, dtype=np.float32).astype(np.float64)
     scorer = OnnxScorer(data, task, n_features)
-    native, graph = np.asarray(pipeline.predict(X), dtype=np.float64), scorer.predict(X)
+    if native is None:
+        native = (np.asarray(pipeline.predict(X), dtype=np.float64),
+                  pipeline.predict_proba(X) if task == "classification" else None)
+    native, native_proba = native
+    graph = scorer.predict(X)
     if task == "classification":
-        native_proba = pipeline.predict_proba(X)
         record = tree_parity(native_proba, scorer.predict_proba(X), native != graph, native_proba)
     else:
         record = tree_parity(native, graph)
@@ -81,7 +86,7 @@ def checked(pipeline, X_test: np.ndarray, *, task: str, classes: list | None, ha
 
 
 def for_training(result, task: str, feature_names: list[str], X_test: np.ndarray,
-                 random_state: int) -> bytes | None:
+                 random_state: int, native: tuple | None = None) -> bytes | None:
     """The tensor graph pgml.train stores beside the default one (tree models only), or None.
 
     Checked like the default graph, on the same fixed sample of the test split
@@ -99,9 +104,12 @@ def for_training(result, task: str, feature_names: list[str], X_test: np.ndarray
                      if c["impute"] == "error"]
     if error_columns:
         X = X[~np.isnan(X[:, error_columns]).any(axis=1)]
+        native = None  # answers on the whole sample: not these rows
+    pending = getattr(result, "compiled", None)  # training.train built the Ensemble already
     data, record = checked(result.estimator, X, task=task, classes=result.classes,
                            has_proba=task == "classification", error_columns=error_columns,
-                           feature_names=feature_names)
+                           feature_names=feature_names,
+                           ens=None if pending is None else pending.ensemble, native=native)
     if data is None:
         return None
     model = onnx.load_from_string(data)
@@ -122,11 +130,13 @@ def unwrap(pipeline):
 
 def tensor_graph(pipeline, *, task: str, n_features: int, classes: list | None,
                  has_proba: bool, error_columns: list[int], feature_names: list[str],
-                 formulation: str | None = None) -> bytes:
-    """The tensor graph's ONNX bytes; NotExportable when the model is not a tree ensemble."""
+                 formulation: str | None = None, ens: Ensemble | None = None) -> bytes:
+    """The tensor graph's ONNX bytes; NotExportable when the model is not a tree ensemble.
+    ``ens``: the pipeline's Ensemble, where the caller has built it already."""
     spec, final = unwrap(pipeline)
     n_classes = None if task != "classification" else len(classes)
-    ens = ensemble_of(final, n_features, n_classes)
+    if ens is None:
+        ens = ensemble_of(final, n_features, n_classes)
     if n_classes is not None and ens.post == "identity":
         raise NotExportable(f"{type(final).__name__} gives no class scores")
     formulation = formulation or ("gemm" if ens.max_depth() <= GEMM_MAX_DEPTH else "traversal")

@@ -241,3 +241,48 @@ def test_a_build_prunes_the_cache_to_its_most_recent_libraries(_private_cache, m
     built = compiled_scorer.build(source, 12)
     assert sorted(os.listdir(_private_cache)) == ["103-old.so", "104-old.so",
                                                    os.path.basename(built)]
+
+
+@needs_cc
+@pytest.mark.parametrize(("name", "task", "dataset"), [
+    ("xgboost", "regression", "diabetes"), ("random_forest", "classification", "iris")])
+def test_a_compile_started_at_the_fit_gives_what_the_foreground_path_gives(
+        _private_cache, name, task, dataset):
+    """pgml.train starts the compile right after the fit (training.train(compile_trees=True))
+    and checks it later under the model's id: same source, same parity record, the library in
+    the cache under that id and no temporary file left."""
+    s, result = _train(name, task, dataset, hyperparams={"n_estimators": 10},
+                       compile_trees=True)
+    n = len(s.feature_names)
+    assert isinstance(result.compiled, compiled_trees.Pending)
+    assert result.compiled.build is not None and result.compiled.ensemble is not None
+    early, early_record = compiled_trees.for_training(result, task, s.feature_names,
+                                                      s.X_test, 0, model_id=21)
+    late, late_record = compiled_trees.checked(result.estimator, s.X_test, task=task,
+                                               classes=result.classes, n_features=n,
+                                               model_id=22)
+    assert early_record["ok"] and early_record == late_record
+    assert early.decode() == late
+    names = sorted(os.listdir(_private_cache))
+    assert [f.split("-")[0] for f in names] == ["21", "22"], names  # nothing else left
+
+
+@needs_cc
+def test_a_failing_compiler_started_early_still_drops_the_compiled_trees(
+        _private_cache, monkeypatch):
+    monkeypatch.setenv("CC", "/bin/false")
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 3},
+                       compile_trees=True)
+    source, record = compiled_trees.for_training(result, "regression", [f"x{i}" for i in
+                                                 range(10)], split("diabetes").X_test, 0, 23)
+    assert source is None and not record["ok"] and "compiler failed" in record["reason"]
+    assert os.listdir(_private_cache) == []
+
+
+@needs_cc
+def test_a_cancelled_early_compile_leaves_no_files(_private_cache):
+    _, result = _train("xgboost", "regression", "diabetes", hyperparams={"n_estimators": 3},
+                       compile_trees=True)
+    result.compiled.cancel()
+    assert result.compiled.build.proc.poll() is not None
+    assert os.listdir(_private_cache) == []

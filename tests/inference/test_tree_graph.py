@@ -151,6 +151,29 @@ def test_checked_records_parity_and_refuses_non_tree_models(diabetes):
         tree_graph.tensor_graph(linear.estimator, n_features=len(s.feature_names), **kwargs)
 
 
+def test_the_ensemble_pgml_train_built_once_gives_the_same_graph_and_record(iris):
+    """pgml.train builds the model's Ensemble once (compiled_trees.start) and computes the
+    native answers on the parity sample once; the graph and its record are those the tensor
+    graph makes on its own."""
+    from inference.compiled_trees import native_on
+
+    s = iris
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = train("classification", "xgboost", s.X_train, s.y_train, s.X_test, s.y_test,
+                  feature_names=s.feature_names, random_state=0, compile_trees=True,
+                  hyperparams={"n_estimators": 10})
+    r.compiled.cancel()
+    kwargs = {"task": "classification", "classes": r.classes, "has_proba": True,
+              "error_columns": [], "feature_names": s.feature_names}
+    alone = tree_graph.checked(r.estimator, s.X_test, **kwargs)
+    shared = tree_graph.checked(r.estimator, s.X_test, ens=r.compiled.ensemble,
+                                native=native_on(r.estimator, s.X_test, "classification"),
+                                **kwargs)
+    assert alone[1]["ok"] and alone[1] == shared[1]
+    assert alone[0] == shared[0]
+
+
 def test_depth_chooses_the_formulation(diabetes):
     s = diabetes
     chosen = {}
