@@ -338,7 +338,7 @@ def service(dsn: str, onnx: bytes, clients_list: list[int], seconds: float) -> d
 # -- (e) train-time overhead ---------------------------------------------------------------
 
 
-def train_overhead(dsn: str, rows: int) -> dict:
+def train_overhead(dsn: str, rows: int, repeats: int = TRAIN_REPEATS) -> dict:
     """pgml.train on 1M x 10 against the same estimator's fit on the same training rows.
 
     The timed pgml.train runs in a backend that has trained before (as a pooled connection
@@ -379,7 +379,7 @@ def train_overhead(dsn: str, rows: int) -> dict:
             small_warm = time.perf_counter() - start
             # Interleaved repeats, best of each: on a shared 2-core machine an OpenMP fit that
             # loses a core to another process can take 2-4x longer, in or out of the database.
-            for _ in range(TRAIN_REPEATS):
+            for _ in range(repeats):
                 start = time.perf_counter()
                 conn.execute("SELECT * FROM pgml.train(%s, 'regression', 'big', 'y', %s, %s)",
                              (f"overhead_{name}", algorithm, json.dumps(hyper)))
@@ -403,8 +403,94 @@ def train_overhead(dsn: str, rows: int) -> dict:
                      "fit_in_memory_s": min(fits), "ratio": min(trains) / min(fits),
                      "overhead_s": overhead,
                      "ratio_from_overhead": (min(fits) + overhead) / min(fits),
-                     "trains": trains, "fits": fits, "first_call_extra_s": first_call - small_warm}
+                     "trains": trains, "fits": fits, "first_call_extra_s": first_call - small_warm,
+                     "median_ratio": statistics.median(trains) / statistics.median(fits)}
     return out
+
+
+POST_FIT_STEPS = """
+CREATE FUNCTION pg_temp.post_fit_steps(project text, rel text, y text, algorithm text,
+                                       hyper text)
+RETURNS text LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+import importlib, json, time
+# (step, module, attribute): wall seconds and calls of each, nested ones inside their caller's;
+# names a version lacks are skipped (the same function times before and after a change)
+STEPS = [("fit", "inference.training", "_fit"),
+         ("start compile (C source, gcc started)", "inference.training", "_start_compile"),
+         ("ONNX export + parity", "inference.training", "_export_and_check"),
+         ("  onnx_export.export", "inference.onnx_export", "export"),
+         ("    skl2onnx.to_onnx", "skl2onnx", "to_onnx"),
+         ("    fold_imputation_into_trees", "inference.onnx_graph", "fold_imputation_into_trees"),
+         ("store.insert_model", "inference.store", "insert_model"),
+         ("feature_importances", "inference.projects", "feature_importances"),
+         ("native answers on the sample", "inference.projects", "_native_on_sample"),
+         ("tensor graph + parity", "inference.tree_graph", "for_training"),
+         ("compiled trees + parity", "inference.projects", "_compile_trees"),
+         ("  wait for gcc (started early)", "inference.compiled_scorer", "Build.finish"),
+         ("  gcc in the foreground", "inference.compiled_scorer", "build"),
+         ("  c_source", "inference.compiled_trees", "c_source"),
+         ("  ensemble_of (tree_graph)", "inference.tree_graph", "ensemble_of"),
+         ("  ensemble_of (others)", "inference.tree_graph_models", "ensemble_of"),
+         ("deploy decision", "inference.projects", "_beats_deployed")]
+times, undo = {}, []
+def timed(name, fn):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent, calls = times.get(name, (0.0, 0))
+            times[name] = (spent + time.perf_counter() - start, calls + 1)
+    return wrapper
+for name, module, attr in STEPS:
+    owner = importlib.import_module(module)
+    *path, leaf = attr.split(".")
+    for part in path:
+        owner = getattr(owner, part, None)
+    if owner is None or not hasattr(owner, leaf):
+        continue
+    fn = getattr(owner, leaf)
+    undo.append((owner, leaf, fn))
+    setattr(owner, leaf, timed(name, fn))
+try:
+    start = time.perf_counter()
+    plan = plpy.prepare("SELECT * FROM pgml.train($1, 'regression', $2, $3, $4, $5::jsonb)",
+                        ["text", "text", "text", "text", "text"])
+    plpy.execute(plan, [project, rel, y, algorithm, hyper])
+    times["pgml.train total"] = (time.perf_counter() - start, 1)
+finally:
+    for owner, leaf, fn in reversed(undo):
+        setattr(owner, leaf, fn)
+score = plpy.execute("SELECT (metrics->>'score_time')::float8 AS s FROM pgml.models"
+                     " ORDER BY id DESC LIMIT 1")[0]["s"]
+times["score the test split (metrics)"] = (score, 1)
+return json.dumps(times)
+$$
+"""
+
+
+def post_fit_steps(dsn: str, table: str = "big", repeat: int = 3) -> dict:
+    """pgml.train's steps (XGBoost, 100 x depth 6), wall seconds inside the backend, median
+    of ``repeat`` runs in a backend that has trained before: {step: (seconds, calls)}."""
+    import psycopg
+
+    runs = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(POST_FIT_STEPS)
+        conn.execute("SELECT * FROM pgml.train('warmup_post_fit', 'regression', 'pgml.diabetes',"
+                     " 'target', 'xgboost', %s)", (json.dumps(MODEL),))  # imports, not timed
+        for _ in range(repeat):
+            got = conn.execute("SELECT pg_temp.post_fit_steps('post_fit', %s, 'y', 'xgboost', %s)",
+                               (table, json.dumps(MODEL))).fetchone()[0]
+            runs.append(json.loads(got))
+    return {k: (statistics.median(r[k][0] for r in runs), runs[0][k][1]) for k in runs[0]}
+
+
+def _print_post_fit(steps: dict) -> None:
+    print("    pgml.train's steps, XGBoost, wall s inside the backend (median of 3; calls):")
+    for name, (seconds, calls) in steps.items():
+        print(f"      {name:40s} {seconds:7.3f}  ({calls})")
 
 
 TRAIN_STEPS = """
@@ -514,7 +600,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="only (e): pgml.train overhead over ROWS rows x 10 features")
     parser.add_argument("--configurations", help="with --relation-only: a comma-separated "
                         f"subset of {','.join(RELATION_CONFIGURATIONS)}")
-    parser.add_argument("--repeat", type=int, default=3, help="with --relation-only: runs each")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="with --relation-only or --train-only: runs each")
+    parser.add_argument("--no-loader-steps", action="store_true",
+                        help="with --train-only: leave out the loader's steps (train_steps)")
     parser.add_argument("--batch-rows", type=int, default=0,
                         help="with --relation-only: also (c) predict_batch over this many rows")
     parser.add_argument("--batch-only", type=int, metavar="ROWS",
@@ -523,7 +612,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_only:
         return batch_only(args.batch_only)
     if args.train_only:
-        return train_only(args.train_only)
+        return train_only(args.train_only, args.repeat, not args.no_loader_steps)
     if args.relation_only:
         configurations = args.configurations.split(",") if args.configurations else \
             RELATION_CONFIGURATIONS
@@ -574,7 +663,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _print_train(e: dict, train_rows: int) -> None:
     for name, r in e.items():
-        print(f"(e) train {name:8s} {train_rows} rows, best of {TRAIN_REPEATS}: pgml.train "
+        print(f"(e) train {name:8s} {train_rows} rows, best of {len(r['trains'])}: pgml.train "
               f"{r['train_s']:6.2f} s (fit inside {r['fit_in_db_s']:.2f} s, the rest "
               f"{r['overhead_s']:.2f} s), fit in memory {r['fit_in_memory_s']:6.2f} s -> "
               f"{r['ratio']:.2f}x")
@@ -583,6 +672,7 @@ def _print_train(e: dict, train_rows: int) -> None:
         print(f"    runs: pgml.train {', '.join(f'{t:.2f}' for t in r['trains'])} s; fit "
               f"{', '.join(f'{t:.2f}' for t in r['fits'])} s; a fresh backend's first "
               f"pgml.train adds {r['first_call_extra_s']:.2f} s (imports)")
+        print(f"    median pgml.train / median fit in memory = {r['median_ratio']:.2f}x")
 
 
 def _print_relation(f: dict) -> None:
@@ -610,8 +700,8 @@ def _print_relation(f: dict) -> None:
               f"{f['one_chunk']['cpu_s'] / f['default']['cpu_s']:.2f}x backend CPU")
 
 
-def train_only(rows: int) -> None:
-    """(e) alone, on a cluster of its own."""
+def train_only(rows: int, repeats: int = TRAIN_REPEATS, loader_steps: bool = True) -> None:
+    """(e) alone, on a cluster of its own, with pgml.train's steps timed inside the backend."""
     with running_cluster("bench-train", REPLICA_SETTINGS) as cluster:
         cluster.create_database("bench")
         dsn = cluster.dsn("bench")
@@ -621,12 +711,15 @@ def train_only(rows: int) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SELECT pgml.load_dataset('diabetes')")  # the warm-up trains on it
         load_start = os.getloadavg()[0]
-        e = train_overhead(dsn, rows)
-        steps = train_steps(dsn)
+        e = train_overhead(dsn, rows, repeats)
+        post_fit = post_fit_steps(dsn)
+        steps = train_steps(dsn) if loader_steps else None
     print(f"pgml.train overhead ({os.cpu_count()} cores; load average {load_start:.1f} at the"
           f" start, {os.getloadavg()[0]:.1f} at the end)")
     _print_train(e, rows)
-    _print_steps(steps, rows)
+    _print_post_fit(post_fit)
+    if steps is not None:
+        _print_steps(steps, rows)
 
 
 # ``rows`` rows x 10 features, in row order: the FROM clause of batch_only's argument
