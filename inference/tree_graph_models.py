@@ -50,14 +50,20 @@ class Tree:
     value: np.ndarray  # float64 [M, K]: the leaf's contribution to each output
 
     def depth(self) -> int:
-        """Edges on the longest root-to-leaf path."""
+        """Edges on the longest root-to-leaf path; walked once per tree (a tree's arrays are
+        not changed after it is built), as the tensor graph and the C source ask it often."""
+        found = self.__dict__.get("_depth")
+        if found is not None:
+            return found
         deepest, stack = 0, [(0, 0)]
+        left, right = self.left.tolist(), self.right.tolist()
         while stack:
             i, d = stack.pop()
-            if self.left[i] >= 0:
-                stack.extend(((int(self.left[i]), d + 1), (int(self.right[i]), d + 1)))
+            if left[i] >= 0:
+                stack.extend(((left[i], d + 1), (right[i], d + 1)))
             else:
                 deepest = max(deepest, d)
+        self.__dict__["_depth"] = deepest
         return deepest
 
 
