@@ -58,18 +58,22 @@ def _restore():
     accel.select(before)
 
 
+def change_body(kind: str, marker: str, old, new) -> bytes:
+    """An Insert/Update/Delete message after its relation id: tuples with their markers."""
+    if kind == "I":
+        return b"N" + encode_tuple(new)
+    if kind == "U":
+        return (marker.encode() + encode_tuple(old) if marker else b"") + b"N" + encode_tuple(new)
+    return (marker or "K").encode() + encode_tuple(old)
+
+
 @SETTINGS
 @given(kind=st.sampled_from("IUD"), marker=st.sampled_from(["", "K", "O"]), old=tuple_data,
        new=tuple_data, relid=st.integers(0, 2**32 - 1), xid=st.none() | st.integers(0, 2**32 - 1))
 def test_well_formed_changes_decode_alike(kind, marker, old, new, relid, xid):
     head = kind.encode() + (b"" if xid is None else struct.pack(">I", xid))
     head += struct.pack(">I", relid)
-    if kind == "I":
-        body = b"N" + encode_tuple(new)
-    elif kind == "U":
-        body = (marker.encode() + encode_tuple(old) if marker else b"") + b"N" + encode_tuple(new)
-    else:
-        body = (marker or "K").encode() + encode_tuple(old)
+    body = change_body(kind, marker, old, new)
     payload = head + body
     (py, py_err), (c, c_err) = decode_both(payload, xid)
     assert py_err is None and c_err is None
@@ -168,12 +172,7 @@ def test_frame_change_reads_the_change_inside_a_frame_as_decode_does(kind, marke
     """frame_change takes the whole CopyData (any buffer: libpq's memoryview or bytes) and
     gives what split_frame + Decoder.decode give for its payload."""
     head = kind.encode() + (b"" if xid is None else struct.pack(">I", xid)) + b"\0\0\0\5"
-    if kind == "I":
-        body = b"N" + encode_tuple(new)
-    elif kind == "U":
-        body = (marker.encode() + encode_tuple(old) if marker else b"") + b"N" + encode_tuple(new)
-    else:
-        body = (marker or "K").encode() + encode_tuple(old)
+    body = change_body(kind, marker, old, new)
     payload = head + body
     frame = b"w" + header + payload
     fast = accel.compiled()
