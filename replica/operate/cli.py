@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 from pydantic import ValidationError
@@ -112,26 +112,6 @@ def _install_pgml(target: str) -> None:
                     "`pgml-replica install --target ...`, or pass --no-pgml-install", exc)
 
 
-def _in_thread(fn, *args) -> Callable[[], None]:
-    """Run ``fn(*args)`` in a thread now; the returned join re-raises what it raised."""
-    box: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:
-            box.append(exc)
-
-    th = threading.Thread(target=work, name=fn.__name__, daemon=True)
-    th.start()
-
-    def join() -> None:
-        th.join()
-        if box:
-            raise box[0]
-    return join
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     settings.require("source", "target")
@@ -141,7 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     steps.mark("settings")
     # the pgml check waits on the target (a connection, one query) while this thread
     # imports the runner; it still ends before replication starts (issue 14)
-    pgml = None if args.no_pgml_install else _in_thread(_install_pgml, settings.target)
+    pgml = None
+    if not args.no_pgml_install:
+        one = ThreadPoolExecutor(1, thread_name_prefix="pgml-check")
+        pgml = one.submit(_install_pgml, settings.target)
+        one.shutdown(wait=False)  # no more jobs; ``pgml.result()`` below waits for this one
     from replica.operate import report
     from replica.operate.runner import Runner
     from replica.state import Phase, SidecarState
@@ -161,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if pgml is not None:
-        pgml()
+        pgml.result()  # raises what the check raised
         steps.mark("pgml_check")
     server = None
     if settings.http_port:
