@@ -46,7 +46,6 @@ import numpy as np
 import plpy
 
 from inference import relations, store
-from inference.errors import PgmlError
 
 # Rows per chunk: measured for 1M rows x 10 features at load ~4.5 (docs/benchmarks.md), 131k
 # rows (8 chunks) 0.78 s wall against 1.29 s for 65k (16 chunks) and 0.97 s for 262k: each
@@ -171,22 +170,11 @@ def _aggregates(keys, features, categories, sent: bool, raw: bool) -> tuple[list
 
 
 def _matrix(data: bytes, n: int, width: int, dtype=np.float64) -> np.ndarray:
-    """The (n, width) float8[] that ``array_agg(ARRAY[...])`` built, as a native matrix.
-
-    After the length word: ndim int32 (2), data offset int32 (0: no NULL bitmap), element type
-    oid (701), the dimensions' sizes and lower bounds, then -- from the header's MAXALIGNed
-    end -- the values row after row in the server's byte order (this process's).
-    """
-    ndim, offset, elemtype, rows, cols = (int(v) for v in np.frombuffer(data, dtype="=i4",
-                                                                         count=5))
-    if (ndim, offset, elemtype, rows, cols) != (2, 0, 701, n, width):
-        raise PgmlError(f"unexpected float8[] layout {ndim, offset, elemtype, rows, cols} for "
-                        f"{n} rows of {width}")
-    start = (4 + 12 + 8 * ndim + 7) // 8 * 8 - 4  # MAXALIGN(header) less the length word
-    # a copy: the values start 4 bytes off an 8-byte boundary of the bytes object, and not
-    # every scorer takes an unaligned matrix
-    view = np.frombuffer(data, dtype="=f8", offset=start, count=n * width).reshape(n, width)
-    return view.astype(dtype)
+    """The (n, width) float8[] that ``array_agg(ARRAY[...])`` built, as a native matrix of
+    ``dtype``: ``relations.float8_array`` reads the layout (the loader's twin), and the copy
+    ``astype`` makes is wanted - the values start 4 bytes off an 8-byte boundary of the
+    bytes object, and not every scorer takes an unaligned matrix."""
+    return relations.float8_array(data, (n, width)).astype(dtype)
 
 
 def _chunk(row, keys, features, sent: bool, raw: bool, dtype) -> Chunk:
