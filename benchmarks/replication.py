@@ -33,6 +33,7 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks import cpu_account
 from devtools.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,9 +248,14 @@ def marker(src) -> int:
     return -MARK[0]
 
 
-def catch_up(side: Side, mark: int, rows: int) -> float:
+def catch_up(side: Side, mark: int, rows: int) -> tuple[float, dict[str, float]]:
+    """rows/s from the slot's activation to the marker, and each involved process's CPU
+    seconds per wall second over that time (benchmarks/cpu_account.py)."""
     side.start()
     wait(lambda: side.check_alive() or side.slot_active(), 120, f"{side.name}'s slot")
+    pids = cpu_account.side_pids(side, side.src)
+    before = cpu_account.snapshot(pids)
+    waited0 = cpu_account.snapshot(pids, cpu_account.runqueue_wait_seconds)
     t0 = time.perf_counter()
     with side.target() as c:
         def seen():
@@ -257,8 +263,15 @@ def catch_up(side: Side, mark: int, rows: int) -> float:
             return c.execute("SELECT 1 FROM probe WHERE id = %s", (mark,)).fetchone()
         wait(seen, 900, f"{side.name} to catch up", every=0.002)
     elapsed = time.perf_counter() - t0
+    pids = list(dict.fromkeys(pids + cpu_account.side_pids(side, side.src)))
+    after = cpu_account.snapshot(pids)
+    waited = cpu_account.snapshot(pids, cpu_account.runqueue_wait_seconds)
     side.stop()
-    return rows / elapsed
+    use = cpu_account.utilisation(before, after, elapsed)
+    # the share of the phase each process was runnable but had no core (a shared machine)
+    use.update({f"{k} waited": v for k, v in cpu_account.utilisation(waited0, waited,
+                                                                      elapsed).items()})
+    return rows / elapsed, use
 
 
 def workload(src, op: str, rows: int, per_txn: int | None, base: int) -> None:
@@ -274,22 +287,62 @@ def workload(src, op: str, rows: int, per_txn: int | None, base: int) -> None:
 
 def stream_apply(src, sides: list[Side], rows: int, repeat: int = 1
                  ) -> dict[str, dict[str, float]]:
-    """Each phase ``repeat`` times (ours and native in turn); the median of each."""
+    """Each phase ``repeat`` times (ours and native in turn); the median of each. Beside
+    the rates: each side's processes' CPU per wall second, and the walsender's ceiling -
+    the same WAL decoded by pgoutput alone with each side's options (cpu_account.py);
+    ``<side> ceiling`` in the result is that rate."""
     runs: dict[str, dict[str, list[float]]] = {}
+    uses: dict[str, dict[str, list[dict[str, float]]]] = {}
     base = 10_000_000
     for _ in range(repeat):
         for per_txn, label in ((None, "1 txn"), (100, "100-row txns")):
             for op in ("insert", "update", "delete"):
+                cpu_account.create_ceiling_slots(src)
                 workload(src, op, rows, per_txn, base)
                 mark = marker(src)
-                got = runs.setdefault(f"{op}s, {label}", {s.name: [] for s in sides})
+                with src.connect("bench") as c:
+                    upto = str(c.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
+                name = f"{op}s, {label}"
+                got = runs.setdefault(name, {s.name: [] for s in sides})
+                use = uses.setdefault(name, {s.name: [] for s in sides})
                 for s in sides:
-                    got[s.name].append(catch_up(s, mark, rows))
-                print(f"  {op}s, {label}: " + ", ".join(
+                    rate, u = catch_up(s, mark, rows)
+                    got[s.name].append(rate)
+                    use[s.name].append(u)
+                for side, (wall, cpu, waited) in cpu_account.decode_ceiling(src, upto).items():
+                    got.setdefault(f"{side} ceiling", []).append(rows / wall)
+                    # what one free core decodes: the wall rate on a loaded machine is less
+                    got.setdefault(f"{side} ceiling per cpu", []).append(rows / max(cpu, 0.01))
+                    use.setdefault(f"{side} ceiling", []).append(
+                        {"decoder": cpu / wall, "decoder waited": waited / wall})
+                print(f"  {name}: " + ", ".join(
                     f"{k} {v[-1]:,.0f} rows/s" for k, v in got.items())
                     + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+                print("    cpu/wall: " + "; ".join(
+                    f"{k} {cpu_account.format_utilisation(v[-1])}" for k, v in use.items()),
+                    flush=True)
             base += 10_000_000
-    return {name: {k: statistics.median(v) for k, v in got.items()}
+    print("\nWhere the catch-up time goes (medians; cpu/wall = CPU seconds per wall second of "
+          "each process, + the share it was runnable without a core; ceiling = the same WAL "
+          "decoded by pgoutput alone with ours' / native's options, rows/s of wall and per "
+          "decoder CPU second; best = ceiling per CPU second / native's rate):")
+    print("\n| phase | ours/native | ours | native | ceiling, wall | ceiling, per CPU s |"
+          " best ours / native options | cpu/wall ours | cpu/wall native | decoder |"
+          "\n|---|---:|---:|---:|---:|---:|---:|---|---|---|")
+    for name, got in runs.items():
+        med = {k: statistics.median(v) for k, v in got.items()}
+        cpu = {k: {label: statistics.median(u.get(label, 0.0) for u in us)
+                   for label in dict.fromkeys(lb for u in us for lb in u)}
+               for k, us in uses[name].items()}
+        oc, nc = med["ours ceiling per cpu"], med["native ceiling per cpu"]
+        print(f"| {name} | {med['ours'] / med['native']:.2f} | {med['ours']:,.0f} |"
+              f" {med['native']:,.0f} | {med['ours ceiling']:,.0f} / {med['native ceiling']:,.0f}"
+              f" | {oc:,.0f} / {nc:,.0f} | {oc / med['native']:.2f} / {nc / med['native']:.2f} |"
+              f" {cpu_account.format_utilisation(cpu['ours'])} |"
+              f" {cpu_account.format_utilisation(cpu['native'])} |"
+              f" {cpu_account.format_utilisation(cpu['ours ceiling'])} /"
+              f" {cpu_account.format_utilisation(cpu['native ceiling'])} |", flush=True)
+    return {name: {k: statistics.median(v) for k, v in got.items() if k in ("ours", "native")}
             for name, got in runs.items()}
 
 
