@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from replica.clone.snapshot import Snapshot, plan
+from replica.clone.snapshot import KEY_SORT_MAX_KB, Snapshot, key_sort_memory, plan
 from replica.errors import ReplicaError
 from replica.source.catalog import ColumnDef, TableDef
 from replica.source.publication import publication_defs
@@ -98,3 +98,24 @@ def test_fresh_start_logs_each_step_and_copies_with_the_key(source_db, replica_d
     assert said.count("chunk_copied") > 2 and said.count("copy_connected") == 2
     assert said.index("keyed") < said.index("synced")
     assert said.index("copy_target_prepared") > said.index("catalog_read")
+
+
+def test_the_key_build_sorts_in_memory_for_its_transaction_only(replica_db):
+    """4M rows ask for ~375 MB (a bigint key sorted in 254 MB in trace_sort); never below
+    the server's own setting, never above the cap, and gone after the key's transaction."""
+    def mwm(c) -> int:
+        return c.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))"
+                         ).fetchone()[0] // 1024
+
+    with replica_db.connect() as c:
+        own = mwm(c)
+        with c.transaction():
+            key_sort_memory(c, 4_000_000)
+            assert mwm(c) == 4_000_000 * 96 // 1024
+        assert mwm(c) == own
+        with c.transaction():
+            key_sort_memory(c, 10)  # a small table keeps the server's setting
+            assert mwm(c) == own
+        with c.transaction():
+            key_sort_memory(c, 10**9)
+            assert mwm(c) == KEY_SORT_MAX_KB
