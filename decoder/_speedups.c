@@ -1012,6 +1012,400 @@ done:
     return out;
 }
 
+/* -- History: the recorder's per-version step (replica/history/recorder.py) ------------
+ *
+ * Why: with --history every applied change is also a version, and the Python of
+ * ``Recorder.change`` (find the table, pick the image, test a key change, name the
+ * unchanged-TOAST columns, build the row tuple) was the sidecar's main extra cost per
+ * change. A HistoryStep holds the hot state of one recorder (the relation-id -> _Table map,
+ * the transaction's packed commit time and LSN, the sequence number, the buffered count, the
+ * writer and its hand-over flag; replica/history/compiled.py maps the recorder's attributes
+ * onto its members) and ``change(tw, msg)`` appends exactly the tuples the pure method does.
+ * Anything it does not handle itself - the first change of a table or a re-shaped one, an
+ * object not of the registered types, a malformed image, a sequence past int4 - goes to the
+ * pure method (the reference, ``fallback``) before anything is changed: one behaviour, two
+ * speeds, the same tests on both (tests/replica/test_history_encode.py). */
+
+static Shape table_shape;  /* _Table: tw, images, keyed, key_pos, columns */
+static int history_ready = 0;
+static PyObject *op_i, *op_u, *op_d, *str_relation_id, *str_spill;
+#define SEQ_CACHE 4096
+static PyObject *seq_cache[SEQ_CACHE];  /* _pgml_seq values packed once (recorder._SEQS) */
+
+/* setup_history(_Table, ("tw", "images", "keyed", "key_pos", "columns")) */
+static PyObject *
+setup_history(PyObject *self, PyObject *args)
+{
+    PyObject *type, *names;
+    if (!PyArg_ParseTuple(args, "OO!", &type, &PyTuple_Type, &names))
+        return NULL;
+    if (PyTuple_GET_SIZE(names) != 5) {
+        PyErr_SetString(PyExc_TypeError, "setup_history: five slot names");
+        return NULL;
+    }
+    if (shape_init(&table_shape, type, names) < 0)
+        return NULL;
+    if (op_i == NULL) {
+        op_i = PyBytes_FromStringAndSize("I", 1);
+        op_u = PyBytes_FromStringAndSize("U", 1);
+        op_d = PyBytes_FromStringAndSize("D", 1);
+        str_relation_id = PyUnicode_InternFromString("relation_id");
+        str_spill = PyUnicode_InternFromString("spill");
+        if (op_i == NULL || op_u == NULL || op_d == NULL || str_relation_id == NULL
+                || str_spill == NULL)
+            return NULL;
+    }
+    history_ready = 1;
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *recorder;  /* the Recorder: ``spill`` is called on it */
+    PyObject *fallback;  /* the pure Recorder.change: fallback(recorder, tw, msg) */
+    PyObject *by_rel, *time, *lsn, *free, *writer;  /* the recorder's attributes of the name */
+    Py_ssize_t seq, buffered, spill_at;
+    PyObject *u_kinds, *u_columns, *u_value;  /* the last unchanged-TOAST text[] built */
+} HistoryStep;
+
+static int
+step_traverse(HistoryStep *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->recorder);
+    Py_VISIT(s->fallback);
+    Py_VISIT(s->by_rel);
+    Py_VISIT(s->time);
+    Py_VISIT(s->lsn);
+    Py_VISIT(s->free);
+    Py_VISIT(s->writer);
+    Py_VISIT(s->u_kinds);
+    Py_VISIT(s->u_columns);
+    Py_VISIT(s->u_value);
+    return 0;
+}
+
+static int
+step_clear(HistoryStep *s)
+{
+    Py_CLEAR(s->recorder);
+    Py_CLEAR(s->fallback);
+    Py_CLEAR(s->by_rel);
+    Py_CLEAR(s->time);
+    Py_CLEAR(s->lsn);
+    Py_CLEAR(s->free);
+    Py_CLEAR(s->writer);
+    Py_CLEAR(s->u_kinds);
+    Py_CLEAR(s->u_columns);
+    Py_CLEAR(s->u_value);
+    return 0;
+}
+
+static void
+step_dealloc(HistoryStep *s)
+{
+    PyObject_GC_UnTrack(s);
+    step_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+/* HistoryStep(recorder, fallback) */
+static PyObject *
+step_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *recorder, *fallback;
+    if (!PyArg_ParseTuple(args, "OO:HistoryStep", &recorder, &fallback))
+        return NULL;
+    if (!history_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "HistoryStep: setup_history was not called");
+        return NULL;
+    }
+    HistoryStep *s = (HistoryStep *)type->tp_alloc(type, 0);
+    if (s == NULL)
+        return NULL;
+    s->recorder = Py_NewRef(recorder);
+    s->fallback = Py_NewRef(fallback);
+    s->spill_at = PY_SSIZE_T_MAX;
+    return (PyObject *)s;
+}
+
+/* The packed _pgml_seq: a new reference; NULL without an error past int4 (the pure code). */
+static PyObject *
+seq_bytes(Py_ssize_t seq)
+{
+    if (seq < 0 || seq > INT32_MAX)
+        return NULL;
+    if (seq < SEQ_CACHE && seq_cache[seq] != NULL)
+        return Py_NewRef(seq_cache[seq]);
+    char b[4];
+    put32(b, (uint32_t)seq);
+    PyObject *v = PyBytes_FromStringAndSize(b, 4);
+    if (v != NULL && seq < SEQ_CACHE)
+        seq_cache[seq] = Py_NewRef(v);
+    return v;
+}
+
+/* raw + (time, lsn, seq, op, unchanged): a new reference (NULL: error set). */
+static PyObject *
+version(HistoryStep *s, PyObject *raw, PyObject *seq, PyObject *op, PyObject *unchanged)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(raw);
+    PyObject *v = PyTuple_New(n + 5);
+    if (v == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(v, i, Py_NewRef(PyTuple_GET_ITEM(raw, i)));
+    PyTuple_SET_ITEM(v, n, Py_NewRef(s->time));
+    PyTuple_SET_ITEM(v, n + 1, Py_NewRef(s->lsn));
+    PyTuple_SET_ITEM(v, n + 2, Py_NewRef(seq));
+    PyTuple_SET_ITEM(v, n + 3, Py_NewRef(op));
+    PyTuple_SET_ITEM(v, n + 4, Py_NewRef(unchanged));
+    return v;
+}
+
+/* The text[] of the columns sent as 'u' (recorder._text_array): a new reference; NULL
+ * without an error when a 'u' has no column or a name does not encode (the pure code). */
+static PyObject *
+unchanged_names(HistoryStep *s, PyObject *kinds, PyObject *columns)
+{
+    if (s->u_kinds == kinds && s->u_columns == columns)
+        return Py_NewRef(s->u_value);
+    const char *k = (const char *)PyUnicode_1BYTE_DATA(kinds);
+    Py_ssize_t nk = PyUnicode_GET_LENGTH(kinds), ncols = PyTuple_GET_SIZE(columns);
+    Py_ssize_t size = 20, count = 0;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        if (k[i] != 'u')
+            continue;
+        if (i >= ncols || !PyUnicode_Check(PyTuple_GET_ITEM(columns, i)))
+            return NULL;
+        Py_ssize_t len;
+        if (PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(columns, i), &len) == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+        size += 4 + len;
+        count++;
+    }
+    if (count > INT32_MAX || size > INT32_MAX)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(out);
+    put32(p, 1);  /* ndim */
+    put32(p + 4, 0);  /* no NULLs */
+    put32(p + 8, 25);  /* text */
+    put32(p + 12, (uint32_t)count);
+    put32(p + 16, 1);  /* lower bound */
+    p += 20;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        if (k[i] != 'u')
+            continue;
+        Py_ssize_t len;
+        const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(columns, i), &len);
+        put32(p, (uint32_t)len);
+        memcpy(p + 4, name, (size_t)len);
+        p += 4 + len;
+    }
+    Py_XSETREF(s->u_kinds, Py_NewRef(kinds));
+    Py_XSETREF(s->u_columns, Py_NewRef(columns));
+    Py_XSETREF(s->u_value, Py_NewRef(out));
+    return out;
+}
+
+/* Whether the old image's key differs from the new one's (1/0); -1: leave it to the pure
+ * code (a position out of range or not an int, a comparison that raised). */
+static int
+key_moved(PyObject *old_raw, PyObject *raw, PyObject *key_pos)
+{
+    Py_ssize_t no = PyTuple_GET_SIZE(old_raw), nr = PyTuple_GET_SIZE(raw);
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(key_pos); j++) {
+        PyObject *p = PyTuple_GET_ITEM(key_pos, j);
+        Py_ssize_t i = PyLong_CheckExact(p) ? PyLong_AsSsize_t(p) : -1;
+        if (i < 0 || i >= no || i >= nr) {
+            PyErr_Clear();
+            return -1;
+        }
+        int ne = PyObject_RichCompareBool(PyTuple_GET_ITEM(old_raw, i),
+                                          PyTuple_GET_ITEM(raw, i), Py_NE);
+        if (ne < 0) {
+            PyErr_Clear();
+            return -1;
+        }
+        if (ne)
+            return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+step_slow(HistoryStep *s, PyObject *tw, PyObject *msg)
+{
+    PyObject *a[3] = {s->recorder, tw, msg};
+    return PyObject_Vectorcall(s->fallback, a, 3, NULL);
+}
+
+/* change(tw, msg) -> None: Recorder.change. */
+static PyObject *
+step_change(HistoryStep *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "change(tw, msg)");
+        return NULL;
+    }
+    PyObject *tw = args[0], *msg = args[1];
+    if (!ready || s->by_rel == NULL || !PyDict_CheckExact(s->by_rel) || s->time == NULL
+            || s->lsn == NULL || s->free == NULL || s->writer == NULL)
+        return step_slow(s, tw, msg);
+    PyObject *rid = PyObject_GetAttr(tw, str_relation_id);
+    if (rid == NULL) {
+        PyErr_Clear();
+        return step_slow(s, tw, msg);
+    }
+    PyObject *t = PyDict_GetItemWithError(s->by_rel, rid);  /* borrowed */
+    Py_DECREF(rid);
+    if (t == NULL) {
+        PyErr_Clear();
+        return step_slow(s, tw, msg);  /* the table's first change: _table() */
+    }
+    if (!Py_IS_TYPE(t, table_shape.type) || SLOT(t, table_shape.offsets[0]) != tw)
+        return step_slow(s, tw, msg);
+    PyObject *images = SLOT(t, table_shape.offsets[1]);
+    if (images == Py_None)
+        Py_RETURN_NONE;  /* no history for this table */
+    if (images == NULL || !PyList_CheckExact(images))
+        return step_slow(s, tw, msg);
+    PyObject *op, *raw, *kinds = NULL, *old_raw = NULL, *unchanged = Py_None, *u = NULL;
+    PyTypeObject *kind = Py_TYPE(msg);
+    if (kind == insert_shape.type || kind == update_shape.type) {
+        PyObject *new_tuple = SLOT(msg, kind == insert_shape.type ? insert_shape.offsets[2]
+                                                                  : update_shape.offsets[4]);
+        if (!tuple_parts(new_tuple, &kinds, &raw))
+            return step_slow(s, tw, msg);
+        op = op_i;
+        if (kind == update_shape.type) {
+            op = op_u;
+            PyObject *old = SLOT(msg, update_shape.offsets[3]);  /* key_tuple or old_tuple */
+            if (old == NULL || old == Py_None)
+                old = SLOT(msg, update_shape.offsets[2]);
+            if (old == NULL)
+                return step_slow(s, tw, msg);
+            if (old != Py_None) {
+                PyObject *keyed = SLOT(t, table_shape.offsets[2]);
+                PyObject *key_pos = SLOT(t, table_shape.offsets[3]), *okinds, *o;
+                if (keyed != Py_True && keyed != Py_False)
+                    return step_slow(s, tw, msg);
+                if (keyed == Py_True) {
+                    if (!tuple_parts(old, &okinds, &o) || key_pos == NULL
+                            || !PyTuple_CheckExact(key_pos))
+                        return step_slow(s, tw, msg);
+                    int moved = key_moved(o, raw, key_pos);
+                    if (moved < 0)
+                        return step_slow(s, tw, msg);
+                    if (moved)
+                        old_raw = o;
+                }
+            }
+        }
+        if (has_kind(kinds, 'u')) {
+            PyObject *columns = SLOT(t, table_shape.offsets[4]);
+            if (columns == NULL || !PyTuple_CheckExact(columns))
+                return step_slow(s, tw, msg);
+            unchanged = u = unchanged_names(s, kinds, columns);
+            if (u == NULL) {
+                if (PyErr_Occurred())
+                    return NULL;
+                return step_slow(s, tw, msg);
+            }
+        }
+    } else if (kind == delete_shape.type) {
+        PyObject *old = SLOT(msg, delete_shape.offsets[2]);  /* old_tuple or key_tuple */
+        if (old == NULL || old == Py_None)
+            old = SLOT(msg, delete_shape.offsets[3]);
+        if (!tuple_parts(old, &kinds, &raw))
+            return step_slow(s, tw, msg);
+        op = op_d;
+    } else {
+        return step_slow(s, tw, msg);
+    }
+    /* everything checked: build, then append */
+    Py_ssize_t seq = s->seq;
+    PyObject *v_old = NULL, *v_new = NULL, *sq = NULL, *sq_old = NULL;
+    if (old_raw != NULL) {
+        sq_old = seq_bytes(seq);
+        seq += 1;
+    }
+    sq = seq_bytes(seq);
+    if (sq == NULL || (old_raw != NULL && sq_old == NULL)) {
+        Py_XDECREF(sq);
+        Py_XDECREF(sq_old);
+        Py_XDECREF(u);
+        if (PyErr_Occurred())
+            return NULL;
+        return step_slow(s, tw, msg);  /* past int4: the pure code raises */
+    }
+    if (old_raw != NULL)
+        v_old = version(s, old_raw, sq_old, op_d, Py_None);
+    v_new = version(s, raw, sq, op, unchanged);
+    Py_XDECREF(sq);
+    Py_XDECREF(sq_old);
+    Py_XDECREF(u);
+    if (v_new == NULL || (old_raw != NULL && v_old == NULL)
+            || (v_old != NULL && PyList_Append(images, v_old) < 0)
+            || PyList_Append(images, v_new) < 0) {
+        Py_XDECREF(v_old);
+        Py_XDECREF(v_new);
+        return NULL;
+    }
+    Py_XDECREF(v_old);
+    Py_DECREF(v_new);
+    s->seq = seq + 1;
+    s->buffered += 1;
+    if (s->buffered >= s->spill_at && s->writer != Py_None) {
+        PyObject *f = PySequence_GetItem(s->free, 0);
+        if (f == NULL)
+            return NULL;
+        int free = PyObject_IsTrue(f);
+        Py_DECREF(f);
+        if (free < 0)
+            return NULL;
+        if (free)
+            return PyObject_CallMethodNoArgs(s->recorder, str_spill);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef step_members[] = {
+    {"by_rel", T_OBJECT_EX, offsetof(HistoryStep, by_rel), 0, "relation id -> _Table"},
+    {"time", T_OBJECT_EX, offsetof(HistoryStep, time), 0, "the commit time, packed"},
+    {"lsn", T_OBJECT_EX, offsetof(HistoryStep, lsn), 0, "the commit LSN, packed"},
+    {"free", T_OBJECT_EX, offsetof(HistoryStep, free), 0, "[whether the writer is free]"},
+    {"writer", T_OBJECT_EX, offsetof(HistoryStep, writer), 0, "the TargetWriter or None"},
+    {"seq", T_PYSSIZET, offsetof(HistoryStep, seq), 0, "the next _pgml_seq"},
+    {"buffered", T_PYSSIZET, offsetof(HistoryStep, buffered), 0, "changes buffered"},
+    {"spill_at", T_PYSSIZET, offsetof(HistoryStep, spill_at), 0, "recorder.SPILL"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef step_methods[] = {
+    {"change", (PyCFunction)(void (*)(void))step_change, METH_FASTCALL,
+     "change(tw, msg) -> None: Recorder.change, compiled"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HistoryStepType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "decoder._speedups.HistoryStep",
+    .tp_basicsize = sizeof(HistoryStep),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "HistoryStep(recorder, fallback): a history recorder's per-version step",
+    .tp_new = step_new,
+    .tp_dealloc = (destructor)step_dealloc,
+    .tp_traverse = (traverseproc)step_traverse,
+    .tp_clear = (inquiry)step_clear,
+    .tp_members = step_members,
+    .tp_methods = step_methods,
+};
+
 static PyMethodDef methods[] = {
     {"column_arrays", (PyCFunction)(void (*)(void))column_arrays, METH_FASTCALL,
      "column_arrays(images, positions, elem_oids) -> list of binary arrays, one per position"},
@@ -1033,6 +1427,8 @@ static PyMethodDef methods[] = {
      "copy_rows(rows, extra) -> bytes: a complete COPY BINARY stream"},
     {"binary_array", (PyCFunction)(void (*)(void))binary_array, METH_FASTCALL,
      "binary_array(elem_oid, values) -> bytes: a 1-D array in binary wire format"},
+    {"setup_history", setup_history, METH_VARARGS,
+     "setup_history(_Table, (tw, images, keyed, key_pos, columns)): for HistoryStep"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1044,5 +1440,10 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&HistoryStepType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObjectRef(m, "HistoryStep", (PyObject *)&HistoryStepType) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -12,7 +12,9 @@ Callers read ``accel.fast`` (the compiled module or None) and ``accel.copy_rows`
 ``accel.binary_array`` / ``accel.column_arrays`` at call time, so ``select`` switches every caller at once.
 Besides decoding, the compiled module has ``frame_change`` (a change read straight out of
 the CopyData buffer libpq filled, no copy of the frame) and ``net`` (replica/stream/batch.py's
-TableBatch netting, registered there with ``setup_batch`` through ``compiled()``).
+TableBatch netting, registered there with ``setup_batch`` through ``compiled()``) and
+``HistoryStep`` (the history recorder's per-version step: replica/history/compiled.py,
+registered with ``setup_history``; ``recorder_for`` picks it while ``fast`` is set).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ column_arrays: Callable[..., list[bytes]] = copyfmt.column_arrays
 
 _loaded: list[ModuleType] = []  # the compiled module once set up
 _FUNCTIONS = ("setup", "change", "frame_change", "setup_batch", "net", "split", "copy_rows",
-              "binary_array", "column_arrays")
+              "binary_array", "column_arrays", "setup_history", "HistoryStep")
 
 
 def _load() -> ModuleType | None:

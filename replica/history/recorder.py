@@ -329,7 +329,8 @@ def recorder_for(settings) -> Recorder | None:
     tables = parse_tables(settings.history)
     if tables is None:
         return None
-    return Recorder(tables, parse_retention(settings.history_retention))
+    from replica.history.compiled import recorder_class  # compiled.py subclasses Recorder
+    return recorder_class()(tables, parse_retention(settings.history_retention))
 
 
 def record_change(rec: Recorder, tw, msg) -> None:

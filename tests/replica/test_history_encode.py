@@ -1,5 +1,6 @@
 """The recorder's COPY BINARY stream of its versions (NULLs, unchanged TOAST, key changes,
-deletes, truncates; compiled and pure builders) equals encoding each version alone, with
+deletes, truncates; compiled and pure builders, each with its recorder: the compiled step,
+replica/history/compiled.py, or the pure Recorder) equals encoding each version alone, with
 the commit time and LSN of its own transaction. No server: the bytes are parsed back."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from decoder import Delete, Insert, Update, accel
 from decoder.messages import TupleData
 from replica.history import recorder as R
+from replica.history.compiled import recorder_class
 from replica.stream.batch import Layout
 from replica.stream.tables import MirroredTable
 
@@ -55,7 +57,7 @@ def _alone(txn: tuple[int, datetime], seq: int, op: bytes, raw: tuple,
 
 @pytest.fixture(params=["c", "python"])
 def builder(request):
-    """Both COPY-row builders (decoder.accel), the compiled one where it is built."""
+    """Both COPY-row builders and recorders (decoder.accel), compiled ones where built."""
     if request.param == "c" and not accel.available():
         pytest.skip("decoder._speedups not built")
     was = accel.IMPLEMENTATION
@@ -69,7 +71,8 @@ def builder(request):
 @given(st.lists(st.tuples(st.sampled_from("IUDKT"), st.tuples(_value, _value, _value),
                           st.booleans()), max_size=40), st.integers(0, 5000))
 def test_copy_stream_equals_each_version_alone(builder, changes, first_seq):
-    rec = R.Recorder(frozenset({"*"}), None)
+    rec = recorder_class()(frozenset({"*"}), None)
+    assert (type(rec) is R.Recorder) == (builder == "python")
     txn = (0x1_0000_0010, datetime(2026, 12, 4, 10, 0, 0, 123456, tzinfo=UTC))
     rec.begin(*txn)
     rec._seq = seq = first_seq  # past the packed table too (_seq beyond 4096)
