@@ -43,6 +43,7 @@ STATS_RECHECK_S = 1.0  # smaller runs check a table's statistics at most this of
 STATS_MARGIN = 1000  # live rows beyond twice reltuples that make statistics stale
 SLOW_WRITE_S = 30.0  # a run's write longer than this is logged (never silently slow)
 log = logging.getLogger("pgml_replica")
+_COMMIT = object()  # a queue item's tag: the handed COMMIT (TargetWriter.commit_async)
 _STATS_SQL = ("SELECT c.reltuples, coalesce(s.n_live_tup, 0) FROM pg_class c JOIN pg_namespace n"
               " ON n.oid = c.relnamespace LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid"
               " WHERE n.nspname = %s AND c.relname = %s")
@@ -136,6 +137,12 @@ class TargetWriter:
     other (the thread mostly waits on the socket, so the GIL is free meanwhile). Every
     other method first waits for that thread (``sync``), so the connection is only ever
     used by one thread at a time, and errors surface in the stream's thread.
+
+    ``commit_async`` hands the COMMIT itself to that thread, behind the batch's runs and
+    versions in the same queue (order kept): the stream decodes the next batch meanwhile and
+    takes the outcome with ``commit_result`` - only then is the batch applied (flush LSN,
+    metrics). One COMMIT in flight at a time. A failure skips everything queued after it
+    (the next batch's runs go with the rollback) and is raised at the next interaction.
     """
 
     def __init__(self, conn: psycopg.Connection, slot: str, skip_locked: bool = False) -> None:
@@ -145,6 +152,8 @@ class TargetWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=2)  # back-pressure on the decoder
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._committing: threading.Event | None = None  # set when the handed COMMIT ended
+        self._committed = False  # ... and whether it committed
         self.busy_seconds = 0.0  # time spent writing in the open transaction
         self._stages_ready: set[int] = set()  # relation ids with a committed stage table
         self._stages_new: set[int] = set()  # created in the open transaction
@@ -160,11 +169,14 @@ class TargetWriter:
         """Write ``b`` in the background; the caller must not touch ``b`` again."""
         if self._error is not None:
             self.sync()
+        self._start()
+        self._queue.put((tw, b))
+
+    def _start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="target-writer",
                                              daemon=True)
             self._thread.start()
-        self._queue.put((tw, b))
 
     def sync(self) -> None:
         """Wait until everything submitted is written; raise what went wrong."""
@@ -180,7 +192,9 @@ class TargetWriter:
             try:
                 if item is None:
                     return
-                if self._error is None:
+                if item[0] is _COMMIT:
+                    self._commit_step(*item[1])
+                elif self._error is None:
                     if item[0] is None:  # a call of its own (history.Recorder.take)
                         item[1](self.conn)
                     else:
@@ -189,6 +203,18 @@ class TargetWriter:
                 self._error = exc
             finally:
                 self._queue.task_done()
+
+    def _commit_step(self, end_lsn: int, commit_time: datetime | None,
+                     done: threading.Event) -> None:
+        """The handed COMMIT, in the writer's thread; skipped after an error (the batch is
+        then rolled back by the stream). ``done`` is set either way, last."""
+        try:
+            if self._error is None:
+                self._commit_sql(end_lsn, commit_time)
+                self._committed = True
+                self._after_commit()
+        finally:
+            done.set()
 
     def forget_stage(self, tw: MirroredTable) -> None:
         """The table's columns changed: its stage must be built again."""
@@ -375,11 +401,55 @@ class TargetWriter:
             raise TransientError(f"target connection lost: {exc}", "target") from exc
 
     def commit(self, end_lsn: int, commit_time: datetime | None) -> None:
-        """Commit everything written, with the source position it reaches."""
+        """Commit everything written, with the source position it reaches, and wait."""
+        if self._committing is not None:
+            self.commit_result(wait=True)
         self.sync()
-        t0 = time.perf_counter()
         if self.history is not None:
             self._write_history()
+        self._commit_sql(end_lsn, commit_time)
+        self._after_commit()
+
+    def commit_async(self, end_lsn: int, commit_time: datetime | None) -> None:
+        """Hand the COMMIT to the writer's thread, behind what was submitted before (the
+        versions not handed over yet go first, taken here: the stream's thread records the
+        next batch's meanwhile). The caller takes the outcome with ``commit_result`` before
+        it hands over the next one."""
+        if self._committing is not None:
+            raise RuntimeError("a COMMIT handed over while the last one is in flight")
+        if self._error is not None:
+            self.sync()  # raises it: nothing is committed after a failed write
+        if self.history is not None:  # a plain Recorder (a streamed writer's commits wait)
+            self.submit(None, self.history.take())
+        self._committed, self._committing = False, threading.Event()
+        self._start()
+        self._queue.put((_COMMIT, (end_lsn, commit_time, self._committing)))
+
+    @property
+    def committing(self) -> bool:
+        return self._committing is not None
+
+    def commit_result(self, wait: bool) -> bool | None:
+        """The handed COMMIT's outcome: None while it runs (``wait`` False), True once it
+        committed; a failure is raised (the writer's error). False: none in flight."""
+        done = self._committing
+        if done is None:
+            return False
+        if not done.is_set():
+            if not wait:
+                return None
+            while not done.wait(1.0):
+                if self._thread is None or not self._thread.is_alive():
+                    break  # (never: the thread sets it last) - do not hang on a dead one
+        self._committing = None
+        if self._committed:
+            return True
+        self.sync()  # raises the writer's error
+        raise TransientError("the target COMMIT handed to the writer's thread did not "
+                             "complete; rolled back, replaying", "target")
+
+    def _commit_sql(self, end_lsn: int, commit_time: datetime | None) -> None:
+        t0 = time.perf_counter()
         try:  # one round trip: the progress row and the COMMIT
             self.conn.execute(progress.advance_sql(self.slot, end_lsn, commit_time)
                               + sql.SQL("; COMMIT"))
@@ -387,8 +457,13 @@ class TargetWriter:
             self._reset()
             raise TransientError(f"target connection lost at commit: {exc}", "target") from exc
         self.busy_seconds += time.perf_counter() - t0
+
+    def _after_commit(self) -> None:
         if self.history is not None:
-            self.history.committed()
+            try:
+                self.history.committed()
+            except Exception as exc:  # counters only: the COMMIT stands
+                log.warning("history counters after a commit: %s", exc)
         metrics.APPLY_SECONDS.observe(self.busy_seconds)
         for tw, ops in self._ops.values():
             for op, n in zip(_OPS, ops, strict=True):
@@ -410,6 +485,11 @@ class TargetWriter:
                              f"{exc.diag.message_primary or exc}") from exc
 
     def rollback(self) -> None:
+        """Throw the open transaction away. A COMMIT still in flight ends first (its
+        outcome stays for ``commit_result``): its counters must not race the forget."""
+        done = self._committing
+        if done is not None:
+            done.wait(30)
         if self.history is not None:
             self.history.forget()
         try:

@@ -6,9 +6,12 @@ with plain numbers and a fake clock. stream.py only feeds events in and acts on 
 
 The rules:
 - Flush LSN = end LSN of the last source transaction the target committed (``applied``).
+  A batch handed to the writer's thread for its commit (``handed``) is *committing*: the
+  stream decodes the next batch meanwhile, and only the writer's report that the COMMIT
+  returned (``commit_done``) moves ``applied``. At most one batch is committing.
 - With nothing in flight (no transaction being received, none waiting in the open target
-  transaction) the keepalive's WAL end is confirmed too: every transaction that committed
-  before it has been received and applied, so an idle slot does not pin WAL.
+  transaction, none committing) the keepalive's WAL end is confirmed too: every transaction
+  that committed before it has been received and applied, so an idle slot does not pin WAL.
 - Reply at once when the server asks, at least every ``status_interval`` seconds, and soon
   after the flush position moves (at most every ``min_gap`` seconds).
 - Silence from the source: after half of ``receive_timeout`` without a message, ask the
@@ -33,6 +36,7 @@ class FlowControl:
     batch_max_rows: int = 200_000
     batch_max_seconds: float = 0.5
     min_gap: float = 0.25
+    commit_poll: float = 0.002  # socket wait while a COMMIT runs in the writer's thread
 
     received_lsn: int = 0  # highest WAL position the server told us about
     keepalive_lsn: int = 0  # WAL end of the last keepalive
@@ -42,6 +46,11 @@ class FlowControl:
     pending_end_lsn: int = 0
     pending_commit_time: datetime | None = None
     batch_started: float | None = None
+    # the batch handed to the writer's thread for its COMMIT, not yet reported done
+    committing_txns: int = 0
+    committing_rows: int = 0
+    committing_end_lsn: int = 0
+    committing_commit_time: datetime | None = None
     last_sent: float = float("-inf")
     sent_flush: int = 0
     reply_requested: bool = False
@@ -76,11 +85,37 @@ class FlowControl:
         self.in_txn = False
 
     def committed(self) -> None:
-        """The target committed the open transaction."""
+        """The target committed the open transaction (handed over and done at once)."""
+        self.handed()
+        self.commit_done(True)
+
+    @property
+    def committing(self) -> bool:
+        """A batch's COMMIT is in the writer's thread, its outcome not yet taken."""
+        return self.committing_txns > 0
+
+    def handed(self) -> None:
+        """The open batch went to the writer's thread for its COMMIT; the next batch starts.
+        Nothing is acknowledged for it until ``commit_done``. One at a time: the stream
+        takes the previous outcome before it hands over the next."""
+        if self.committing:
+            raise RuntimeError("a batch handed over while the last one is still committing")
         if self.pending_txns:
-            self.applied_lsn = max(self.applied_lsn, self.pending_end_lsn)
+            self.committing_txns, self.committing_rows = self.pending_txns, self.pending_rows
+            self.committing_end_lsn = self.pending_end_lsn
+            self.committing_commit_time = self.pending_commit_time
         self.pending_txns = self.pending_rows = 0
         self.batch_started = None
+
+    def commit_done(self, ok: bool) -> tuple[int, int, datetime | None]:
+        """The writer's thread reported the handed batch: committed (``ok``) or failed (then
+        nothing of it is acknowledged; the stream rolls back and the source resends it).
+        Returns the batch's (transactions, rows, commit time) for the metrics."""
+        done = (self.committing_txns, self.committing_rows, self.committing_commit_time)
+        if ok and self.committing_txns:
+            self.applied_lsn = max(self.applied_lsn, self.committing_end_lsn)
+        self.committing_txns = self.committing_rows = 0
+        return done
 
     def streamed_committed(self, end_lsn: int, commit_time: datetime) -> None:
         """A streamed transaction committed on the target (after the batch before it)."""
@@ -89,9 +124,15 @@ class FlowControl:
         self.wal(end_lsn)
 
     def rolled_back(self) -> None:
+        """The open target transaction was thrown away; a batch still marked committing
+        (its outcome not taken) counts as failed: never acknowledge what is not known. A
+        keepalive's WAL end heard so far may lie past what was thrown away: forgotten too
+        (the final feedback after a stop would confirm it; the next keepalive is safe)."""
+        self.keepalive_lsn = 0
         self.in_txn = False
         self.pending_txns = self.pending_rows = 0
         self.batch_started = None
+        self.commit_done(False)
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -103,7 +144,7 @@ class FlowControl:
                 or now - (self.batch_started or now) >= self.batch_max_seconds)
 
     def flush_lsn(self) -> int:
-        if self.in_txn or self.pending_txns:
+        if self.in_txn or self.pending_txns or self.committing_txns:
             return self.applied_lsn
         return max(self.applied_lsn, self.keepalive_lsn)
 
@@ -127,6 +168,8 @@ class FlowControl:
             wait = min(wait, self.last_sent + self.min_gap - now)
         if self.pending_txns and self.batch_started is not None:
             wait = min(wait, self.batch_started + self.batch_max_seconds - now)
+        if self.committing_txns:  # look again soon: its outcome moves the flush position
+            wait = min(wait, self.commit_poll)
         return max(0.0, min(wait, 1.0))
 
 

@@ -18,6 +18,11 @@ routes each message, and keeps the per-table rules:
 - Anything the apply path cannot handle raises before the transaction holding it commits;
   the open target transaction is rolled back and nothing about it is acknowledged
   (invariant 6).
+- A batch's COMMIT runs in the target writer's thread (``_commit_batch`` hands it over)
+  while this loop decodes the next batch; it counts as applied only when its outcome is
+  taken (``_reap``), and at most one is in flight. Whatever needs the target with no
+  transaction of ours committing (schema changes, table copies, streamed transactions,
+  shutdown) takes the outcome first (docs/ARCHITECTURE.md, "Exactly once").
 """
 
 from __future__ import annotations
@@ -185,8 +190,13 @@ class Stream(StreamedSteps):
         try:
             if flow.in_txn:
                 self._rollback()
-            elif flow.pending_txns:
-                self._commit_batch()
+            else:
+                if flow.pending_txns:
+                    self._commit_batch()
+                self._reap(wait=True)  # the final feedback names only what committed
+        except BaseException:
+            self._rollback()
+            raise
         finally:
             self.streamed.close()  # in-progress transactions come again after a restart
             self.writer.shutdown()
@@ -216,6 +226,8 @@ class Stream(StreamedSteps):
         notice a source that fell silent."""
         now = time.monotonic()
         self._silence(now)
+        if self.flow.committing:
+            self._reap(wait=False)
         if self.flow.batch_due(now, idle=True):
             self._commit_batch()
         self._boundary(now)
@@ -242,6 +254,9 @@ class Stream(StreamedSteps):
         a streamed transaction holds locks a copy would wait for)."""
         if self.flow.in_txn or self.flow.pending_txns or self.streamed.in_flight:
             return
+        if now < self.next_poll and not self.relations.pending_sync:
+            return
+        self._reap(wait=True)  # a COMMIT in flight ends before the target is used here
         if now >= self.next_poll:
             self.next_poll = now + self.settings.publication_poll_seconds
             with bounded(self.source, max(self.settings.receive_timeout, 5)):
@@ -252,6 +267,8 @@ class Stream(StreamedSteps):
             self._sync_pending()
 
     def _feedback(self, now: float, force: bool = False) -> None:
+        if self.flow.committing:  # its outcome may move the flush position
+            self._reap(wait=False)
         if not force and not self.flow.feedback_due(now):
             return
         written, flushed, applied = self.flow.feedback(now)
@@ -292,25 +309,47 @@ class Stream(StreamedSteps):
             self._feedback(now)
 
     def _commit_batch(self) -> None:
+        """Hand the batch to the writer's thread - its last runs, its versions, then the
+        progress row and COMMIT, in that queue's order - and decode on into fresh runs. The
+        previous batch's outcome is taken first: one COMMIT in flight at a time."""
         flow = self.flow
-        self._write_all()
-        txns, rows = flow.pending_txns, flow.pending_rows
-        self.writer.commit(flow.pending_end_lsn, flow.pending_commit_time)
-        flow.committed()
-        self._applied(txns, rows)
+        self._write_all(background=True)
+        self._reap(wait=True)
+        self.writer.commit_async(flow.pending_end_lsn, flow.pending_commit_time)
+        flow.handed()
 
-    def _applied(self, txns: int, rows: int) -> None:
+    def _reap(self, wait: bool) -> None:
+        """Take the handed COMMIT's outcome, if there is one and it is in (or ``wait``):
+        only now is the batch applied - flush LSN, metrics, state. A failure is raised
+        here (the stream rolls back; nothing past the last completed COMMIT is
+        acknowledged, and the source sends the rest again)."""
+        if not self.flow.committing:
+            return
+        ok = self.writer.commit_result(wait)
+        if ok is None:
+            return
+        self._applied(*self.flow.commit_done(bool(ok)))
+
+    def _applied(self, txns: int, rows: int, commit_time) -> None:
         flow = self.flow
         metrics.TRANSACTIONS_APPLIED.inc(txns)
         metrics.BATCH_TRANSACTIONS.observe(txns)
         metrics.BATCH_ROWS.observe(rows)
         metrics.APPLIED_LSN.set(flow.applied_lsn)
         self.state.applied_lsn = flow.applied_lsn
-        self.state.last_commit_time = flow.pending_commit_time
+        self.state.last_commit_time = commit_time
         self.state.received_lsn = flow.received_lsn
 
     def _rollback(self) -> None:
-        self.writer.rollback()
+        self.writer.rollback()  # a COMMIT in flight ends first: take what became of it
+        if self.flow.committing:
+            try:
+                ok = self.writer.commit_result(wait=True)
+            except Exception:  # noqa: BLE001 - it failed: the batch is resent after the restart
+                ok = False
+            done = self.flow.commit_done(bool(ok))
+            if ok:
+                self._applied(*done)
         self.flow.rolled_back()
         for tw in self.dirty.values():
             tw.batch.clear()
@@ -319,8 +358,9 @@ class Stream(StreamedSteps):
 
     def _write_all(self, background: bool = False) -> None:
         """Write the absorbed runs: in the writer's thread while decoding goes on (a full
-        segment), or here (at a commit, which waits for them anyway). Streamed transactions'
-        writes still in flight finish first: they come earlier in the stream."""
+        segment, or the batch's last runs before its COMMIT), or here. Streamed
+        transactions' writes still in flight finish first: they come earlier in the
+        stream."""
         for txn in self.streamed.in_flight.values():
             txn.writer.sync()
         for tw in self.dirty.values():
@@ -391,6 +431,7 @@ class Stream(StreamedSteps):
         txn = self.streamed.current
         if txn is None:
             self.writer.sync()
+            self._reap(wait=True)  # (ended with the sync)
             self.relations.wait_visible(self.xid)
             self.relations.on_relation(rel, self.writer, self.final_lsn, self._writers(),
                                        xid=self.xid)
@@ -403,6 +444,7 @@ class Stream(StreamedSteps):
     def _sync_pending(self) -> None:
         """Copy the waiting tables beside a temporary slot and join them in (relations.py)."""
         keys = set(self.relations.pending_sync)
+        self.writer.sync()  # the copy joins with the writer's connection idle
         try:
             synced = self.sync_tables(keys, lambda: self._feedback(time.monotonic()))
         except psycopg.OperationalError as exc:

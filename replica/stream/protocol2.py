@@ -23,6 +23,7 @@ class StreamedSteps:
     def _stream_start(self, msg: StreamStart) -> None:
         if self.flow.pending_txns:  # they committed first; and their locks must go
             self._commit_batch()
+        self._reap(wait=True)  # gone only when the COMMIT handed to the writer ended
         self.streamed.start(msg.xid)
 
     def _stream_stop(self, msg: StreamStop) -> None:
@@ -35,6 +36,7 @@ class StreamedSteps:
         self.last_commit_lsn = msg.end_lsn
         if self.flow.pending_txns:
             self._commit_batch()
+        self._reap(wait=True)  # the batch before it commits first, and is acknowledged first
         txn = self.streamed.finish(msg.xid)
         if txn is None:  # nothing of it was published
             return
@@ -48,7 +50,7 @@ class StreamedSteps:
         self.flow.wal(msg.end_lsn)
         self.streamed.commit(txn, msg.end_lsn, msg.commit_time, msg.commit_lsn)
         self.flow.streamed_committed(msg.end_lsn, msg.commit_time)
-        self._applied(1, txn.rows)
+        self._applied(1, txn.rows, msg.commit_time)
         now = time.monotonic()
         self._boundary(now)
         if self.flow.feedback_due(now):
