@@ -249,3 +249,50 @@ def test_routed_scorer_routes_by_batch_size(diabetes):
     assert routed.last_graph == "tensor"
     np.testing.assert_allclose(big[:5], small, rtol=tree_graph.RTOL)
     assert routed.predict_one(X[0].tolist()) == small[0]
+
+
+@pytest.mark.parametrize(("name", "task", "dataset"), sorted(
+    {c.values[:3] for c in _cases()}))
+def test_the_on_demand_rows_pass_parity_for_every_tree_algorithm(trained, name, task, dataset):
+    """pgml.export_onnx(..., 'tensor') on a host without CUDA builds the graph from the stored
+    model and checks it on rows made from the trees' thresholds (tree_graph_on_demand): they
+    hold every tree algorithm of the registry to the same 1e-5 bar as the test split does,
+    NaN included."""
+    from inference.tree_graph_models import ensemble_of
+    from inference.tree_graph_on_demand import parity_rows
+
+    result = trained(name, task, dataset)
+    n = len(split(dataset).feature_names)
+    spec, final = tree_graph.unwrap(result.estimator)
+    ens = ensemble_of(final, n, None if task != "classification" else len(result.classes))
+    X = parity_rows(ens, spec, n, [])
+    assert np.isnan(X).any(axis=0).all() and max(len(np.unique(c)) for c in X.T) > 3
+    data, record = tree_graph.checked(
+        result.estimator, X, task=task, classes=result.classes,
+        has_proba=task == "classification", error_columns=[],
+        feature_names=split(dataset).feature_names, ens=ens)
+    assert record["ok"], record
+    assert data is not None and record["rows_checked"] == len(X)
+
+
+def test_parity_rows_sit_on_every_threshold_and_between_them(diabetes):
+    """With the identity preprocessing the rows hold each split's threshold and its float32
+    neighbours (the comparison at the exact boundary), and a value in every interval."""
+    from inference.tree_graph_models import ensemble_of
+    from inference.tree_graph_on_demand import parity_rows
+
+    s = diabetes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = train("regression", "xgboost", s.X_train, s.y_train, s.X_test, s.y_test,
+                  feature_names=s.feature_names, random_state=0,
+                  hyperparams={"n_estimators": 5, "max_depth": 3})
+    spec, final = tree_graph.unwrap(r.estimator)
+    ens = ensemble_of(final, len(s.feature_names), None)
+    X = parity_rows(ens, spec, len(s.feature_names), [1])
+    assert not np.isnan(X[:, 1]).any()  # an 'error' column gets no NaN
+    t = ens.trees[0]
+    j, cut = int(t.feature[0]), np.float32(t.threshold[0])
+    seen = set(X[:, j].tolist())
+    assert {float(cut), float(np.nextafter(cut, np.float32(np.inf))),
+            float(np.nextafter(cut, np.float32(-np.inf)))} <= seen

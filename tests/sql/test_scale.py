@@ -3,12 +3,15 @@ by pgml.train, and runtime_info's graph report -- on real PL/Python clusters."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import psycopg
 import pytest
 
+from inference.runtime import cuda_device_present
 from tests.sql.helpers import connect, one
 
 
@@ -49,6 +52,25 @@ def test_export_onnx_returns_both_graphs_of_a_tree_model(conn):
     np.testing.assert_allclose(a, b, rtol=1e-5)
     stored = [one(conn, "SELECT pgml.predict('xgb', %s::float8[])", (x.tolist(),)) for x in X[:5]]
     np.testing.assert_allclose(stored, a[:5], rtol=1e-6)
+
+
+@pytest.mark.skipif(cuda_device_present(), reason="this host has a CUDA device")
+def test_without_cuda_the_tensor_graph_is_built_on_export_and_checked(conn):
+    """pgml.train builds the tensor graph only where it scores (a CUDA device); here
+    pgml.export_onnx builds it from the stored model and checks it on rows made from the trees'
+    thresholds, at the same 1e-5 bar (tree_graph_on_demand.py)."""
+    assert one(conn, "SELECT count(*) FROM pgml.files WHERE path = 'tensor.onnx'") == 0
+    tensor = one(conn, "SELECT pgml.export_onnx('forest', 'tensor')")
+    model = onnx.load_from_string(tensor)
+    assert {n.domain for n in model.graph.node} == {""}
+    record = json.loads({p.key: p.value for p in model.metadata_props}["pgml.parity"])
+    assert record["ok"] and record["built"] == "on demand" and record["rows_checked"] == 20000
+    X = np.asarray(conn.execute("SELECT sepal_length, sepal_width, petal_length, petal_width"
+                                " FROM pgml.iris").fetchall(), dtype=np.float32)
+    default = _session(one(conn, "SELECT pgml.export_onnx('forest')")).run(None, {"features": X})
+    ours = _session(tensor).run(None, {"features": X})
+    np.testing.assert_array_equal(ours[0], default[0])
+    np.testing.assert_allclose(ours[1], default[1], atol=1e-5)
 
 
 def test_export_onnx_refuses_what_does_not_exist(conn):
