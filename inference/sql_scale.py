@@ -52,6 +52,10 @@ def export_onnx(project_name, graph):
         raise PgmlError(f"graph {graph!r} is not one of {', '.join(files)}")
     model_id = store.deployed_model(project_name)
     data = store.model_file(model_id, files[graph])
+    if data is None and graph == "tensor":  # built at training only on a CUDA host
+        from inference.tree_graph_on_demand import tensor_graph_of
+
+        data = tensor_graph_of(model_id)
     if data is None:
         why = ("only tree models (xgboost, lightgbm, random_forest, ...) have a tensor graph"
                if graph == "tensor" else "its runtime is python: it did not export or pass parity")
