@@ -1,9 +1,11 @@
 """Per-process CPU accounting for the replication benchmark's catch-up phases (issue 14).
 
 Why: a catch-up phase's rows/s says who is faster, not who is the bound. Reading each
-involved process's CPU seconds (``/proc/<pid>/stat`` utime + stime, all threads of the
-process) before and after a phase and dividing by the phase's wall time says which process
-was busy and which waited: a source walsender near 100% of one core while the applier
+involved process's CPU seconds (``/proc/<pid>/stat`` utime + stime for the sidecar, all its
+threads; ``/proc/<pid>/schedstat`` for the one-thread PostgreSQL processes, finer than
+stat's 10 ms ticks) and the time it was runnable without a core, before and after a phase,
+divided by the phase's wall time, says which process was busy, which wanted a core and had
+none, and which waited on the others: a source walsender near 100% of one core while the applier
 idles means the phase is source-bound and no subscriber can go faster than it feeds.
 
 The processes are found through the servers' own views: the walsender by its slot
@@ -129,12 +131,13 @@ def side_pids(side, src) -> list[tuple[str, int]]:
     return found
 
 
-def snapshot(pids: list[tuple[str, int]], read=cpu_seconds) -> dict[tuple[str, int], float]:
-    """``read(pid)`` (CPU seconds; or runqueue_wait_seconds) of each (label, pid) that is
-    still there."""
+def snapshot(pids: list[tuple[str, int]], read=None) -> dict[tuple[str, int], float]:
+    """``read(pid)`` (runqueue_wait_seconds, say) of each (label, pid) that is still there;
+    by default CPU seconds: a PostgreSQL process's (one thread) to the nanosecond, the
+    sidecar's (threads; some may have exited) in clock ticks."""
     got = {}
     for label, pid in pids:
-        s = read(pid)
+        s = (read or (cpu_seconds if label == "sidecar" else backend_cpu_seconds))(pid)
         if s is not None:
             got[(label, pid)] = s
     return got
