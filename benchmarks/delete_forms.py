@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.delete_forms [--rows 400000] [--keys 50000] [--rounds 3]
 
 The sidecar deletes a run of keyed rows in one statement per batch (replica/stream/apply.py
-``_write_arrays``; replica/stream/tables.py ``delete_any``). Three forms of it, against
+``_write_arrays``; replica/stream/tables.py ``delete_any``). Forms of it, against
 the same table (the replication benchmark's: bigint pk, 2 float8, text, timestamptz) on a
 throw-away PostgreSQL 15 cluster, each timed from the client (round trip included):
 
@@ -14,7 +14,9 @@ throw-away PostgreSQL 15 cluster, each timed from the client (round trip include
   five custom plans cost no less than the generic one;
 - ``unnest``: ``DELETE ... t USING unnest($1) AS s (id) WHERE t.id = s.id``;
 - ``copy + using``: COPY BINARY of the keys into a temporary table (no statistics, as the
-  sidecar's stage), then ``DELETE ... USING`` it; the COPY is inside the time.
+  sidecar's stage), then ``DELETE ... USING`` it; the COPY is inside the time;
+- ``copy + analyze + using``: the same with ``ANALYZE`` of the temporary table between (its
+  time inside too): whether statistics turn the join around.
 
 Every payload (the array parameter, the COPY data) is built before the clock starts, as the
 sidecar's compiled path builds them: the time is the server's plus the transfer. Each
@@ -50,7 +52,9 @@ FORMS = {
     "any generic": "DELETE FROM bench WHERE id = ANY(%b)",
     "unnest": "DELETE FROM bench t USING unnest(%b) AS s (id) WHERE t.id = s.id",
     "copy + using": "DELETE FROM bench t USING stage s WHERE t.id = s.id",
+    "copy + analyze + using": "DELETE FROM bench t USING stage s WHERE t.id = s.id",
 }
+GENERIC = "PREPARE generic_any (bigint[]) AS DELETE FROM bench WHERE id = ANY($1)"
 
 
 class Int8Array(bytes):
@@ -79,8 +83,9 @@ def copy_binary(keys: list[int]) -> bytes:
 
 
 def run_form(c: psycopg.Connection, form: str, arr: Int8Array, copy_data: bytes,
-             explain: bool = False) -> tuple[float, int, str]:
-    """One rolled-back trial: (seconds, rows deleted, the plan when ``explain``)."""
+             explain: list[int] | None = None) -> tuple[float, int, str]:
+    """One rolled-back trial: (seconds, rows deleted, the plan when given the keys to
+    ``explain``)."""
     stmt = FORMS[form]
     if explain:
         stmt = "EXPLAIN (ANALYZE, BUFFERS) " + stmt
@@ -88,10 +93,20 @@ def run_form(c: psycopg.Connection, form: str, arr: Int8Array, copy_data: bytes,
     with c.transaction(force_rollback=True):
         if form == "any generic":
             c.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        if explain and form == "any generic":
+            # a protocol-level prepared EXPLAIN plans with the values; EXECUTE of a PREPARE
+            # shows the generic plan (the keys as a literal: only the plan is wanted)
+            c.execute(GENERIC)
+            plan = "\n".join(r[0] for r in psycopg.ClientCursor(c).execute(
+                "EXPLAIN (ANALYZE, BUFFERS) EXECUTE generic_any (%s)", (explain,)))
+            c.execute("DEALLOCATE generic_any")
+            return 0.0, len(explain), plan
         t0 = time.perf_counter()
-        if form == "copy + using":
+        if form.startswith("copy"):
             with c.cursor().copy("COPY stage FROM STDIN (FORMAT binary)") as cp:
                 cp.write(copy_data)
+            if "analyze" in form:
+                c.execute("ANALYZE stage")
             cur = c.execute(stmt)
         else:
             cur = c.execute(stmt, (arr,), prepare=form == "any generic")
@@ -141,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 best = min(results[set_name].values())
                 print(f"\n{set_name} keys (load {os.getloadavg()[0]:.2f}):", flush=True)
                 for form, secs in results[set_name].items():
-                    print(f"  {form:13s} {secs * 1000:8.1f} ms  {len(keys) / secs:12,.0f} keys/s"
+                    print(f"  {form:22s} {secs * 1000:8.1f} ms  {len(keys) / secs:12,.0f} keys/s"
                           f"  {secs / best:5.2f}x the fastest", flush=True)
                 for form in FORMS:
-                    _, _, plan = run_form(c, form, arr, data, explain=True)
+                    _, _, plan = run_form(c, form, arr, data, explain=keys)
                     lines = plan.splitlines()
                     shown = lines if a.plans else [
                         ln for ln in lines if "->" in ln or "Cond:" in ln or "Filter:" in ln
