@@ -309,6 +309,10 @@ def stream_apply(src, sides: list[Side], rows: int, repeat: int = 1
                     rate, u = catch_up(s, mark, rows)
                     got[s.name].append(rate)
                     use[s.name].append(u)
+                    # CPU microseconds per row, each process and all together
+                    per_row = {k: v * 1e6 / rate for k, v in u.items() if " waited" not in k}
+                    per_row["all"] = sum(per_row.values())
+                    use.setdefault(f"{s.name} us/row", []).append(per_row)
                     # what its walsender sends per CPU second of its own (decode + send)
                     got.setdefault(f"{s.name} walsender per cpu", []).append(
                         rate / max(u.get("walsender", 0.0), 1e-3))
@@ -322,8 +326,8 @@ def stream_apply(src, sides: list[Side], rows: int, repeat: int = 1
                     f"{k} {v[-1]:,.0f} rows/s" for k, v in got.items() if "per cpu" not in k)
                     + f" (load {os.getloadavg()[0]:.1f})", flush=True)
                 print("    cpu/wall: " + "; ".join(
-                    f"{k} {cpu_account.format_utilisation(v[-1])}" for k, v in use.items()),
-                    flush=True)
+                    f"{k} {cpu_account.format_utilisation(v[-1])}" for k, v in use.items()
+                    if "us/row" not in k), flush=True)
             base += 10_000_000
     print("\nWhere the catch-up time goes (medians; cpu/wall = CPU seconds per wall second of "
           "each process, + the share it was runnable without a core; walsender = rows its "
@@ -348,6 +352,15 @@ def stream_apply(src, sides: list[Side], rows: int, repeat: int = 1
               f" {cpu_account.format_utilisation(cpu['native'])} |"
               f" {cpu_account.format_utilisation(cpu['ours ceiling'])} /"
               f" {cpu_account.format_utilisation(cpu['native ceiling'])} |", flush=True)
+    print("\nCPU microseconds per row, each process (medians of the runs):\n\n| phase | ours |"
+          " native |\n|---|---|---|")
+    for name in runs:
+        cols = []
+        for side in ("ours", "native"):
+            us = uses[name][f"{side} us/row"]
+            cols.append(", ".join(f"{label} {statistics.median(u.get(label, 0.0) for u in us):.2f}"
+                                  for label in dict.fromkeys(lb for u in us for lb in u)))
+        print(f"| {name} | {cols[0]} | {cols[1]} |", flush=True)
     return {name: {k: statistics.median(v) for k, v in got.items() if k in ("ours", "native")}
             for name, got in runs.items()}
 
