@@ -13,6 +13,10 @@ What is measured (each side alone, the other's slot idle):
    written after the workload is visible on the target (commit order: everything before it
    is there). Live: each subscriber alone, running while the source executes the
    one-transaction workloads; timed from the statement's start to the marker.
+   Beside each catch-up: a CPU account (benchmarks/cpu_account.py) - each side's
+   walsender, native's apply worker, our sidecar and its target backends: CPU and waiting
+   for a core per wall second, CPU microseconds per row - and the walsender's ceiling (the
+   same WAL decoded by pgoutput alone; the walsender's rows per CPU second of its own).
 3. Lag: a steady mixed load (5,000 rows/s by default: inserts, updates, deletes in 50-row
    transactions, each with a probe row); a poller reads the highest probe id on the target
    every 2 ms; lag = when it was first seen minus when the source commit returned.
