@@ -136,6 +136,7 @@ def train(
             onnx, runtime, check = _export_and_check(
                 export_pipeline, pipeline, task, spec, classes, has_proba, feature_names,
                 X_test, y_pred, proba, y_train, random_state,
+                None if pending is None else pending.ensemble,
             )
             native = pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException:
@@ -288,8 +289,11 @@ def _pipelines(spec, fitted, classes):
 
 
 def _export_and_check(export_pipeline, pipeline, task, spec, classes, has_proba, feature_names,
-                      X_test, y_pred, proba, y_train, random_state):
-    from inference.onnx_export import export
+                      X_test, y_pred, proba, y_train, random_state, ens=None):
+    """(ONNX bytes or None, runtime, parity record). ``ens``: the model's Ensemble where
+    pgml.train built it (compiled_trees.start): an XGBoost regressor's graph is then written
+    from it (onnx_export.ensemble_export) instead of by onnxmltools -- checked the same way."""
+    from inference.onnx_export import ensemble_export, export
     from inference.runtime import OnnxScorer
 
     n_test = len(X_test)
@@ -301,11 +305,17 @@ def _export_and_check(export_pipeline, pipeline, task, spec, classes, has_proba,
     error_columns = [j for j, c in enumerate(spec["columns"]) if c["impute"] == "error"]
     n_features = len(feature_names)
     try:
-        onnx = export(
-            export_pipeline, task=task, n_features=n_features,
-            classes=None if classes is None else classes.tolist(), has_proba=has_proba,
-            error_columns=error_columns, feature_names=feature_names,
-        )
+        onnx = None
+        if ens is not None and task == "regression" and _compares_in_float32(export_pipeline):
+            with contextlib.suppress(NotExportable):  # not a plain sum: the converters' graph
+                onnx = ensemble_export(ens, spec=spec, task=task, n_features=n_features,
+                                       error_columns=error_columns, feature_names=feature_names)
+        if onnx is None:
+            onnx = export(
+                export_pipeline, task=task, n_features=n_features,
+                classes=None if classes is None else classes.tolist(), has_proba=has_proba,
+                error_columns=error_columns, feature_names=feature_names,
+            )
         scorer = OnnxScorer(onnx, task, n_features)
         onnx_pred = scorer.predict(X_test)
     except NotExportable as exc:
@@ -322,6 +332,15 @@ def _export_and_check(export_pipeline, pipeline, task, spec, classes, has_proba,
         check = parity.classification_parity(y_pred, onnx_pred, scores, proba, onnx_proba)
     check.update(rows_checked=len(X_test), test_rows=n_test)
     return onnx, ("onnx" if check["ok"] else "python"), check
+
+
+def _compares_in_float32(pipeline) -> bool:
+    """XGBoost models: the booster itself compares float32 features with float32 thresholds,
+    so the Ensemble's graph decides exactly as it does on any input. scikit-learn and LightGBM
+    compare float64 features; a float32 graph can then differ on a raw value next to a
+    threshold (seen: HistGradientBoosting on diabetes, 6.6 on one row), so they keep the
+    converters' graphs."""
+    return type(pipeline.steps[-1][1]).__module__.startswith("xgboost")
 
 
 def _decision(pipeline, X):
