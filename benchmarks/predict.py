@@ -416,7 +416,17 @@ if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 import importlib, json, time
 # (step, module, attribute): wall seconds and calls of each, nested ones inside their caller's;
 # names a version lacks are skipped (the same function times before and after a change)
-STEPS = [("fit", "inference.training", "_fit"),
+STEPS = [("snapshot rows (store.new_snapshot)", "inference.store", "new_snapshot"),
+         ("load (relations.load)", "inference.relations", "load"),
+         ("statistics (relations.analyze)", "inference.relations", "analyze"),
+         ("store.finish_snapshot", "inference.store", "finish_snapshot"),
+         ("split (relations.split)", "inference.relations", "split"),
+         ("encoding.fit", "inference.encoding", "fit"),
+         ("gather (relations.gather)", "inference.relations", "gather"),
+         ("as_float_matrix", "inference.training", "as_float_matrix"),
+         ("fit_preprocessor", "inference.training", "fit_preprocessor"),
+         ("apply_preprocessor", "inference.training", "apply_preprocessor"),
+         ("fit", "inference.training", "_fit"),
          ("start compile (C source, gcc started)", "inference.training", "_start_compile"),
          ("ONNX export + parity", "inference.training", "_export_and_check"),
          ("  onnx_export.export", "inference.onnx_export", "export"),
@@ -465,6 +475,9 @@ finally:
 score = plpy.execute("SELECT (metrics->>'score_time')::float8 AS s FROM pgml.models"
                      " ORDER BY id DESC LIMIT 1")[0]["s"]
 times["score the test split (metrics)"] = (score, 1)
+# what no step above covers (top-level steps are disjoint): pickling, the entry, SQL around
+times["the rest (total - top-level steps)"] = (times["pgml.train total"][0] - sum(
+    v[0] for k, v in times.items() if not k.startswith(" ") and k != "pgml.train total"), 1)
 return json.dumps(times)
 $$
 """
