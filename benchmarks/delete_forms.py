@@ -167,6 +167,21 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  EXPLAIN ANALYZE, {form}:\n" + "\n".join(  # arrays: cut short
                         f"    {ln[:150]}{'...' if len(ln) > 150 else ''}" for ln in shown),
                         flush=True)
+            # which plan the sidecar's statement gets: psycopg prepares it on its fifth run
+            # (prepare_threshold), the server then tries five custom plans before it may
+            # keep the generic one
+            # (12 batches in one transaction: psycopg forgets its prepared statements at a
+            # ROLLBACK, which the sidecar's commits never send)
+            keys = key_sets["random"]
+            step = len(keys) // 12
+            with c.transaction(force_rollback=True):
+                for i in range(12):
+                    c.execute(FORMS["any"], (int8_array(keys[i * step:(i + 1) * step]),))
+                for name, generic, custom in c.execute(
+                        "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"):
+                    print(f"\n= ANY($1), 12 batches of {step:,} keys with psycopg's defaults:"
+                          f" prepared as {name}, {generic} generic and {custom} custom plans",
+                          flush=True)
     print("\n| keys | " + " | ".join(FORMS) + " | fastest |\n|---|"
           + "---:|" * len(FORMS) + "---|")
     for set_name, r in results.items():
