@@ -119,3 +119,37 @@ def test_the_key_build_sorts_in_memory_for_its_transaction_only(replica_db):
         with c.transaction():
             key_sort_memory(c, 10**9)
             assert mwm(c) == KEY_SORT_MAX_KB
+
+
+def _frozen(db, table: str) -> tuple[int, int]:
+    """(frozen rows, rows), read off the heap pages (HEAP_XMIN_FROZEN: both xmin hint bits)."""
+    return db.execute(
+        "SELECT count(*) FILTER (WHERE t_infomask & 768 = 768), count(*)"
+        " FROM generate_series(0, pg_relation_size(%s::regclass) / 8192 - 1) p,"
+        " heap_page_items(get_raw_page(%s, p::int)) WHERE t_xmin IS NOT NULL",
+        (table, table))[0]
+
+
+def test_a_table_copied_by_one_session_is_written_frozen(source_db, replica_db, sidecars):
+    """A whole table in one COPY is COPY FREEZE (truncated in the copy's own transaction);
+    ranges of a split table are not (other sessions write into it); later changes apply."""
+    source_db.execute("""
+        CREATE TABLE whole (id bigint PRIMARY KEY, v text);
+        CREATE TABLE split (id bigint PRIMARY KEY, v text);
+        INSERT INTO whole SELECT g, md5(g::text) FROM generate_series(1, 3000) g;
+        INSERT INTO split SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+        ANALYZE whole; ANALYZE split;
+    """)
+    if not replica_db.execute("SELECT 1 FROM pg_available_extensions"
+                              " WHERE name = 'pageinspect'"):
+        pytest.skip("pageinspect (contrib) is not installed")
+    replica_db.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+    sc = sidecars(source=source_db.dsn, target=replica_db.dsn, snapshot_workers=2,
+                  snapshot_chunk_pages=64)
+    sc.wait_streaming(60)
+    sc.wait_same(source_db, replica_db, ["public.whole", "public.split"])
+    assert _frozen(replica_db, "whole") == (3000, 3000)
+    assert _frozen(replica_db, "split") == (0, 20000)
+    source_db.execute("UPDATE whole SET v = 'changed' WHERE id <= 10")
+    sc.wait_same(source_db, replica_db, ["public.whole"])
+    assert replica_db.execute("SELECT count(*) FROM whole WHERE v = 'changed'") == [(10,)]
