@@ -10,7 +10,7 @@ throw-away PostgreSQL 15 cluster, each timed from the client (round trip include
 - ``any``: ``DELETE ... WHERE id = ANY($1)``, one binary int8[] parameter - the current
   form; planned with the array's values (the unnamed statement's custom plan);
 - ``any generic``: the same prepared, with ``plan_cache_mode = force_generic_plan`` - the
-  plan the server may switch to once psycopg prepares the statement (its fifth run) and
+  plan the server may switch to once psycopg prepares the statement (after five runs) and
   five custom plans cost no less than the generic one;
 - ``unnest``: ``DELETE ... t USING unnest($1) AS s (id) WHERE t.id = s.id``;
 - ``copy + using``: COPY BINARY of the keys into a temporary table (no statistics, as the
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  EXPLAIN ANALYZE, {form}:\n" + "\n".join(  # arrays: cut short
                         f"    {ln[:150]}{'...' if len(ln) > 150 else ''}" for ln in shown),
                         flush=True)
-            # which plan the sidecar's statement gets: psycopg prepares it on its fifth run
+            # which plan the sidecar's statement gets: psycopg prepares it after five runs
             # (prepare_threshold), the server then tries five custom plans before it may
             # keep the generic one
             # (12 batches in one transaction: psycopg forgets its prepared statements at a
