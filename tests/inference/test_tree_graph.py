@@ -296,3 +296,24 @@ def test_parity_rows_sit_on_every_threshold_and_between_them(diabetes):
     seen = set(X[:, j].tolist())
     assert {float(cut), float(np.nextafter(cut, np.float32(np.inf))),
             float(np.nextafter(cut, np.float32(-np.inf)))} <= seen
+
+
+def test_pgml_train_builds_the_tensor_graph_only_where_a_cuda_device_can_run_it(diabetes,
+                                                                               monkeypatch):
+    """tree_graph.built_at_training: on a CUDA host for_training builds and checks the graph
+    as before; without one it returns None (export_onnx builds it on demand)."""
+    from inference import runtime
+
+    s = diabetes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = train("regression", "xgboost", s.X_train, s.y_train, s.X_test, s.y_test,
+                  feature_names=s.feature_names, random_state=0, compile_trees=True,
+                  hyperparams={"n_estimators": 5})
+    r.compiled.cancel()
+    monkeypatch.setattr(runtime, "cuda_device_present", lambda: False)
+    assert tree_graph.for_training(r, "regression", s.feature_names, s.X_test, 0) is None
+    monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
+    data = tree_graph.for_training(r, "regression", s.feature_names, s.X_test, 0)
+    meta = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    assert '"ok": true' in meta["pgml.parity"] and meta["pgml.graph"] == "tensor"
