@@ -14,7 +14,7 @@ import logging
 import time
 
 log = logging.getLogger("pgml_replica.steps")
-LOADED = time.monotonic()  # first imported by the CLI, right after psycopg
+LOADED = time.monotonic()  # first imported by the CLI, right after psycopg and pydantic
 
 
 def mark(step: str, at: float | None = None) -> None:

@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings.require("source", "target")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    steps.mark("psycopg_imported", steps.LOADED)
+    steps.mark("psycopg_pydantic_imported", steps.LOADED)
     steps.mark("settings")
     # the pgml check waits on the target (a connection, one query) while this thread
     # imports the runner; it still ends before replication starts (issue 14)
