@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+from pydantic import ValidationError
 
 from replica.clone import steps
 from replica.config import ENV_PREFIX, WRITEBACK_FIELDS, Settings
@@ -325,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
                          os.environ.get(ENV_PREFIX + "TARGET"))
     try:
         return args.func(args)
-    except ReplicaError as exc:  # a bad setting too: ConfigError, "invalid settings: ..."
+    except ValidationError as exc:
+        print(f"pgml-replica {args.command}: invalid settings:\n{scrub(str(exc), secrets)}",
+              file=sys.stderr)
+        return 2
+    except ReplicaError as exc:
         print(f"pgml-replica {args.command}: {scrub(str(exc), secrets)}", file=sys.stderr)
         return exc.exit_code
     except psycopg.Error as exc:  # a connection refused, a privilege missing, ...
