@@ -1,17 +1,9 @@
 """Settings of one sidecar: every command-line flag is also an environment variable.
 
-Why one pydantic model: Kubernetes passes configuration as environment variables
+Why pydantic-settings: Kubernetes passes configuration as environment variables
 (``PGML_REPLICA_SOURCE``, ``PGML_REPLICA_TARGET``, ...), people pass flags; one declared
 model gives both, typed and validated, and the CLI only adds the flags that were given on top.
 DSNs are excluded from ``repr`` so a settings object can be logged.
-
-Why not pydantic-settings (which this module used until issue 14): importing it cost about
-a third of this module's import (its dotenv/JSON/TOML/CLI sources), and a fresh replica is
-measured from process start. ``Settings`` reads the environment the way its ``BaseSettings``
-did with this configuration: ``PGML_REPLICA_<FIELD>`` in any letter case, a field's
-validation aliases before that name where it has them, arguments over the environment,
-defaults validated (tests/replica/test_config.py; 225 combinations of environment and
-arguments gave the same values and error texts under both).
 """
 
 from __future__ import annotations
@@ -19,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from replica.errors import ConfigError
 
@@ -30,37 +23,9 @@ WRITEBACK_FIELDS = ("project", "writeback_schema", "replica_host", "replica_port
                     "materialize")
 
 
-def environment(fields: dict) -> dict[str, str]:
-    """The environment's values for these model fields, by field name: the field's
-    validation aliases (unprefixed), then ``ENV_PREFIX`` + the name, the first found winning,
-    matched without regard to letter case."""
-    env = {k.lower(): v for k, v in os.environ.items()}
-    found = {}
-    for name, info in fields.items():
-        alias = info.validation_alias
-        names = [*(alias.choices if isinstance(alias, AliasChoices) else
-                   [alias] if isinstance(alias, str) else []), ENV_PREFIX + name]
-        for env_name in names:
-            if isinstance(env_name, str) and env_name.lower() in env:
-                found[name] = env[env_name.lower()]
-                break
-    return found
-
-
-class Settings(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", validate_default=True)
-
-    def __init__(self, **given: object) -> None:
-        """Arguments (flags) over the environment over the defaults."""
-        fields = type(self).model_fields
-        taken = set(given)
-        for name, info in fields.items():  # given by an alias: the environment is not asked
-            alias = info.validation_alias
-            if isinstance(alias, AliasChoices) and taken.intersection(
-                    a for a in alias.choices if isinstance(a, str)):
-                taken.add(name)
-        super().__init__(**{k: v for k, v in environment(fields).items() if k not in taken},
-                         **given)
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, populate_by_name=True,
+                                      extra="ignore")
 
     source: str | None = Field(None, repr=False, description="source Postgres DSN")
     target: str | None = Field(None, repr=False, description="ML replica Postgres DSN")
