@@ -205,11 +205,14 @@ class TargetWriter:
                 self._queue.task_done()
 
     def _commit_step(self, end_lsn: int, commit_time: datetime | None,
-                     done: threading.Event) -> None:
-        """The handed COMMIT, in the writer's thread; skipped after an error (the batch is
-        then rolled back by the stream). ``done`` is set either way, last."""
+                     done: threading.Event, versions=None) -> None:
+        """The handed COMMIT (its last versions first), in the writer's thread; skipped after
+        an error (the batch is then rolled back by the stream). ``done`` is set either way,
+        last."""
         try:
             if self._error is None:
+                if versions is not None:
+                    versions(self.conn)
                 self._commit_sql(end_lsn, commit_time)
                 self._committed = True
                 self._after_commit()
@@ -419,11 +422,12 @@ class TargetWriter:
             raise RuntimeError("a COMMIT handed over while the last one is in flight")
         if self._error is not None:
             self.sync()  # raises it: nothing is committed after a failed write
-        if self.history is not None:  # a plain Recorder (a streamed writer's commits wait)
-            self.submit(None, self.history.take())
+        # a plain Recorder's versions (a streamed writer's commits wait), in the COMMIT's
+        # own queue item: one item less in a short queue the stream would block on
+        versions = self.history.take() if self.history is not None else None
         self._committed, self._committing = False, threading.Event()
         self._start()
-        self._queue.put((_COMMIT, (end_lsn, commit_time, self._committing)))
+        self._queue.put((_COMMIT, (end_lsn, commit_time, self._committing, versions)))
 
     @property
     def committing(self) -> bool:

@@ -293,6 +293,8 @@ class Stream(StreamedSteps):
     def _commit(self, msg: Commit) -> None:
         flow = self.flow
         self.last_commit_lsn = msg.end_lsn
+        if flow.committing_txns:  # the last batch's COMMIT may have ended: take it
+            self._reap(wait=False)
         if self.skip_txn:
             self.skip_txn = False
             flow.skipped()
@@ -313,7 +315,7 @@ class Stream(StreamedSteps):
         progress row and COMMIT, in that queue's order - and decode on into fresh runs. The
         previous batch's outcome is taken first: one COMMIT in flight at a time."""
         flow = self.flow
-        self._write_all(background=True)
+        self._write_all(background=True, versions=False)  # the COMMIT takes them
         self._reap(wait=True)
         self.writer.commit_async(flow.pending_end_lsn, flow.pending_commit_time)
         flow.handed()
@@ -356,7 +358,7 @@ class Stream(StreamedSteps):
         self.dirty.clear()
         self.unwritten = 0
 
-    def _write_all(self, background: bool = False) -> None:
+    def _write_all(self, background: bool = False, versions: bool = True) -> None:
         """Write the absorbed runs: in the writer's thread while decoding goes on (a full
         segment, or the batch's last runs before its COMMIT), or here. Streamed
         transactions' writes still in flight finish first: they come earlier in the
@@ -369,7 +371,7 @@ class Stream(StreamedSteps):
                 self.writer.submit(tw, b)
             else:
                 self.writer.flush(tw)
-        if background and self.history is not None:  # versions so far, in the same thread
+        if background and versions and self.history is not None:  # in the same thread
             self.writer.submit(None, self.history.take())
         self.dirty.clear()
         self.unwritten = 0
