@@ -330,7 +330,9 @@ class Stream(StreamedSteps):
         ok = self.writer.commit_result(wait)
         if ok is None:
             return
-        self._applied(*self.flow.commit_done(bool(ok)))
+        done = self.flow.commit_done(ok)
+        if ok:  # (False: the writer holds none - never counted as applied)
+            self._applied(*done)
 
     def _applied(self, txns: int, rows: int, commit_time) -> None:
         flow = self.flow
