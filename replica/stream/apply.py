@@ -61,40 +61,24 @@ def analyze_if_stale(conn: psycopg.Connection, tw: MirroredTable, rows: int) -> 
     (``n_live_tup``) against ``reltuples``, checked at most once a second per table: a
     table emptied and filled again (a queue) gave every 15-row update a scan of it, 75 ms
     at 75k rows and growing, and the lag benchmark fell 0.3-0.8 s behind native. Fresh
-    statistics give the index probe per row; ANALYZE samples a bounded number of rows.
-
-    The server's live count lags: a backend reports it at most once a second, so a table
-    refilled at 5,000 rows/s ran the bad plan for its first 1-2 s (lag p99 29 ms against
-    native's 3). The rows this writer itself added since its last look
-    (``tw.rows_since_stats``, counted by ``TargetWriter._flush``) are known at once: past
-    twice the last ``reltuples`` they bring the look forward, and they stand in for the
-    live count while the server's is behind."""
+    statistics give the index probe per row; ANALYZE samples a bounded number of rows."""
     small = rows < STATS_CHECK_ROWS
-    known = tw.stats_live + tw.rows_since_stats  # at least this many rows, by our own count
     if small:
         now = time.monotonic()
-        if now < tw.stats_checked_at + STATS_RECHECK_S \
-                and known <= 2 * tw.stats_reltuples + STATS_MARGIN:
+        if now < tw.stats_checked_at + STATS_RECHECK_S:
             return False
         tw.stats_checked_at = now
     row = conn.execute(_STATS_SQL, (tw.schema, tw.name)).fetchone()
-    if row is None:
+    if row is None or row[0] < 0:  # -1: never analyzed, the planner sizes it by its pages
         return False
     reltuples, live = row
-    live = max(live, known)
-    tw.stats_live, tw.rows_since_stats = live, 0
-    if reltuples < 0:  # -1: never analyzed, the planner sizes it by its pages
-        tw.stats_reltuples = float("inf")  # nothing to bring forward: once a second
-        return False
-    tw.stats_reltuples = reltuples
     # the margins: ANALYZE's estimate of a table about the run's size may fall a little
     # short, and that must not analyze every run
     if (live <= 2 * reltuples + STATS_MARGIN) if small else (2 * reltuples >= rows):
         return False
     log.info("%s: statistics say %.0f rows, %s: analyzing it first", tw.qualname, reltuples,
-             f"at least {live} are live" if small else f"a run matches {rows} keys")
+             f"the server counts {live} live" if small else f"a run matches {rows} keys")
     conn.execute(sql.SQL("ANALYZE {}").format(tw.ident))
-    tw.stats_reltuples = max(live, rows if not small else 0)
     return True
 # The target's element and array type per column; arrays of arrays (typarray 0) cannot.
 _ARRAY_TYPES_SQL = (
@@ -258,10 +242,6 @@ class TargetWriter:
             raise ApplyError(f"the target rejected changes to {tw.qualname}: "
                              f"{exc.diag.message_primary or exc}") from exc
         self._count(tw, b.ops)
-        # net rows added, for analyze_if_stale (a TRUNCATE leaves only the run's own rows)
-        if b.truncated:
-            tw.stats_live, tw.rows_since_stats = 0, 0
-        tw.rows_since_stats += b.ops[0] - b.ops[2]
         b.ops = [0, 0, 0, 0]
         b.clear()
         took = time.perf_counter() - t0

@@ -32,10 +32,7 @@ class MirroredTable:
         # (element oid, array oid) per column on the target, 0s where a column's values
         # cannot travel as a binary array; None until apply.py looks them up
         self.array_types: tuple[tuple[int, int], ...] | None = None
-        # apply.analyze_if_stale: its last small-run look, what it saw (reltuples, live rows),
-        # and the net rows the writer added since
-        self.stats_checked_at = float("-inf")
-        self.stats_reltuples, self.stats_live, self.rows_since_stats = float("inf"), 0, 0
+        self.stats_checked_at = float("-inf")  # apply.analyze_if_stale's last small-run check
 
     @property
     def qualname(self) -> str:

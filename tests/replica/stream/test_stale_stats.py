@@ -7,15 +7,12 @@ writer analyzes such a table before the statement; the plan then probes the key.
 
 from __future__ import annotations
 
-import struct
-import time
 from datetime import UTC, datetime
 
 import psycopg
 from psycopg import sql
 
-from decoder import Insert, TupleData
-from replica.stream.apply import TargetWriter, analyze_if_stale, apply_change
+from replica.stream.apply import analyze_if_stale
 from replica.stream.batch import Layout
 from replica.stream.tables import MirroredTable
 
@@ -91,43 +88,3 @@ def test_a_table_emptied_and_filled_again_is_analyzed_before_small_runs(replica_
         assert not analyze_if_stale(c, tw, 15)  # fresh now
         c.execute("ANALYZE public.queue")
         assert not analyze_if_stale(c, tw, 15)  # checked within the second: no query at all
-
-
-def test_rows_the_writer_added_bring_the_look_forward_without_the_servers_count(replica_db):
-    """The server's live count reaches pg_stat up to a second late, and a small run looks at
-    most once a second: a refilled table ran the bad plan for 1-2 s. The rows the writer
-    itself wrote since its last look are counted at once and trigger the look (and the
-    ANALYZE) before the second is up."""
-    tw = MirroredTable(16602, "public", "refill",
-                       Layout("public.refill", ("id", "v"), ("int8", "text"), (0,)), 0)
-    with psycopg.connect(replica_db.dsn, autocommit=True) as c:
-        c.execute("CREATE TABLE public.refill (id int8 PRIMARY KEY, v text)"
-                  " WITH (autovacuum_enabled = off)")
-        c.execute("INSERT INTO public.refill SELECT g, 'x' FROM generate_series(1, 100000) g")
-        c.execute("DELETE FROM public.refill WHERE id <= 99990")
-        c.execute("VACUUM (ANALYZE) public.refill")  # reltuples 10, the pages kept
-        assert not analyze_if_stale(c, tw, 15)  # the first look: 10 rows, right
-        assert tw.stats_reltuples == 10
-
-        writer = TargetWriter(psycopg.connect(replica_db.dsn), "stale_stats_test")
-        try:
-            for i in range(200_001, 230_001):
-                apply_change(Insert(0, tw.relation_id, TupleData(
-                    "bb", (struct.pack(">q", i), b"y"))), tw, tw.batch, writer)
-            writer.flush(tw)
-            writer.conn.commit()
-        finally:
-            writer.close()
-        assert tw.rows_since_stats == 30_000  # counted by the writer as it wrote them
-
-        tw.stats_checked_at = time.monotonic()  # just looked: only the count can bring it on
-        assert analyze_if_stale(c, tw, 15)
-        assert _reltuples_of(c, "public.refill") >= 29_000
-        assert tw.rows_since_stats == 0
-        tw.stats_checked_at = time.monotonic()
-        assert not analyze_if_stale(c, tw, 15)  # fresh, and nothing added since
-
-
-def _reltuples_of(conn: psycopg.Connection, name: str) -> float:
-    return conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
-                        (name,)).fetchone()[0]
