@@ -151,6 +151,18 @@ def test_checked_records_parity_and_refuses_non_tree_models(diabetes):
         tree_graph.tensor_graph(linear.estimator, n_features=len(s.feature_names), **kwargs)
 
 
+def _xgboost_with_its_ensemble(s, task: str, n_estimators: int):
+    """An XGBoost model fitted as pgml.train fits it, its Ensemble built and the compile
+    it started cancelled (these tests need the Ensemble, not the library)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = train(task, "xgboost", s.X_train, s.y_train, s.X_test, s.y_test,
+                  feature_names=s.feature_names, random_state=0, compile_trees=True,
+                  hyperparams={"n_estimators": n_estimators})
+    r.compiled.cancel()
+    return r
+
+
 def test_the_ensemble_pgml_train_built_once_gives_the_same_graph_and_record(iris):
     """pgml.train builds the model's Ensemble once (compiled_trees.start) and computes the
     native answers on the parity sample once; the graph and its record are those the tensor
@@ -158,12 +170,7 @@ def test_the_ensemble_pgml_train_built_once_gives_the_same_graph_and_record(iris
     from inference.compiled_trees import native_on
 
     s = iris
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = train("classification", "xgboost", s.X_train, s.y_train, s.X_test, s.y_test,
-                  feature_names=s.feature_names, random_state=0, compile_trees=True,
-                  hyperparams={"n_estimators": 10})
-    r.compiled.cancel()
+    r = _xgboost_with_its_ensemble(s, "classification", 10)
     kwargs = {"task": "classification", "classes": r.classes, "has_proba": True,
               "error_columns": [], "feature_names": s.feature_names}
     alone = tree_graph.checked(r.estimator, s.X_test, **kwargs)
@@ -305,12 +312,7 @@ def test_pgml_train_builds_the_tensor_graph_only_where_a_cuda_device_can_run_it(
     from inference import runtime
 
     s = diabetes
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = train("regression", "xgboost", s.X_train, s.y_train, s.X_test, s.y_test,
-                  feature_names=s.feature_names, random_state=0, compile_trees=True,
-                  hyperparams={"n_estimators": 5})
-    r.compiled.cancel()
+    r = _xgboost_with_its_ensemble(s, "regression", 5)
     monkeypatch.setattr(runtime, "cuda_device_present", lambda: False)
     assert tree_graph.for_training(r, "regression", s.feature_names, s.X_test, 0) is None
     monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
