@@ -32,7 +32,7 @@ class MirroredTable:
         # (element oid, array oid) per column on the target, 0s where a column's values
         # cannot travel as a binary array; None until apply.py looks them up
         self.array_types: tuple[tuple[int, int], ...] | None = None
-        self.stats_checked_at = float("-inf")  # apply.analyze_if_stale's last small-run check
+        self.stats_checked_at = float("-inf")  # statistics.analyze_if_stale's last small-run check
 
     @property
     def qualname(self) -> str:

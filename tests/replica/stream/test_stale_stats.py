@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
-from replica.stream.apply import analyze_if_stale
 from replica.stream.batch import Layout
+from replica.stream.statistics import analyze_if_stale
 from replica.stream.tables import MirroredTable
 
 ROWS, RUN = 100_000, 40_000
