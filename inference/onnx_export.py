@@ -252,12 +252,6 @@ def _preprocessor_shape(operator) -> None:
 def _convert_preprocessor(scope, operator, container) -> None:
     from onnx import TensorProto
 
-    from inference.preprocess import arrays
-
-    fill, offset, factor, _ = arrays(operator.raw_operator.spec)
-    x = operator.inputs[0].full_name
-    out = operator.outputs[0].full_name
-
     def const(name: str, values: np.ndarray) -> str:
         unique = scope.get_unique_variable_name(name)
         container.add_initializer(
@@ -270,13 +264,27 @@ def _convert_preprocessor(scope, operator, container) -> None:
         container.add_node(op, inputs, [output], name=scope.get_unique_operator_name(op))
         return output
 
+    preprocessing_nodes(operator.raw_operator.spec, operator.inputs[0].full_name,
+                        operator.outputs[0].full_name, const, node)
+
+
+def preprocessing_nodes(spec: dict, x: str, out: str | None, const, node) -> str:
+    """The Preprocessor as graph nodes - NaN filled per column, then ``(x - offset) * factor``
+    unless that is the identity - added through the caller's graph API (``const(name,
+    values)`` and ``node(op, inputs, name, output)`` each return the name they made); the
+    last node writes ``out`` (or a name of its own when None). Returns that name. One chain for
+    the skl2onnx converter above and for ensemble_export's hand-written graph."""
+    from inference.preprocess import arrays
+
+    fill, offset, factor, _ = arrays(spec)
     isnan = node("IsNaN", [x], "pgml_isnan")
     scaled = not (np.all(offset == 0) and np.all(factor == 1))
     filled = node("Where", [isnan, const("pgml_fill", fill), x], "pgml_filled",
                   None if scaled else out)
-    if scaled:
-        shifted = node("Sub", [filled, const("pgml_offset", offset)], "pgml_shifted")
-        node("Mul", [shifted, const("pgml_factor", factor)], "pgml_scaled", out)
+    if not scaled:
+        return filled
+    shifted = node("Sub", [filled, const("pgml_offset", offset)], "pgml_shifted")
+    return node("Mul", [shifted, const("pgml_factor", factor)], "pgml_scaled", out)
 
 
 def ensemble_export(ens, *, spec: dict | None, task: str, n_features: int,
@@ -323,24 +331,16 @@ def ensemble_export(ens, *, spec: dict | None, task: str, n_features: int,
     a = {name: np.concatenate(p) for name, p in parts.items()}
     nodes, inits, x = [], [], INPUT_NAME
     if spec is not None:
-        from inference.preprocess import arrays
-
-        fill, offset, factor, _ = arrays(spec)
-
         def const(name: str, values) -> str:
             inits.append(helper.make_tensor(name, TensorProto.FLOAT, [n_features],
                                             np.asarray(values, dtype=np.float32).tolist()))
             return name
 
-        nodes.append(helper.make_node("IsNaN", [x], ["pgml_isnan"]))
-        nodes.append(helper.make_node("Where", ["pgml_isnan", const("pgml_fill", fill), x],
-                                      ["pgml_filled"]))
-        x = "pgml_filled"
-        if not (np.all(offset == 0) and np.all(factor == 1)):
-            nodes.append(helper.make_node("Sub", [x, const("pgml_offset", offset)], ["pgml_shifted"]))
-            nodes.append(helper.make_node("Mul", ["pgml_shifted", const("pgml_factor", factor)],
-                                          ["pgml_scaled"]))
-            x = "pgml_scaled"
+        def node(op: str, inputs: list[str], name: str, output: str | None = None) -> str:
+            nodes.append(helper.make_node(op, inputs, [output or name]))
+            return output or name
+
+        x = preprocessing_nodes(spec, x, None, const, node)
     modes = np.where(a["mode"], b"LEAF", b"BRANCH_LEQ").tolist()
     nodes.append(helper.make_node(
         "TreeEnsembleRegressor", [x], ["variable"], domain="ai.onnx.ml", name="pgml_trees",
