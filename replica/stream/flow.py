@@ -84,11 +84,6 @@ class FlowControl:
         """A transaction at or below the progress LSN ended (replayed, not applied)."""
         self.in_txn = False
 
-    def committed(self) -> None:
-        """The target committed the open transaction (handed over and done at once)."""
-        self.handed()
-        self.commit_done(True)
-
     @property
     def committing(self) -> bool:
         """A batch's COMMIT is in the writer's thread, its outcome not yet taken."""

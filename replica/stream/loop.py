@@ -293,7 +293,7 @@ class Stream(StreamedSteps):
     def _commit(self, msg: Commit) -> None:
         flow = self.flow
         self.last_commit_lsn = msg.end_lsn
-        if flow.committing_txns:  # the last batch's COMMIT may have ended: take it
+        if flow.committing:  # the last batch's COMMIT may have ended: take it
             self._reap(wait=False)
         if self.skip_txn:
             self.skip_txn = False
@@ -346,14 +346,10 @@ class Stream(StreamedSteps):
 
     def _rollback(self) -> None:
         self.writer.rollback()  # a COMMIT in flight ends first: take what became of it
-        if self.flow.committing:
-            try:
-                ok = self.writer.commit_result(wait=True)
-            except Exception:  # noqa: BLE001 - it failed: the batch is resent after the restart
-                ok = False
-            done = self.flow.commit_done(bool(ok))
-            if ok:
-                self._applied(*done)
+        try:
+            self._reap(wait=True)
+        except Exception:  # noqa: BLE001, S110 - it failed: rolled_back counts it as such,
+            pass  # and the batch is resent after the restart
         self.flow.rolled_back()
         for tw in self.dirty.values():
             tw.batch.clear()

@@ -17,7 +17,8 @@ def test_flush_is_the_last_target_commit_never_a_received_position():
     assert f.flush_lsn() == 100  # complete, but not yet committed on the target
     written, flushed, applied = f.feedback(1.0)
     assert (written, flushed, applied) == (500, 100, 100)
-    f.committed()
+    f.handed()
+    f.commit_done(True)
     assert f.flush_lsn() == 200 and f.applied_lsn == 200
 
 
@@ -30,7 +31,8 @@ def test_idle_slot_confirms_the_keepalive_position_only_with_nothing_in_flight()
     f.commit(end_lsn=950, commit_time=T, rows=1)
     f.keepalive(wal_end=1000, reply_requested=False)
     assert f.flush_lsn() == 100  # the transaction is not on the target yet
-    f.committed()
+    f.handed()
+    f.commit_done(True)
     assert f.flush_lsn() == 1000
 
 
@@ -53,7 +55,8 @@ def test_replies_when_asked_every_interval_and_soon_after_progress():
     f.feedback(11.0)
     f.begin(11.0)
     f.commit(50, T, 1)
-    f.committed()
+    f.handed()
+    f.commit_done(True)
     assert not f.feedback_due(11.1) and f.feedback_due(11.3)  # flush moved; min gap passed
 
 
@@ -68,7 +71,8 @@ def test_batches_commit_at_boundaries_when_full_old_or_idle():
     assert not f.batch_due(5.0, idle=True)  # never inside a source transaction
     f.commit(20, T, rows=6)
     assert f.batch_due(0.2)  # 10 rows
-    f.committed()
+    f.handed()
+    f.commit_done(True)
     f.begin(1.0)
     f.commit(30, T, rows=1)
     assert not f.batch_due(1.2) and f.batch_due(1.6)  # 0.5 s old
