@@ -27,7 +27,6 @@ pgml.point_in_time against the same join written as a Postgres LATERAL query, in
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from pathlib import Path
 import psycopg
 
 from benchmarks import history_scale
+from benchmarks.cpu_account import stat_cpu_seconds
 from benchmarks.replication import profile_summary, wait
 from devtools.localcluster import REPLICA_SETTINGS, SOURCE_SETTINGS, running_cluster
 
@@ -65,9 +65,8 @@ def marker_seen(tgt, db: str, n: int) -> bool:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a process (all its threads) from /proc (a process gone raises)."""
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
 
 
 def peers_cpu(src, tgt, db: str, watcher: psycopg.Connection) -> tuple[float, float]:
