@@ -42,7 +42,7 @@ from replica.source.publication import (
     drop_publication,
     ensure_publication,
     publication_exists,
-    publication_tables,
+    publication_tables_unless_locked,
 )
 from replica.source.replconn import ReplicationConnection
 from replica.source.slots import drop_slot, slot_info
@@ -244,7 +244,9 @@ class Runner:
             metrics.set_wal_status(slot.wal_status)
             if slot.retained_wal_bytes is not None:
                 metrics.SLOT_RETAINED_WAL_BYTES.set(float(slot.retained_wal_bytes))
-        tables = publication_tables(src, s.publication)
+        tables = publication_tables_unless_locked(src, s.publication)
+        if tables is None:  # a table's lock is held: new tables wait for the next poll
+            return set()  # (the caller only adds tables it has not seen)
         self.state.tables = [f"{a}.{b}" for a, b in tables]
         return set(tables)
 

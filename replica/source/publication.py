@@ -30,6 +30,21 @@ def publication_tables(conn: psycopg.Connection, publication: str
     return {(s, t): (list(cols) if cols is not None else None, rf) for s, t, cols, rf in rows}
 
 
+def publication_tables_unless_locked(conn: psycopg.Connection, publication: str,
+                                    lock_timeout_ms: int = 200):
+    """``publication_tables``, or None when a published table's lock is held longer than
+    ``lock_timeout_ms``. Why: from PostgreSQL 16 ``pg_publication_tables`` waits for a lock on
+    every published table, so an ACCESS EXCLUSIVE held by an open TRUNCATE or ALTER stalls
+    the stream's poll past its statement bound, and the sidecar reconnected for nothing (15
+    does not wait). The poll asks again a few seconds later."""
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+            return publication_tables(conn, publication)
+    except psycopg.errors.LockNotAvailable:
+        return None
+
+
 def publication_members(conn: psycopg.Connection, publication: str) -> set[TableKey] | None:
     """The tables the publication holds as they were added - a partitioned table itself,
     where ``pg_publication_tables`` lists its leaves (without publish_via_partition_root) -
