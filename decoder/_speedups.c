@@ -1406,6 +1406,118 @@ static PyTypeObject HistoryStepType = {
     .tp_methods = step_methods,
 };
 
+/* ---- the copy relay (replica/clone/relay.py): CopyData messages gathered in one call ------
+ *
+ * Why: a COPY ... TO STDOUT sends one CopyData message per row, and the relay's pure loop
+ * makes one Python call (pgconn.get_copy_data) per row: ~0.4 us a row, CPU that the source's
+ * and the target's backends want on the same cores. copy_gather takes every message libpq
+ * already has in its buffer (PQgetCopyData with async=1 never reads the socket) and returns
+ * them as one bytes object, so the Python loop runs once per buffer-full, not once per row.
+ * Waiting, consuming input, the locks and the writes stay in Python (relay.gather is the
+ * pure reference this does exactly what of).
+ *
+ * libpq is not linked: the functions must be the ones of the libpq psycopg loaded (its
+ * bundled copy in psycopg_binary, a ctypes-loaded one, or the system's), so the caller
+ * hands their addresses to setup_relay (decoder/accel.py relay_gather). */
+#include <stdint.h>
+
+typedef int (*relay_getcopydata_fn)(void *conn, char **buffer, int async);
+typedef void (*relay_freemem_fn)(void *ptr);
+static relay_getcopydata_fn relay_getcopydata = NULL;
+static relay_freemem_fn relay_freemem = NULL;
+
+/* the bytes object a call starts with, grown (GIL held) only for more than this */
+#define RELAY_FIRST_ALLOC (64 * 1024)
+
+static PyObject *
+setup_relay(PyObject *self, PyObject *args)
+{
+    unsigned long long get, release;
+    if (!PyArg_ParseTuple(args, "KK:setup_relay", &get, &release))
+        return NULL;
+    if (get == 0 || release == 0) {
+        PyErr_SetString(PyExc_ValueError, "setup_relay: PQgetCopyData and PQfreemem addresses");
+        return NULL;
+    }
+    relay_getcopydata = (relay_getcopydata_fn)(uintptr_t)get;
+    relay_freemem = (relay_freemem_fn)(uintptr_t)release;
+    Py_RETURN_NONE;
+}
+
+/* copy_gather(pgconn_ptr, limit) -> (data, messages, rc): the CopyData messages libpq has
+ * buffered, concatenated, until ``limit`` bytes are gathered (a message is never split: the
+ * last one may go past it) or PQgetCopyData returns rc <= 0 (0: would block, -1: the COPY
+ * ended, -2: failed). rc > 0: stopped at the limit, more may be buffered. */
+static PyObject *
+copy_gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "copy_gather(pgconn_ptr, limit)");
+        return NULL;
+    }
+    if (relay_getcopydata == NULL || relay_freemem == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "copy_gather: setup_relay was not called");
+        return NULL;
+    }
+    void *conn = PyLong_AsVoidPtr(args[0]);
+    if (conn == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "copy_gather: no connection (closed?)");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    if (limit < 1)
+        limit = 1;
+    Py_ssize_t cap = limit < RELAY_FIRST_ALLOC ? limit : RELAY_FIRST_ALLOC;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, cap);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t size = 0, count = 0;
+    int rc;
+    for (;;) {
+        char *dst = PyBytes_AS_STRING(out);  /* nobody else sees ``out`` yet */
+        char *msg = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        for (;;) {
+            msg = NULL;
+            rc = relay_getcopydata(conn, &msg, 1);
+            if (rc <= 0 || (Py_ssize_t)rc > cap - size)
+                break;  /* nothing (more) now, or a message that needs more room */
+            memcpy(dst + size, msg, (size_t)rc);
+            relay_freemem(msg);
+            msg = NULL;
+            size += rc;
+            count++;
+            if (size >= limit)
+                break;
+        }
+        Py_END_ALLOW_THREADS
+        if (rc <= 0 || msg == NULL)
+            break;  /* rc <= 0 leaves no message behind (libpq frees nothing to us) */
+        /* a message past the room: grow (doubling up to the limit, at least to fit it) */
+        Py_ssize_t want = cap * 2 < limit ? cap * 2 : limit;
+        if (want < size + rc)
+            want = size + rc;
+        if (_PyBytes_Resize(&out, want) < 0) {
+            relay_freemem(msg);  /* out is freed and NULL */
+            return NULL;
+        }
+        cap = want;
+        memcpy(PyBytes_AS_STRING(out) + size, msg, (size_t)rc);
+        relay_freemem(msg);
+        size += rc;
+        count++;
+        if (size >= limit)
+            break;
+    }
+    if (size != cap && _PyBytes_Resize(&out, size) < 0)
+        return NULL;
+    return Py_BuildValue("(Nni)", out, count, rc);
+}
+/* ---- end of the copy relay ---------------------------------------------------------------- */
+
 static PyMethodDef methods[] = {
     {"column_arrays", (PyCFunction)(void (*)(void))column_arrays, METH_FASTCALL,
      "column_arrays(images, positions, elem_oids) -> list of binary arrays, one per position"},
@@ -1429,6 +1541,10 @@ static PyMethodDef methods[] = {
      "binary_array(elem_oid, values) -> bytes: a 1-D array in binary wire format"},
     {"setup_history", setup_history, METH_VARARGS,
      "setup_history(_Table, (tw, images, keyed, key_pos, columns)): for HistoryStep"},
+    {"setup_relay", setup_relay, METH_VARARGS,
+     "setup_relay(PQgetCopyData address, PQfreemem address): the libpq copy_gather calls"},
+    {"copy_gather", (PyCFunction)(void (*)(void))copy_gather, METH_FASTCALL,
+     "copy_gather(pgconn_ptr, limit) -> (bytes, messages, rc): the CopyData libpq buffered"},
     {NULL, NULL, 0, NULL},
 };
 

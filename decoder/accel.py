@@ -98,5 +98,28 @@ def describe() -> str:
     return "python (decoder._speedups not built)"
 
 
+# -- the copy relay's entry (replica/clone/relay.py) ---------------------------------------
+_relay_lib: list[int] = []  # the libpq handle copy_gather was set up with
+
+
+def relay_gather(libpq: Any) -> Callable[[int, int], tuple[bytes, int, int]] | None:
+    """The compiled ``copy_gather(pgconn_ptr, limit)`` (every CopyData message libpq has
+    buffered, in one call) set up with ``libpq``'s functions, while the compiled path is
+    selected; None means the relay's pure loop (replica/clone/relay.py ``gather``, the
+    reference). ``libpq`` is a ``ctypes.CDLL`` of the very libpq the connection runs on,
+    found by the caller (decoder/ knows no driver), or None when it could not be found."""
+    mod = fast
+    if mod is None or libpq is None or not hasattr(mod, "copy_gather"):
+        return None  # (an older build without the relay: pure, the rest still compiled)
+    import ctypes
+
+    handle = int(getattr(libpq, "_handle", 0) or 0)
+    if _relay_lib != [handle]:
+        mod.setup_relay(ctypes.cast(libpq.PQgetCopyData, ctypes.c_void_p).value,
+                        ctypes.cast(libpq.PQfreemem, ctypes.c_void_p).value)
+        _relay_lib[:] = [handle]
+    return mod.copy_gather  # type: ignore[no-any-return]
+
+
 if os.environ.get("PGML_REPLICA_PURE", "") in ("", "0") and available():
     select("c")
