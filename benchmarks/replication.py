@@ -160,8 +160,8 @@ def snapshot_native(src, tgt, rows: int) -> float:
 STEP = re.compile(rb"step (\w+) at monotonic ([0-9.]+)")
 
 
-def fresh_ours(src, tgt, rows: int, n: int, workers: int | None = None
-               ) -> tuple[float, dict[str, float]]:
+def fresh_ours(src, tgt, rows: int, n: int, workers: int | None = None,
+               env: dict[str, str] | None = None) -> tuple[float, dict[str, float]]:
     """A fresh replica from process start: `pgml-replica run` against an empty target
     database (pgml installed there beforehand, as on a deployed ML replica) until every row
     is there. rows/s over the whole wall time, start-up included; and the seconds from exec
@@ -185,7 +185,8 @@ def fresh_ours(src, tgt, rows: int, n: int, workers: int | None = None
     log = open(log_path, "wb")  # noqa: SIM115
     with tgt.connect(db) as c:
         t0 = time.monotonic()  # the clock the sidecar's step lines use
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
 
         def done():
             # the table's mark commits after every row of it (the copy's own commits, then
@@ -213,6 +214,11 @@ def fresh_ours(src, tgt, rows: int, n: int, workers: int | None = None
         c.execute("SELECT pg_drop_replication_slot(%s)", (db,))
         c.execute(f"DROP PUBLICATION IF EXISTS {db}")
     return rows / elapsed, steps
+
+
+def _fresh_label(w: int) -> str:
+    """fresh's runs: w workers, or w - 100 workers with the pure relay (--fresh-pure)."""
+    return f"{w % 100} workers" + (", pure relay" if w > 100 else "")
 
 
 def fresh_native(src, tgt, rows: int, n: int) -> float:
@@ -525,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs of the fresh-replica and catch-up phases; medians reported")
     p.add_argument("--workers", default="1,2",
                    help="snapshot workers to compare for a fresh replica (ours)")
+    p.add_argument("--fresh-pure", action="store_true",
+                   help="beside each fresh replica of ours, one with PGML_REPLICA_PURE=1 (the"
+                        " pure copy relay), interleaved")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="py-spy each sidecar run into DIR/sidecar-NN.txt (collapsed stacks) and "
                         "print where the time went")
@@ -560,23 +569,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  initial copy: ours {o:,.0f} rows/s, native {n:,.0f} rows/s", flush=True)
             ratios.append(("initial copy rows/s", o, n))
         if "fresh" in only:
+            # keys: workers, then workers + 100 for the same with the pure relay (--fresh-pure)
             fo: dict[int, list[float]] = {int(w): [] for w in a.workers.split(",")}
+            if a.fresh_pure:
+                fo.update({w + 100: [] for w in fo})
             fs: dict[int, list[dict[str, float]]] = {w: [] for w in fo}
             fn: list[float] = []
+            pure = {**os.environ, "PGML_REPLICA_PURE": "1"}
             for i in range(a.repeat):
                 for w in fo:
-                    rate, steps = fresh_ours(src, tgt, rows, i * 10 + w, w)
+                    rate, steps = fresh_ours(src, tgt, rows, i * 1000 + w, w % 100,
+                                             pure if w > 100 else None)
                     fo[w].append(rate)
                     fs[w].append(steps)
                 fn.append(fresh_native(src, tgt, rows, i))
                 print("  fresh replica from process start: " + ", ".join(
-                    f"ours ({w} workers) {v[-1]:,.0f}" for w, v in fo.items())
+                    f"ours ({_fresh_label(w)}) {v[-1]:,.0f}" for w, v in fo.items())
                     + f", native {fn[-1]:,.0f} rows/s (load {os.getloadavg()[0]:.1f})",
                     flush=True)
             for w, v in fo.items():
-                ratios.append((f"fresh replica from process start, {w} workers, rows/s",
+                ratios.append((f"fresh replica from process start, {_fresh_label(w)}, rows/s",
                                statistics.median(v), statistics.median(fn)))
-                print(f"  ours ({w} workers), seconds from exec to each step (median of "
+                print(f"  ours ({_fresh_label(w)}), seconds from exec to each step (median of "
                       f"{len(fs[w])}): " + ", ".join(
                           f"{k} {statistics.median(r[k] for r in fs[w] if k in r):.3f}"
                           for k in sorted({k for r in fs[w] for k in r},
