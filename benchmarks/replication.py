@@ -276,12 +276,35 @@ def catch_up(side: Side, mark: int, rows: int) -> tuple[float, dict[str, float]]
     pids = list(dict.fromkeys(pids + cpu_account.side_pids(side, side.src)))
     after = cpu_account.snapshot(pids)
     waited = cpu_account.snapshot(pids, cpu_account.runqueue_wait_seconds)
+    settle_slot(side)
     side.stop()
     use = cpu_account.utilisation(before, after, elapsed)
     # the share of the phase each process was runnable but had no core (a shared machine)
     use.update({f"{k} waited": v for k, v in cpu_account.utilisation(waited0, waited,
                                                                       elapsed).items()})
     return rows / elapsed, use
+
+
+def settle_slot(side: Side, timeout: float = 30.0) -> None:
+    """Untimed, before a side stops: move its slot's restart_lsn past the phase just applied.
+
+    Why: the slot restarts decoding at restart_lsn, which moves only when the walsender
+    decodes a running-transactions record (the bgwriter logs one every 15 s, a CHECKPOINT
+    one at once) below the confirmed position. Stopped right after a quick catch-up, a slot
+    kept it before the phase's big transaction, and the next phase's walsender decoded that
+    transaction again before sending anything: our walsender's CPU on 400k one-transaction
+    deletes was 0.9 or 1.9-3.0 us a row by that chance alone (same options, same run), for
+    either side. Settled, each phase decodes only its own changes, as a running stream does."""
+    with side.src.connect("bench") as c:
+        upto = c.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        c.execute("CHECKPOINT")
+        try:
+            wait(lambda: side.check_alive() or c.execute(
+                "SELECT restart_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s",
+                (upto, side.slot)).fetchone()[0], timeout, f"{side.slot}'s restart_lsn")
+        except TimeoutError:
+            print(f"    ({side.slot}'s restart_lsn did not pass {upto} in {timeout:.0f} s: the"
+                  " next phase may decode this one again)", flush=True)
 
 
 def workload(src, op: str, rows: int, per_txn: int | None, base: int) -> None:
