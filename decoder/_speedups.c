@@ -1418,7 +1418,13 @@ static PyTypeObject HistoryStepType = {
  *
  * libpq is not linked: the functions must be the ones of the libpq psycopg loaded (its
  * bundled copy in psycopg_binary, a ctypes-loaded one, or the system's), so the caller
- * hands their addresses to setup_relay (decoder/accel.py relay_gather). */
+ * hands their addresses to setup_relay (decoder/accel.py relay_gather).
+ *
+ * The GIL is released while reading: PQgetCopyData(async=1) only parses libpq's input buffer
+ * (no socket I/O) into memory we own until it is copied; no Python object is touched there
+ * except ``out``, which nobody else sees yet. A NoticeResponse met among the messages makes
+ * libpq call psycopg's notice receiver, which takes the GIL itself (Cython ``with gil``, a
+ * ctypes callback). The relay is the connection's only user while its COPY runs. */
 #include <stdint.h>
 
 typedef int (*relay_getcopydata_fn)(void *conn, char **buffer, int async);

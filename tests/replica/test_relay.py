@@ -106,6 +106,26 @@ def test_an_empty_table_and_an_empty_range(impl, source_db, replica_db):
         assert tgt.execute("SELECT count(*) FROM t").fetchone() == (0,)
 
 
+def test_notices_mid_copy_reach_the_handler(impl, source_db, replica_db):
+    """A NoticeResponse among the CopyData messages: libpq calls psycopg's notice receiver
+    from inside PQgetCopyData - in copy_gather with the GIL released (the receiver takes it
+    itself) - and every notice reaches the handler, in order, the rows intact."""
+    source_db.execute("CREATE TABLE t (id bigint, v text)")
+    source_db.execute("""CREATE FUNCTION loud(g bigint) RETURNS bigint LANGUAGE plpgsql AS
+        $$ BEGIN IF g % 500 = 0 THEN RAISE NOTICE 'row %', g; END IF; RETURN g; END $$""")
+    replica_db.execute("CREATE TABLE t (id bigint, v text)")
+    query = ("COPY (SELECT loud(g), repeat('x', (g % 50)::int) FROM generate_series(1, 5000)"
+             " g) TO STDOUT (FORMAT binary)")
+    with source_db.connect() as src, replica_db.connect() as tgt:
+        heard: list[str] = []
+        src.add_notice_handler(lambda d: heard.append(d.message_primary))
+        assert _relay(src, tgt, query, "t", 4096)[-1] == 5000
+        assert heard == [f"row {g}" for g in range(500, 5001, 500)]
+        assert tgt.execute("SELECT count(*), sum(id), sum(length(v)) FROM t").fetchone() == \
+            src.execute("SELECT 5000, sum(g), sum(g % 50) FROM generate_series(1, 5000) g"
+                        ).fetchone()
+
+
 def _error_of(src, tgt, query: str) -> tuple[type, str | None, str]:
     with pytest.raises(psycopg.Error) as info:
         _relay(src, tgt, query, "t", 1024)
