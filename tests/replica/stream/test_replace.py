@@ -15,8 +15,9 @@ import psycopg
 import pytest
 
 from decoder import Delete, Insert, TupleData, Update
-from replica.stream.apply import SMALL_RUN, TargetWriter, apply_change
+from replica.stream.apply import TargetWriter, apply_change
 from replica.stream.batch import Layout
+from replica.stream.runs import SMALL_RUN
 from replica.stream.tables import MirroredTable
 from replica.target import progress
 
