@@ -1,20 +1,17 @@
 """The streaming loop: pgoutput messages in, batched target transactions out.
 
 Why it is thin: what to acknowledge and when to commit is decided by ``flow.FlowControl``;
-how a run of changes becomes SQL is ``batch`` + ``apply``. This module reads the socket,
-routes each message, and keeps the per-table rules:
+how a run of changes becomes SQL is ``batch`` + ``apply``; which run a change joins, or
+whether it is dropped, is ``changes.ChangeSteps``. This module reads the socket, routes
+each message, and keeps the transaction rules:
 
-- A transaction whose commit starts below the target's progress LSN is already applied: its
-  changes are dropped (invariant 1).
-- A table's changes are applied only from transactions committing at or after the table's
-  sync LSN, where its copy met the stream (progress.py). A table the target has not copied
-  yet (added to the publication later, or re-copied after an ambiguous schema change) is
-  skipped until the next commit boundary, where it is copied beside a temporary slot and
-  joined in.
+- A transaction whose commit starts below the target's progress LSN is already applied
+  (invariant 1): it is skipped, and its changes dropped (changes.py).
 - A Relation message re-shapes the target table before the next row of it is applied
   (invariant 4), inside the open target transaction (relations.py).
 - Protocol 2: a transaction streamed before its commit goes to its own target transaction
-  (streamed.py) and commits at Stream Commit, after the batch of what committed before it.
+  (inflight.py) and commits at Stream Commit, after the batch of what committed before it
+  (protocol2.py).
 - Anything the apply path cannot handle raises before the transaction holding it commits;
   the open target transaction is rolled back and nothing about it is acknowledged
   (invariant 6).
@@ -41,7 +38,6 @@ from decoder import (
     Decoder,
     Delete,
     Insert,
-    Message,
     Relation,
     StreamAbort,
     StreamCommit,
@@ -57,13 +53,13 @@ from decoder import (
 from replica import metrics
 from replica.config import Settings
 from replica.connect import Watchdog, bounded, connect
-from replica.errors import ProtocolError, TransientError, UnsupportedError
+from replica.errors import ProtocolError, TransientError
 from replica.history.recorder import recorder_for
 from replica.source.catalog import TableKey
 from replica.source.replconn import ReplicationConnection
 from replica.state import Phase, SidecarState
-from replica.stream.apply import TargetWriter, apply_change
-from replica.stream.batch import TableBatch
+from replica.stream.apply import TargetWriter
+from replica.stream.changes import ChangeSteps
 from replica.stream.flow import DEAD, PING, FlowControl, ReadPacing, on_silence
 from replica.stream.inflight import StreamedApply
 from replica.stream.negotiate import negotiate
@@ -74,7 +70,7 @@ from replica.stream.tables import MirroredTable
 log = logging.getLogger("pgml_replica")
 
 
-class Stream(StreamedSteps):
+class Stream(ChangeSteps, StreamedSteps):
     """One replication session: START_REPLICATION until stopped or disconnected."""
 
     def __init__(self, *, repl: ReplicationConnection, source: psycopg.Connection,
@@ -355,71 +351,6 @@ class Stream(StreamedSteps):
             tw.batch.clear()
         self.dirty.clear()
         self.unwritten = 0
-
-    def _write_all(self, background: bool = False, versions: bool = True) -> None:
-        """Write the absorbed runs: in the writer's thread while decoding goes on (a full
-        segment, or the batch's last runs before its COMMIT), or here. Streamed
-        transactions' writes still in flight finish first: they come earlier in the
-        stream."""
-        for txn in self.streamed.in_flight.values():
-            txn.writer.sync()
-        for tw in self.dirty.values():
-            if background:
-                b, tw.batch = tw.batch, TableBatch(tw.layout)
-                self.writer.submit(tw, b)
-            else:
-                self.writer.flush(tw)
-        if background and versions and self.history is not None:  # in the same thread
-            self.writer.submit(None, self.history.take())
-        self.dirty.clear()
-        self.unwritten = 0
-
-    # -- changes -------------------------------------------------------------------------
-
-    def _route(self, relation_id: int, msg: Message
-               ) -> tuple[MirroredTable, TableBatch, TargetWriter] | None:
-        """Where a change goes (table, run, writer), or None when it must be dropped (or, in
-        a streamed transaction, is kept for its commit)."""
-        tw = self.tables.get(relation_id)
-        if tw is None:
-            # a streamed transaction that keeps its changes also keeps its Relation messages
-            # until its commit: the change goes with them
-            if self.streamed.current is not None and self.streamed.defer(msg):
-                return None
-            raise UnsupportedError(f"a change for relation {relation_id} arrived before its "
-                                   "Relation message")
-        if self.streamed.current is not None:
-            return self.streamed.route(msg, tw, self.last_commit_lsn)
-        if self.skip_txn or self.final_lsn < tw.sync_lsn:
-            return None
-        self.txn_rows += 1
-        self.unwritten += 1
-        self.dirty[relation_id] = tw
-        if self.unwritten >= self.settings.segment_rows:
-            self._write_all(background=True)
-        return tw, tw.batch, self.writer
-
-    def _change(self, msg: Insert | Update | Delete) -> None:
-        to = self._route(msg.relation_id, msg)
-        if to is not None:
-            apply_change(msg, *to)
-            if to[2].history is not None:  # the writer's: streamed transactions have their own
-                to[2].history.change(to[0], msg)
-
-    def _truncate(self, msg: Truncate) -> None:
-        for rid in msg.relation_ids:
-            to = self._route(rid, msg)
-            if to is not None:
-                self.relations.truncated(rid, msg.xid or self.xid)  # new storage: no copy
-                apply_change(msg, *to)
-                if to[2].history is not None:
-                    to[2].history.truncate(to[0])
-            elif self.history is not None and not self.skip_txn and rid in self.tables \
-                    and self.streamed.current is None \
-                    and self.history.wants(self.tables[rid].qualname):
-                # a table waiting for a re-copy (DDL the stream cannot follow): the
-                # TRUNCATE still ends its versions here, not only when the copy is done
-                self.history.truncate(self.tables[rid])
 
     # -- schema (relations.py) -------------------------------------------------------
 
