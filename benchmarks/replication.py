@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             fn: list[float] = []
             pure = {**os.environ, "PGML_REPLICA_PURE": "1"}
             for i in range(a.repeat):
-                for w in fo:
+                for w in (list(fo) if i % 2 == 0 else list(fo)[::-1]):  # order evened out
                     rate, steps = fresh_ours(src, tgt, rows, i * 1000 + w, w % 100,
                                              pure if w > 100 else None)
                     fo[w].append(rate)
