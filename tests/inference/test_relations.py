@@ -166,3 +166,67 @@ def test_one_matrix_read_equals_the_read_column_by_column(db):
     assert got["values"] == [True] * 5
     assert got["nan"] == [0, 9000 // 7, 9000 // 5, 0, 0]
     assert got["gather"] == [True] * 4
+
+
+HALVES = """
+CREATE FUNCTION pg_temp.halves(rel text) RETURNS text LANGUAGE plpython3u AS $$
+if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
+import json
+import numpy as np
+from inference import relations
+oid, name = relations.resolve(rel)
+cols = relations.columns(oid)
+limit = relations.HALVES_MIN_ROWS
+read = {}
+try:
+    for key, at_least in (("one", 10 ** 12), ("halves", 0)):
+        relations.HALVES_MIN_ROWS = at_least
+        read[key] = relations.load(name, cols)
+finally:
+    relations.HALVES_MIN_ROWS = limit
+middle = relations._middle_block(name)
+for setting, value in relations.HALVES_SETTINGS.items():
+    plpy.execute(f"SET LOCAL {setting} = '{value}'")
+sql = (f"EXPLAIN SELECT 0 AS h, count(*) FROM {name} WHERE ctid < '({middle},0)'::tid"
+       f" UNION ALL SELECT 1, count(*) FROM {name} WHERE ctid >= '({middle},0)'::tid")
+plan = "" if middle is None else "\\n".join(r["QUERY PLAN"] for r in plpy.execute(sql))
+(n1, one), (n2, two) = read["one"], read["halves"]
+names = [c.name for c in cols]
+return json.dumps({
+    "n": [n1, n2], "middle": middle,
+    "same": all(np.array_equal(one[k], two[k], equal_nan=True) for k in names),
+    "matrix": bool(np.array_equal(one.rows[0], two.rows[0], equal_nan=True)),
+    "aligned": two.rows[0].flags.aligned and two.rows[0].flags.c_contiguous,
+    "parallel": "Parallel Append" in plan and "Partial" not in plan,
+    "first_x": [float(v) for v in two["x"][:3]], "plan": plan})
+$$
+"""
+
+
+def test_two_halves_read_equals_one_scan_in_its_order(db):
+    """A table read as two halves of its blocks (one in a parallel worker) gives the rows of
+    one sequential scan in the same order -- a table with holes (deleted rows) and NULLs --
+    and the planner runs the halves as a Parallel Append (neither half split further); a view
+    or a temporary table is read in one scan."""
+    with db.connect(autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS holes CASCADE")
+        conn.execute("CREATE TABLE holes AS SELECT g AS i, CASE WHEN g % 7 = 0 THEN NULL ELSE"
+                     " g / 3.0 END::float8 AS x, g % 2 = 0 AS b, (g % 11)::numeric AS y"
+                     " FROM generate_series(1, 20000) g")
+        conn.execute("DELETE FROM holes WHERE i % 13 = 0 OR i BETWEEN 5000 AND 5400")
+        conn.execute("UPDATE holes SET x = -x WHERE i % 17 = 0")  # new versions at the end
+        conn.execute("CREATE VIEW holes_v AS SELECT * FROM holes")
+        conn.execute("CREATE TEMP TABLE holes_t AS SELECT * FROM holes")
+        conn.execute(HALVES)
+        conn.execute("BEGIN")  # the function's SET LOCALs end with this transaction
+        got = json.loads(conn.execute("SELECT pg_temp.halves('holes')").fetchone()[0])
+        kept = conn.execute("SELECT count(*) FROM holes").fetchone()[0]
+        first = [r[0] for r in conn.execute("SELECT x FROM holes LIMIT 3").fetchall()]
+        view = conn.execute("SELECT pg_temp.halves('holes_v')").fetchone()[0]
+        temp = conn.execute("SELECT pg_temp.halves('holes_t')").fetchone()[0]
+        conn.rollback()
+    assert got["n"] == [kept, kept] and got["middle"] > 0
+    assert got["same"] and got["matrix"] and got["aligned"]
+    assert got["parallel"], got["plan"]
+    assert got["first_x"] == first
+    assert json.loads(view)["middle"] is None and json.loads(temp)["middle"] is None
