@@ -91,7 +91,8 @@ def copy_in(table: TableDef, freeze: bool = False) -> sql.Composed:
 
 
 #: bytes the relay gathers from the source before each write to the target (1 MB was no
-#: faster: the relay's cost is libpq's one CopyData message per row, ~0.4 us, not the writes)
+#: faster, with the pure relay (~0.3 us a row) and the compiled one (~0.1 us): 1M rows 0.80
+#: vs 0.91 s, median of 5, load ~4.8; issue 14)
 RELAY_BYTES = 256 * 1024
 
 
