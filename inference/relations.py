@@ -11,6 +11,10 @@ COPY over a loopback connection 1.37 s (PERF-NOTES) -- and a loopback connection
 see the snapshot table that the same transaction has just created, needs credentials, and
 would escape the caller's transaction. So: in-process string_agg.
 
+Two halves. A permanent table of HALVES_MIN_ROWS or more is read by one statement as two
+halves of its blocks (ctid ranges) that a parallel worker and the backend aggregate at once:
+on 2 cores the load is no longer one process's work (``_read_halves``; docs/pgml.md).
+
 Row order. A snapshot table is written once and never updated, so a sequential scan returns
 its rows in the same physical order every time; synchronized scans (which can start a scan
 in the middle of a big table) are switched off for the load. That, the stored random_state
