@@ -4,6 +4,7 @@ very same errors. Every test runs against both (psycopg's pattern, like tests/de
 
 from __future__ import annotations
 
+import os
 import threading
 
 import psycopg
@@ -79,6 +80,19 @@ def test_the_reader_is_the_selected_implementation(impl, source_db):
         compiled = getattr(read, "func", None) is getattr(accel.compiled(), "copy_gather", 0)
         assert compiled == (impl == "c")
         assert accel.relay_gather(libpq.loaded()) is (None if impl == "python" else read.func)
+
+
+def test_the_libpq_found_is_the_one_loaded_and_psycopgs_version():
+    """The relay's libpq is a copy already in this process (never a second one loaded by
+    the lookup) with psycopg's version; an implementation it does not know gets none."""
+    lib = libpq.loaded()
+    if lib is not None:
+        assert lib.PQlibVersion() == psycopg.pq.version()
+        if psycopg.pq.__impl__ != "python":  # (ctypes names it by soname, not by path)
+            assert os.path.realpath(lib._name) in libpq.mapped()
+    before = libpq.mapped()
+    assert libpq._find("no-such-impl") is None
+    assert libpq.mapped() == before
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 5000, 256 * 1024])
