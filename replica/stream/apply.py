@@ -26,6 +26,7 @@ from psycopg import sql
 from decoder import Message, accel
 from replica import metrics
 from replica.errors import ApplyError, NullRejected, TransientError
+from replica.stream import pipelined
 from replica.stream.batch import TableBatch, encode
 from replica.stream.runs import RunWriter
 from replica.stream.tables import MOVE_FROM, MOVE_TO, MirroredTable
@@ -122,7 +123,7 @@ class TargetWriter:
                 self._queue.task_done()
 
     def _commit_step(self, end_lsn: int, commit_time: datetime | None,
-                     done: threading.Event, versions=None) -> None:
+                     done: threading.Event, versions=None, piped=None) -> None:
         """The handed COMMIT (its last versions first), in the writer's thread; skipped after
         an error (the batch is then rolled back by the stream). ``done`` is set either way,
         last."""
@@ -130,7 +131,10 @@ class TargetWriter:
             if self._error is None:
                 if versions is not None:
                     versions(self.conn)
-                self._commit_sql(end_lsn, commit_time)
+                if piped:  # a small batch's runs and COMMIT in one round trip
+                    pipelined.commit(self, piped, end_lsn, commit_time)
+                else:
+                    self._commit_sql(end_lsn, commit_time)
                 self._committed = True
                 self._after_commit()
         finally:
@@ -218,11 +222,13 @@ class TargetWriter:
         self._commit_sql(end_lsn, commit_time)
         self._after_commit()
 
-    def commit_async(self, end_lsn: int, commit_time: datetime | None) -> None:
+    def commit_async(self, end_lsn: int, commit_time: datetime | None,
+                     piped: list | None = None) -> None:
         """Hand the COMMIT to the writer's thread, behind what was submitted before (the
         versions not handed over yet go first, taken here: the stream's thread records the
         next batch's meanwhile). The caller takes the outcome with ``commit_result`` before
-        it hands over the next one."""
+        it hands over the next one. ``piped``: a small batch's last runs (table, run),
+        written with the COMMIT in one pipeline (stream/pipelined.py)."""
         if self._committing is not None:
             raise RuntimeError("a COMMIT handed over while the last one is in flight")
         if self._error is not None:
@@ -232,7 +238,7 @@ class TargetWriter:
         versions = self.history.take() if self.history is not None else None
         self._committed, self._committing = False, threading.Event()
         self._start()
-        self._queue.put((_COMMIT, (end_lsn, commit_time, self._committing, versions)))
+        self._queue.put((_COMMIT, (end_lsn, commit_time, self._committing, versions, piped)))
 
     @property
     def committing(self) -> bool:

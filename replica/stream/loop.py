@@ -58,7 +58,9 @@ from replica.history.recorder import recorder_for
 from replica.source.catalog import TableKey
 from replica.source.replconn import ReplicationConnection
 from replica.state import Phase, SidecarState
+from replica.stream import pipelined
 from replica.stream.apply import TargetWriter
+from replica.stream.batch import TableBatch
 from replica.stream.changes import ChangeSteps
 from replica.stream.flow import DEAD, PING, FlowControl, ReadPacing, on_silence
 from replica.stream.inflight import StreamedApply
@@ -311,10 +313,31 @@ class Stream(ChangeSteps, StreamedSteps):
         progress row and COMMIT, in that queue's order - and decode on into fresh runs. The
         previous batch's outcome is taken first: one COMMIT in flight at a time."""
         flow = self.flow
-        self._write_all(background=True, versions=False)  # the COMMIT takes them
+        piped = self._small_batch()
+        if piped is None:
+            self._write_all(background=True, versions=False)  # the COMMIT takes them
         self._reap(wait=True)
-        self.writer.commit_async(flow.pending_end_lsn, flow.pending_commit_time)
+        self.writer.commit_async(flow.pending_end_lsn, flow.pending_commit_time, piped)
         flow.handed()
+
+    def _small_batch(self) -> list[tuple[MirroredTable, TableBatch]] | None:
+        """A light load's batch - few rows, every run one a pipeline can write - as its
+        runs, to travel with the COMMIT and be written with it in one round trip
+        (stream/pipelined.py: most of a small batch's time was its round trips); None for
+        the ordinary way. Not with history (its versions go with the runs) or a streamed
+        transaction in flight (its writes come first)."""
+        if self.history is not None or self.streamed.in_flight or not self.dirty \
+                or self.flow.pending_rows > pipelined.SMALL_BATCH:
+            return None
+        if not all(pipelined.eligible(tw, tw.batch) for tw in self.dirty.values()):
+            return None
+        runs = []
+        for tw in self.dirty.values():
+            b, tw.batch = tw.batch, TableBatch(tw.layout)
+            runs.append((tw, b))
+        self.dirty.clear()
+        self.unwritten = 0
+        return runs
 
     def _reap(self, wait: bool) -> None:
         """Take the handed COMMIT's outcome, if there is one and it is in (or ``wait``):

@@ -1,0 +1,70 @@
+"""A light load's batches - few rows, keyed tables - are written and committed in one
+pipeline (stream/pipelined.py): the target must end up equal to the source, whatever mix a
+batch holds (inserts, full-row updates, deletes, an update of a key the target lacks, a
+composite key), and a run the pipeline cannot take (no key, a type without an array type,
+unchanged TOAST values) goes the ordinary way in the same transaction."""
+
+from __future__ import annotations
+
+import time
+
+from replica.stream import pipelined
+from tests.faults.compare import wait_equal
+from tests.replica.conftest import ThreadSidecar
+
+TABLES = ["public.k", "public.pair", "public.bag", "public.toast", "public.arr"]
+DDL = """
+CREATE TABLE k (id int8 PRIMARY KEY, a float8, t text, ts timestamptz);
+CREATE TABLE pair (x int4, y text, v numeric, PRIMARY KEY (x, y));
+CREATE TABLE bag (v int4); ALTER TABLE bag REPLICA IDENTITY FULL;
+CREATE TABLE toast (id int4 PRIMARY KEY, big text, n int4);
+CREATE TABLE arr (id int4 PRIMARY KEY, tags int4[]);
+INSERT INTO toast SELECT g, repeat(md5(g::text), 400), 0 FROM generate_series(1, 5) g;
+"""
+
+
+def test_small_batches_commit_in_one_pipeline_and_the_target_equals_the_source(
+        source_db, replica_db, monkeypatch):
+    calls = {"piped": 0}
+    commit = pipelined.commit
+
+    def counted(writer, runs, end_lsn, commit_time):
+        calls["piped"] += 1
+        return commit(writer, runs, end_lsn, commit_time)
+
+    monkeypatch.setattr(pipelined, "commit", counted)
+    source_db.execute(DDL)
+    sc = ThreadSidecar(source=source_db.dsn, target=replica_db.dsn).start()
+    try:
+        sc.wait_streaming()
+        with source_db.connect() as c:
+            for i in range(40):
+                with c.transaction():
+                    lo = i * 10
+                    c.execute("INSERT INTO k SELECT g, g * 0.5, md5(g::text), now()"
+                              " FROM generate_series(%s::int8, %s::int8) g", (lo, lo + 9))
+                    c.execute("UPDATE k SET a = a + 1, t = 'u' WHERE id BETWEEN %s AND %s",
+                              (lo - 15, lo - 11))
+                    c.execute("DELETE FROM k WHERE id IN (%s, %s)", (lo - 20, lo - 19))
+                    c.execute("INSERT INTO pair VALUES (%s, 'a', 1.5), (%s, 'b', 2.5)",
+                              (i, i))
+                    c.execute("UPDATE pair SET v = v * 2 WHERE x = %s AND y = 'a'", (i - 1,))
+                    c.execute("DELETE FROM pair WHERE x = %s AND y = 'b'", (i - 2,))
+                if i % 10 == 0:  # runs a pipeline cannot take, beside ones it can
+                    c.execute("INSERT INTO bag VALUES (%s)", (i,))
+                    c.execute("UPDATE toast SET n = n + 1 WHERE id = %s", (i % 5 + 1,))
+                    c.execute("INSERT INTO arr VALUES (%s, ARRAY[%s, 2])", (i, i))
+                    c.execute("INSERT INTO k VALUES (%s, 0, 'x', now())", (100_000 + i,))
+                time.sleep(0.02)  # a light load: batches of a transaction or a few
+            # an update of a row inserted and deleted in one transaction before it: the
+            # target never had it (the key the replace must not find)
+            with c.transaction():
+                c.execute("INSERT INTO k VALUES (-1, 0, 'gone', now())")
+                c.execute("DELETE FROM k WHERE id = -1")
+            c.execute("UPDATE k SET t = 'after' WHERE id BETWEEN 0 AND 3")
+        wait_equal(sc, source_db, replica_db, TABLES, 90, "the target to equal the source")
+    finally:
+        sc.stop()
+    assert calls["piped"] >= 10  # the light load's batches went that way
+    assert replica_db.execute("SELECT count(*) FROM toast WHERE length(big) = 12800"
+                              )[0][0] == 5  # unchanged TOAST kept (the ordinary way)
