@@ -321,22 +321,14 @@ class Stream(ChangeSteps, StreamedSteps):
         flow.handed()
 
     def _small_batch(self) -> list[tuple[MirroredTable, TableBatch]] | None:
-        """A light load's batch - few rows, every run one a pipeline can write - as its
-        runs, to travel with the COMMIT and be written with it in one round trip
-        (stream/pipelined.py: most of a small batch's time was its round trips); None for
-        the ordinary way. Not with history (its versions go with the runs) or a streamed
-        transaction in flight (its writes come first)."""
-        if self.history is not None or self.streamed.in_flight or not self.dirty \
-                or self.flow.pending_rows > pipelined.SMALL_BATCH:
+        """The batch's runs to travel with its COMMIT in one round trip, or None for the
+        ordinary way (pipelined.take_small). Not with history (its versions go with the
+        runs) or a streamed transaction in flight (its writes come first)."""
+        if self.history is not None or self.streamed.in_flight:
             return None
-        if not all(pipelined.eligible(tw, tw.batch) for tw in self.dirty.values()):
-            return None
-        runs = []
-        for tw in self.dirty.values():
-            b, tw.batch = tw.batch, TableBatch(tw.layout)
-            runs.append((tw, b))
-        self.dirty.clear()
-        self.unwritten = 0
+        runs = pipelined.take_small(self.dirty, self.flow.pending_rows)
+        if runs is not None:
+            self.unwritten = 0
         return runs
 
     def _reap(self, wait: bool) -> None:

@@ -47,6 +47,22 @@ def eligible(tw: MirroredTable, b: TableBatch) -> bool:
             and (tw.array_types is None or all(arr for _, arr in tw.array_types)))
 
 
+def take_small(dirty: dict[int, MirroredTable], rows: int
+               ) -> list[tuple[MirroredTable, TableBatch]] | None:
+    """A light load's batch - ``rows`` at most SMALL_BATCH, every run one a pipeline can
+    write - taken out of the tables' hands as (table, run) pairs, ``dirty`` emptied; None
+    (nothing taken) for the ordinary way."""
+    if not dirty or rows > SMALL_BATCH \
+            or not all(eligible(tw, tw.batch) for tw in dirty.values()):
+        return None
+    runs = []
+    for tw in dirty.values():
+        b, tw.batch = tw.batch, TableBatch(tw.layout)
+        runs.append((tw, b))
+    dirty.clear()
+    return runs
+
+
 def _types(conn: psycopg.Connection, tw: MirroredTable) -> tuple:
     """The target's (element, array) type per column, as runs.RunWriter keeps them."""
     if tw.array_types is None:
