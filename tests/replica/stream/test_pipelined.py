@@ -69,3 +69,27 @@ def test_small_batches_commit_in_one_pipeline_and_the_target_equals_the_source(
     # the stream merges transactions into fewer batches: not how many)
     assert replica_db.execute("SELECT count(*) FROM toast WHERE length(big) = 12800"
                               )[0][0] == 5  # unchanged TOAST kept (the ordinary way)
+
+
+def test_a_pipelined_update_of_a_key_the_target_lacks_leaves_it_absent(source_db, replica_db):
+    """The replace's CTE inserts an update's new image only where its DELETE found the key:
+    a row missing on the target (deleted there by hand) stays missing, as on the ordinary
+    path (runs.RunWriter); the rest of the same batch is applied."""
+    source_db.execute("CREATE TABLE k (id int8 PRIMARY KEY, a float8);"
+                      " INSERT INTO k SELECT g, 0 FROM generate_series(1, 10) g")
+    sc = ThreadSidecar(source=source_db.dsn, target=replica_db.dsn).start()
+    try:
+        sc.wait_streaming()
+        wait_equal(sc, source_db, replica_db, ["public.k"], 60, "the copy")
+        replica_db.execute("DELETE FROM k WHERE id = 5")
+        with source_db.connect() as c, c.transaction():
+            c.execute("UPDATE k SET a = 1 WHERE id IN (4, 5, 6)")
+            c.execute("INSERT INTO k VALUES (11, 1)")
+        deadline = time.monotonic() + 60
+        while not replica_db.execute("SELECT count(*) FROM k WHERE id = 11")[0][0]:
+            assert time.monotonic() < deadline, "the batch never arrived"
+            time.sleep(0.05)
+        assert replica_db.execute("SELECT id, a FROM k WHERE id BETWEEN 4 AND 6 ORDER BY id"
+                                  ) == [(4, 1.0), (6, 1.0)]
+    finally:
+        sc.stop()
