@@ -4,8 +4,10 @@ very same errors. Every test runs against both (psycopg's pattern, like tests/de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -140,6 +142,21 @@ def test_notices_mid_copy_reach_the_handler(impl, source_db, replica_db):
                         ).fetchone()
 
 
+def _implementations() -> list[str]:
+    """The pure relay, and the compiled one where it can run here."""
+    return ["python"] + (["c"] if accel.available() and libpq.loaded() is not None else [])
+
+
+@contextlib.contextmanager
+def _selected(name: str) -> Iterator[None]:
+    before = accel.IMPLEMENTATION
+    accel.select(name)
+    try:
+        yield
+    finally:
+        accel.select(before)
+
+
 def _error_of(src, tgt, query: str) -> tuple[type, str | None, str]:
     with pytest.raises(psycopg.Error) as info:
         _relay(src, tgt, query, "t", 1024)
@@ -155,18 +172,11 @@ def test_a_source_error_mid_copy_surfaces_the_same_and_loads_nothing(source_db, 
     query = ("COPY (SELECT g, 1.0 / (g - 3000) FROM generate_series(1, 5000) g) TO STDOUT"
              " (FORMAT binary)")
     errors = {}
-    for name in ("python", "c"):
-        if name == "c" and (not accel.available() or libpq.loaded() is None):
-            continue
-        before = accel.IMPLEMENTATION
-        accel.select(name)
-        try:
-            with source_db.connect() as src, replica_db.connect() as tgt:
-                errors[name] = _error_of(src, tgt, query)
-                assert tgt.execute("SELECT count(*) FROM t").fetchone() == (0,)
-                assert src.execute("SELECT 1").fetchone() == (1,)  # usable after it
-        finally:
-            accel.select(before)
+    for name in _implementations():
+        with _selected(name), source_db.connect() as src, replica_db.connect() as tgt:
+            errors[name] = _error_of(src, tgt, query)
+            assert tgt.execute("SELECT count(*) FROM t").fetchone() == (0,)
+            assert src.execute("SELECT 1").fetchone() == (1,)  # usable after it
     assert errors["python"][0] is psycopg.errors.DivisionByZero
     assert len(set(errors.values())) == 1, errors
 
@@ -179,26 +189,18 @@ def test_a_source_backend_terminated_mid_copy_surfaces_the_same(source_db, repli
     query = ("COPY (SELECT g, CASE WHEN g = 2000 THEN pg_sleep(30)::text ELSE 'v' END"
              " FROM generate_series(1, 4000) g) TO STDOUT (FORMAT binary)")
     kinds = {}
-    for name in ("python", "c"):
-        if name == "c" and (not accel.available() or libpq.loaded() is None):
-            continue
-        before = accel.IMPLEMENTATION
-        accel.select(name)
-        try:
-            with source_db.connect() as src, replica_db.connect() as tgt:
-                pid = src.info.backend_pid
-                killer = threading.Thread(target=_terminate_when_sleeping,
-                                          args=(source_db, pid))
-                killer.start()
-                try:
-                    with pytest.raises(psycopg.Error) as info:
-                        _relay(src, tgt, query, "t", 1024)
-                finally:
-                    killer.join()
-                kinds[name] = (type(info.value), info.value.sqlstate)
-                assert tgt.execute("SELECT count(*) FROM t").fetchone() == (0,)
-        finally:
-            accel.select(before)
+    for name in _implementations():
+        with _selected(name), source_db.connect() as src, replica_db.connect() as tgt:
+            pid = src.info.backend_pid
+            killer = threading.Thread(target=_terminate_when_sleeping, args=(source_db, pid))
+            killer.start()
+            try:
+                with pytest.raises(psycopg.Error) as info:
+                    _relay(src, tgt, query, "t", 1024)
+            finally:
+                killer.join()
+            kinds[name] = (type(info.value), info.value.sqlstate)
+            assert tgt.execute("SELECT count(*) FROM t").fetchone() == (0,)
     assert kinds["python"][0] is not None
     assert len(set(kinds.values())) == 1, kinds
 
@@ -232,7 +234,7 @@ def test_random_rows_relay_the_same_both_ways(source_db, replica_db, rows, chunk
     with source_db.connect() as c, c.cursor().copy("COPY r FROM STDIN") as cp:
         for i, row in enumerate(rows):
             cp.write_row((i, *row))
-    impls = ["python"] + (["c"] if accel.available() and libpq.loaded() else [])
+    impls = _implementations()
     for name in impls:
         replica_db.execute(sql.SQL(ddl).format(sql.Identifier(f"r_{name}")))
     before = accel.IMPLEMENTATION
