@@ -538,7 +538,7 @@ RETURNS text LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 import json, time
 import numpy as np
-from inference import relations, store
+from inference import float8_bytes, relations, store
 
 def analyze_before(values):  # relations.analyze before issue 12's round (numpy calls)
     out = {}
@@ -560,12 +560,12 @@ def gather_before(values, names, rows):  # relations.gather before issue 12's ro
 
 def load_before(table, cols, *_):  # relations.load before issue 12's round: one array_agg
     parts = ["count(*)::int8 AS n"] + [  # per column, coalesce per value
-        relations.float8_column_sql(plpy.quote_ident(c.name) + "::float8", True) + f" AS c{i}"
+        float8_bytes.float8_column_sql(plpy.quote_ident(c.name) + "::float8", True) + f" AS c{i}"
         for i, c in enumerate(cols)]
     plpy.execute("SET LOCAL synchronize_seqscans = off")
     plpy.execute("SET LOCAL max_parallel_workers_per_gather = 0")
     row = plpy.execute(f"SELECT {', '.join(parts)} FROM {table}")[0]
-    return row["n"], {c.name: relations.float8_column(row[f"c{i}"], row["n"], True)
+    return row["n"], {c.name: float8_bytes.float8_column(row[f"c{i}"], row["n"], True)
                       for i, c in enumerate(cols)}
 
 analyze = analyze_before if reference else relations.analyze

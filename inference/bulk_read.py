@@ -27,7 +27,7 @@ one run, load ~3): 0.31 s in 16 chunks, against 0.40 s for one aggregate per col
 same chunks and 0.44 s for the 2-D form in one piece (its arrays grow to 80 MB; one piece also
 meets the 1 GB array limit near 6M rows x 10 -- a chunk stays under CHUNK_BYTES). Without
 pgml._float8_array_bytes, one ``string_agg(float8send(...))`` per column
-(relations.float8_column_sql). Each key: its type's send output concatenated (for binary
+(float8_bytes.float8_column_sql). Each key: its type's send output concatenated (for binary
 COPY, copybin.sent_field) with the lengths -- skipped for a fixed-width key declared NOT NULL,
 where every length is the width -- or, for the array write path, ``array_agg(key::text)``.
 
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import plpy
 
-from inference import relations, store
+from inference import float8_bytes, store
 
 # Rows per chunk: measured for 1M rows x 10 features at load ~4.5 (docs/benchmarks.md), 131k
 # rows (8 chunks) 0.78 s wall against 1.29 s for 65k (16 chunks) and 0.97 s for 262k: each
@@ -113,7 +113,7 @@ def read(source: str, keys, features, categories: dict[str, list[str]] | None,
     """The relation's rows, chunk after chunk (empty chunks skipped), through one cursor;
     the features as ``dtype`` (float32 for compiled trees, which take it: the conversion
     then happens here, in the backend's thread, not in the scoring worker)."""
-    raw = relations.raw_arrays()
+    raw = float8_bytes.raw_arrays()
     parts, params = _aggregates(keys, features, categories, sent, raw)
     rows = f"SELECT {', '.join(parts)} FROM {source} AS pgml_bulk_rows"  # noqa: S608 - quoted
     if blocks is None:
@@ -165,16 +165,16 @@ def _aggregates(keys, features, categories, sent: bool, raw: bool) -> tuple[list
         row = ", ".join(f"coalesce({v}, 'NaN'::float8)" for v in values)
         parts.append(f"pgml._float8_array_bytes(array_agg(ARRAY[{row}]::float8[])) AS x")
     else:
-        parts += [f"{relations.float8_column_sql(v, raw)} AS c{i}" for i, v in enumerate(values)]
+        parts += [f"{float8_bytes.float8_column_sql(v, raw)} AS c{i}" for i, v in enumerate(values)]
     return parts, params
 
 
 def _matrix(data: bytes, n: int, width: int, dtype=np.float64) -> np.ndarray:
     """The (n, width) float8[] that ``array_agg(ARRAY[...])`` built, as a native matrix of
-    ``dtype``: ``relations.float8_array`` reads the layout (the loader's twin), and the copy
+    ``dtype``: ``float8_bytes.float8_array`` reads the layout (the loader's twin), and the copy
     ``astype`` makes is wanted - the values start 4 bytes off an 8-byte boundary of the
     bytes object, and not every scorer takes an unaligned matrix."""
-    return relations.float8_array(data, (n, width)).astype(dtype)
+    return float8_bytes.float8_array(data, (n, width)).astype(dtype)
 
 
 def _chunk(row, keys, features, sent: bool, raw: bool, dtype) -> Chunk:
@@ -184,7 +184,7 @@ def _chunk(row, keys, features, sent: bool, raw: bool, dtype) -> Chunk:
     else:
         X = np.empty((n, len(features)), dtype=dtype)
         for i in range(len(features)):
-            X[:, i] = relations.float8_column(row[f"c{i}"], n, raw)
+            X[:, i] = float8_bytes.float8_column(row[f"c{i}"], n, raw)
     if not sent:
         return Chunk(n, [row[f"k{i}"] or [] for i in range(len(keys))], X)
     from inference import copybin

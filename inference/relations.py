@@ -11,9 +11,8 @@ COPY over a loopback connection 1.37 s (PERF-NOTES) -- and a loopback connection
 see the snapshot table that the same transaction has just created, needs credentials, and
 would escape the caller's transaction. So: in-process string_agg.
 
-Two halves. A permanent table of HALVES_MIN_ROWS or more is read by one statement as two
-halves of its blocks (ctid ranges) that a parallel worker and the backend aggregate at once:
-on 2 cores the load is no longer one process's work (``_read_halves``; docs/pgml.md).
+Two halves. A big plain table is read by one statement as two halves of its blocks, a
+parallel worker and the backend at once (float8_bytes.py, which also holds the bytes' layout).
 
 Row order. A snapshot table is written once and never updated, so a sequential scan returns
 its rows in the same physical order every time; synchronized scans (which can start a scan
@@ -31,15 +30,24 @@ from dataclasses import dataclass
 import numpy as np
 import plpy
 
-from inference import store
+from inference import float8_bytes, store
 from inference.encoding import TEXT_TYPES
 from inference.errors import InvalidData, NotNumeric, PgmlError, UnknownColumn, UnknownRelation
+from inference.float8_bytes import (
+    NAN_BYTES,
+    aligned,
+    float8_array,
+    float8_column,
+    float8_column_sql,
+    raw_arrays,
+    read_halves,
+    transpose,
+)
 
 # Base types a feature or label may have (a domain over one of them counts as that type).
 NUMERIC_TYPES = {21: "smallint", 23: "integer", 20: "bigint", 700: "real",
                  701: "double precision", 1700: "numeric", 16: "boolean"}
 _BOOL = 16
-_NAN = r"'\x7ff8000000000000'::bytea"
 SAMPLINGS = ("random", "first", "last", "stratified")
 
 
@@ -180,8 +188,8 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
     An array column becomes one entry per element (``element_names``); ``widths`` gives their
     number where known (a snapshot's stored widths), else every array must have the same.
 
-    With pgml._float8_array_bytes (``raw_arrays``) the scalar columns come as one row-major
-    matrix, copied once into contiguous columns (``Columns``); ``gather`` copies the rows a
+    With pgml._float8_array_bytes (``float8_bytes.raw_arrays``) the scalar columns come as one
+    row-major matrix, copied once into contiguous columns (``Columns``); ``gather`` copies rows a
     split needs from the matrix, once, into native matrices. Otherwise (the float8send form)
     the arrays are read-only big-endian views over the bytes the query returned, and
     ``gather`` converts as it takes.
@@ -207,7 +215,7 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
         if c.is_array:  # each row's elements in storage order; a NULL array as NULL elements
             elem = "e::int::float8" if c.elem_oid == _BOOL else "e::float8"
             nulls = f"decode(repeat('7ff8000000000000', {int(widths[c.name])}), 'hex')"
-            inner = (f"SELECT string_agg(coalesce(float8send({elem}), {_NAN}), ''::bytea"  # noqa: S608 - quoted
+            inner = (f"SELECT string_agg(coalesce(float8send({elem}), {NAN_BYTES}), ''::bytea"  # noqa: S608 - quoted
                      f" ORDER BY o) FROM unnest({value}) WITH ORDINALITY u(e, o)")
             parts.append(f"string_agg(coalesce(({inner}), {nulls}), ''::bytea) AS c{i}")
             continue
@@ -226,18 +234,18 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
         parts.append("pgml._float8_array_bytes(array_agg(ARRAY["
                      + ", ".join(value for _, value in scalars) + "])) AS m")
     middle = None
-    if len(parts) == 2 and scalars and not params and estimate >= HALVES_MIN_ROWS:
-        middle = _middle_block(table)
+    if len(parts) == 2 and scalars and not params and estimate >= float8_bytes.HALVES_MIN_ROWS:
+        middle = float8_bytes.middle_block(table)
     # One process scans each part, in physical order: from PostgreSQL 16 string_agg can run in
     # parallel workers (so can array_agg), whose partial results arrive in no fixed order (a
-    # retrain would split other rows). Two halves (``_read_halves``) are each one such scan.
+    # retrain would split other rows). Two halves (``read_halves``) are each one such scan.
     settings = {"synchronize_seqscans": "off", "max_parallel_workers_per_gather": "0"}
     if middle is not None:
-        settings.update(HALVES_SETTINGS)
+        settings.update(float8_bytes.HALVES_SETTINGS)
     previous = {name: _set(name, value) for name, value in settings.items()}
     try:
         if middle is not None:
-            n, matrix = _read_halves(table, parts, middle, len(scalars))
+            n, matrix = read_halves(table, parts, middle, len(scalars))
             row = {"n": n}
         else:
             sql = f"SELECT {', '.join(parts)} FROM {table}"  # noqa: S608 - quoted identifiers
@@ -253,8 +261,8 @@ def load(table: str, cols: list[Column], widths: dict[str, int] | None = None,
     in_matrix: dict[int, int] = {}
     if scalars:
         if middle is None:
-            matrix = _aligned(float8_array(row["m"], (n, len(scalars))))
-        by_column = list(_transpose(matrix))  # one view object per column: gather checks them
+            matrix = aligned(float8_array(row["m"], (n, len(scalars))))
+        by_column = list(transpose(matrix))  # one view object per column: gather checks them
         in_matrix = {i: j for j, (i, _) in enumerate(scalars)}
         out.rows = (matrix, {cols[i].name: (j, by_column[j]) for j, (i, _) in enumerate(scalars)})
     for i, c in enumerate(cols):
@@ -287,116 +295,6 @@ def _estimated_rows(table: str) -> float:
     return float(rows)
 
 
-# A plain table estimated at this many rows or more is read as two halves of its blocks, one
-# in a parallel worker (``_read_halves``): 1M x 11 float8 took 0.26 s of the backend's CPU
-# against 0.38 s in one scan, and less wall on 2 cores (numbers in docs/benchmarks.md).
-HALVES_MIN_ROWS = 200_000
-# For the halves' statement only (SET LOCAL, restored after): the planner then runs the two
-# aggregates as a Parallel Append -- one half in the backend, the other in a worker (it plans
-# two workers, one of which finds nothing left; with one it keeps the plain Append). No
-# table is big enough for a parallel scan, so no half is itself split among processes (a
-# partial array_agg, PostgreSQL 16+, would join its parts in no fixed order).
-HALVES_SETTINGS = {"max_parallel_workers_per_gather": "2", "parallel_setup_cost": "0",
-                   "parallel_tuple_cost": "0", "enable_parallel_append": "on",
-                   "min_parallel_table_scan_size": "4TB"}
-
-
-def _middle_block(table: str) -> int | None:
-    """The block that starts the second half of a permanent plain table or materialized view
-    of two blocks or more; None for anything else (a view, a partitioned, foreign or temporary
-    table -- a temporary one cannot be read by a worker -- has no ctid order to halve)."""
-    rows = store.query(
-        "SELECT c.relkind::text AS kind, c.relpersistence::text AS p,"
-        " (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8 AS blocks"
-        " FROM pg_class c WHERE c.oid = to_regclass($1)", ("text",), (table,))
-    if not rows or rows[0]["kind"] not in ("r", "m") or rows[0]["p"] != "p":
-        return None
-    blocks = int(rows[0]["blocks"])
-    return blocks // 2 if blocks >= 2 else None
-
-
-def _read_halves(table: str, parts: list[str], middle: int,
-                 width: int) -> tuple[int, np.ndarray]:
-    """(row count, n x width aligned matrix) of ``parts`` (count and the matrix aggregate)
-    read as two halves: the blocks before ``middle`` and those from it (no upper bound, so a
-    table that has grown since is read whole). Each half is one scan in block order under the
-    statement's one MVCC snapshot, so the first half's rows then the second's are the rows of
-    one sequential scan in its order; where no worker is free, the backend reads both."""
-    select = ", ".join(parts)
-    sql = (f"SELECT 0 AS h, {select} FROM {table} WHERE ctid < '({middle},0)'::tid"  # noqa: S608 - quoted identifiers, an integer
-           f" UNION ALL SELECT 1 AS h, {select} FROM {table} WHERE ctid >= '({middle},0)'::tid")
-    got = sorted(plpy.execute(sql), key=lambda r: r["h"])
-    n = sum(int(r["n"]) for r in got)
-    matrix = np.empty((n, width))
-    start = 0
-    for r in got:
-        count = int(r["n"])
-        if count:
-            matrix[start:start + count] = float8_array(r["m"], (count, width))
-        start += count
-    return n, matrix
-
-
-_RAW: list[bool] = []  # whether pgml._float8_array_bytes exists (asked once per backend)
-
-
-def raw_arrays() -> bool:
-    """Whether this install has pgml._float8_array_bytes (sql/40_pgml_scale.sql)."""
-    if not _RAW:
-        found = store.query("SELECT to_regprocedure('pgml._float8_array_bytes(float8[], int4,"
-                            " bool)') IS NOT NULL AS ok")
-        _RAW.append(bool(found[0]["ok"]))
-    return _RAW[0]
-
-
-def float8_column_sql(value: str, raw: bool) -> str:
-    """The aggregate that returns every row's ``value`` (float8 SQL; NULL as NaN) as one bytea:
-    the array's own bytes where pgml._float8_array_bytes exists (0.47-0.50 s against
-    0.67-0.71 s of backend CPU for 1M x 11, measured in one run; a scan alone is 0.12 s), else
-    big-endian ``float8send`` values. ``float8_column`` reads either."""
-    if raw:
-        return f"pgml._float8_array_bytes(array_agg(coalesce({value}, 'NaN'::float8)))"
-    return f"string_agg(coalesce(float8send({value}), {_NAN}), ''::bytea)"
-
-
-def float8_column(data: bytes | None, n: int, raw: bool) -> np.ndarray:
-    """The n values ``float8_column_sql`` returned, as a read-only float64 view of ``data``.
-
-    A one-dimensional float8[] without NULLs is, after its length word: ndim int32, data
-    offset int32 (0: no NULL bitmap), element type oid, the dimension's size and lower bound,
-    then the values in the server's byte order (this process's: PL/Python runs inside it).
-    """
-    if not n:
-        return np.empty(0)
-    if not raw:
-        return np.frombuffer(data, dtype=">f8")
-    return float8_array(data, (n,))
-
-
-def float8_array(data: bytes | None, shape: tuple[int, ...]) -> np.ndarray:
-    """A float8[] of ``shape`` from its bytes after the length word (``float8_column``'s layout,
-    one size and one lower bound per dimension), NULL elements as NaN: a read-only view of
-    ``data`` without NULLs; with NULLs, the bitmap after the lower bounds (bit i, least
-    significant first, set where element i is not NULL) places the values that follow the
-    data offset (counted from the length word, which ``data`` does not have)."""
-    count = int(np.prod(shape))
-    if not count:
-        return np.empty(shape)
-    ndim = len(shape)
-    head = [int(v) for v in np.frombuffer(data, dtype="=i4", count=3 + ndim)]
-    header = 12 + 8 * ndim
-    if head[0] != ndim or head[2] != 701 or tuple(head[3:]) != tuple(shape) or (
-            head[1] and head[1] < header + 4 + (count + 7) // 8):
-        raise PgmlError(f"unexpected float8[] layout {head} for the shape {shape}")
-    if not head[1]:
-        return np.frombuffer(data, dtype="=f8", offset=header).reshape(shape)
-    present = np.unpackbits(np.frombuffer(data, dtype=np.uint8, count=(count + 7) // 8,
-                                          offset=header), count=count, bitorder="little")
-    out = np.full(count, np.nan)
-    out[present.view(bool)] = np.frombuffer(data, dtype="=f8", offset=head[1] - 4)
-    return out.reshape(shape)
-
-
 class Columns(dict):
     """``load``'s columns by name, and, where they were read as one row-major matrix, that
     matrix: ``rows = (matrix, {name: (column, the column's array in this dict)})``.
@@ -411,24 +309,6 @@ class Columns(dict):
     """
 
     rows: tuple[np.ndarray, dict[str, tuple[int, np.ndarray]]] | None = None
-
-
-def _aligned(matrix: np.ndarray) -> np.ndarray:
-    """``matrix``, copied where its values are not 8-byte aligned: the array's values sit 28
-    bytes into the bytes PL/Python hands over, and numpy's ``take`` of unaligned rows costs
-    2.4x an aligned one (0.13 against 0.055 s for 1M x 10; the copy: 0.02 s)."""
-    return matrix if matrix.flags.aligned else matrix.copy()
-
-
-def _transpose(matrix: np.ndarray) -> np.ndarray:
-    """The columns of a row-major matrix as the C-contiguous rows of a new array, copied in
-    blocks of rows that stay in the caches (numpy's own transposing copy: 0.045 s for 1M x 11
-    against 0.034 s)."""
-    n, k = matrix.shape
-    out = np.empty((k, n))
-    for start in range(0, n, _TRANSPOSE_BLOCK):
-        out[:, start:start + _TRANSPOSE_BLOCK] = matrix[start:start + _TRANSPOSE_BLOCK].T
-    return out
 
 
 def categories(table: str, c: Column) -> list[str]:
@@ -454,7 +334,6 @@ def array_width(table: str, c: Column) -> int:
 
 
 _GATHER_BLOCK = 1 << 12  # rows per block (4k: 0.127 s for 1M x 10 against 0.149 s at 32k)
-_TRANSPOSE_BLOCK = 1 << 14
 
 
 def gather(values: dict[str, np.ndarray], names: list[str], rows: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The loaders' column read (inference/relations.py float8_column_sql / float8_column) on a real
+"""The loaders' column read (inference/float8_bytes.py float8_column_sql / float8_column) on a real
 PL/Python cluster: the raw array bytes through pgml._float8_array_bytes and the float8send
 fallback return the same values -- NULL as NaN, special values kept, no rows as no values --
 and so does an array that keeps its NULLs (its NULL bitmap read)."""
@@ -14,17 +14,17 @@ BOTH = """
 CREATE FUNCTION pg_temp.both_reads(rel text, expr text) RETURNS text LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 import json
-from inference import relations
-out = {"raw_available": relations.raw_arrays()}
+from inference import float8_bytes
+out = {"raw_available": float8_bytes.raw_arrays()}
 for raw in (True, False):
-    sql = relations.float8_column_sql(expr, raw)
+    sql = float8_bytes.float8_column_sql(expr, raw)
     row = plpy.execute(f"SELECT count(*) AS n, {sql} AS c FROM {rel}")[0]
-    values = relations.float8_column(row["c"], row["n"], raw)
+    values = float8_bytes.float8_column(row["c"], row["n"], raw)
     out[str(raw)] = [None if v != v else v for v in values.tolist()]
 row = plpy.execute(f"SELECT count(*) AS n, pgml._float8_array_bytes(array_agg({expr})) AS c"
                    f" FROM {rel}")[0]  # NULL kept as NULL: the array's NULL bitmap
 out["bitmap"] = [None if v != v else v
-                 for v in relations.float8_column(row["c"], row["n"], True).tolist()]
+                 for v in float8_bytes.float8_column(row["c"], row["n"], True).tolist()]
 return json.dumps(out)
 $$
 """
@@ -117,15 +117,15 @@ CREATE FUNCTION pg_temp.load_paths(rel text) RETURNS text LANGUAGE plpython3u AS
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 import json
 import numpy as np
-from inference import relations
+from inference import float8_bytes, relations
 oid, name = relations.resolve(rel)
 cols = relations.columns(oid)
 n, values = relations.load(name, cols)
-relations._RAW[:] = [False]  # the float8send form, one aggregate per column, to compare with
+float8_bytes._RAW[:] = [False]  # the float8send form, one aggregate per column, to compare with
 try:
     n_plain, plain = relations.load(name, cols)
 finally:
-    relations._RAW[:] = [True]
+    float8_bytes._RAW[:] = [True]
 limit = relations.MATRIX_VALUES
 relations.MATRIX_VALUES = 10  # as for a relation too big for one array: by column
 try:
@@ -173,19 +173,19 @@ CREATE FUNCTION pg_temp.halves(rel text) RETURNS text LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 import json
 import numpy as np
-from inference import relations
+from inference import float8_bytes, relations
 oid, name = relations.resolve(rel)
 cols = relations.columns(oid)
-limit = relations.HALVES_MIN_ROWS
+limit = float8_bytes.HALVES_MIN_ROWS
 read = {}
 try:
     for key, at_least in (("one", 10 ** 12), ("halves", 0)):
-        relations.HALVES_MIN_ROWS = at_least
+        float8_bytes.HALVES_MIN_ROWS = at_least
         read[key] = relations.load(name, cols)
 finally:
-    relations.HALVES_MIN_ROWS = limit
-middle = relations._middle_block(name)
-for setting, value in relations.HALVES_SETTINGS.items():
+    float8_bytes.HALVES_MIN_ROWS = limit
+middle = float8_bytes.middle_block(name)
+for setting, value in float8_bytes.HALVES_SETTINGS.items():
     plpy.execute(f"SET LOCAL {setting} = '{value}'")
 sql = (f"EXPLAIN SELECT 0 AS h, count(*) FROM {name} WHERE ctid < '({middle},0)'::tid"
        f" UNION ALL SELECT 1, count(*) FROM {name} WHERE ctid >= '({middle},0)'::tid")
