@@ -82,16 +82,28 @@ def _insert(tw: MirroredTable, where: sql.Composable | None = None) -> sql.Compo
     return s if where is None else s + sql.SQL(" WHERE ") + where
 
 
-def _replace(tw: MirroredTable) -> sql.Composable:
-    """The keys of the run's deletes and full-row updates deleted (``replace_any``), and the
-    updates' new images inserted where their key was found: an update of a key the target
-    does not hold leaves nothing, as in runs.RunWriter. Parameters: the key arrays, then
-    one array per column of the updates."""
+def _update(tw: MirroredTable) -> sql.Composable | None:
+    """An UPDATE of the run's full-row updates from one binary array per column, matched on
+    the key: an update of a key the target does not hold changes nothing, as in
+    runs.RunWriter. None when every column is a key column (nothing to set).
+
+    Why an UPDATE and not the ordinary path's delete-and-insert: in one statement (a
+    ``WITH d AS (DELETE ...) INSERT``) the statement-level AFTER triggers of a materialized
+    exposure (sql/30_expose.sql) fire DELETE's after INSERT's, removing the predictions the
+    insert had just scored; an UPDATE fires the UPDATE trigger, which rescores the rows."""
     keys = [tw.layout.columns[i] for i in tw.layout.key_pos]
-    found = sql.SQL("({}) IN (SELECT {} FROM d)").format(
-        sql.SQL(", ").join(sql.Identifier("u", k) for k in keys),
-        sql.SQL(", ").join(map(sql.Identifier, keys)))
-    return sql.SQL("WITH d AS ({}) ").format(tw.stmt("replace_any")) + _insert(tw, found)
+    rest = [c for c in tw.layout.columns if c not in keys]
+    if not rest:
+        return None
+    cols = sql.SQL(", ").join(map(sql.Identifier, tw.layout.columns))
+    return sql.SQL("UPDATE {} AS t SET {} FROM unnest({}) AS u ({}) WHERE {}").format(
+        tw.ident,
+        sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("u", c))
+                           for c in rest),
+        sql.SQL(", ").join(sql.SQL("%b") for _ in tw.layout.columns), cols,
+        sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("t", k),
+                                                        sql.Identifier("u", k))
+                              for k in keys))
 
 
 def plan(writer, tw: MirroredTable, b: TableBatch) -> list[tuple[sql.Composable, list]] | None:
@@ -112,13 +124,13 @@ def plan(writer, tw: MirroredTable, b: TableBatch) -> list[tuple[sql.Composable,
 
     stmts: list[tuple[sql.Composable, list]] = []
     if deletes or updates:
-        images = deletes + updates
         if updates or len(key_pos) > 1:  # an unnest join: the planner's statistics matter
-            analyze_if_stale(conn, tw, len(images))
-        if updates:
-            stmts.append((_replace(tw), arrays(images, key_pos) + arrays(updates, every)))
-        else:
-            stmts.append((tw.stmt("delete_any"), arrays(images, key_pos)))
+            analyze_if_stale(conn, tw, len(deletes) + len(updates))
+        if deletes:
+            stmts.append((tw.stmt("delete_any"), arrays(deletes, key_pos)))
+        update = _update(tw) if updates else None
+        if update is not None:
+            stmts.append((update, arrays(updates, every)))
     if fresh:
         stmts.append((_insert(tw), arrays(fresh, every)))
     return stmts
