@@ -89,8 +89,9 @@ def _update(tw: MirroredTable) -> sql.Composable | None:
 
     Why an UPDATE and not the ordinary path's delete-and-insert: in one statement (a
     ``WITH d AS (DELETE ...) INSERT``) the statement-level AFTER triggers of a materialized
-    exposure (sql/30_expose.sql) fire DELETE's after INSERT's, removing the predictions the
-    insert had just scored; an UPDATE fires the UPDATE trigger, which rescores the rows."""
+    exposure (sql/30_expose.sql) get a DELETE and an INSERT of the same keys in an order the
+    plan decides, and the DELETE's removal could land after the INSERT's scoring (the
+    predictions lost); an UPDATE fires the UPDATE trigger, which rescores the rows."""
     keys = [tw.layout.columns[i] for i in tw.layout.key_pos]
     rest = [c for c in tw.layout.columns if c not in keys]
     if not rest:

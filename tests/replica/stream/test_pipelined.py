@@ -72,9 +72,9 @@ def test_small_batches_commit_in_one_pipeline_and_the_target_equals_the_source(
 
 
 def test_a_pipelined_update_of_a_key_the_target_lacks_leaves_it_absent(source_db, replica_db):
-    """The replace's CTE inserts an update's new image only where its DELETE found the key:
-    a row missing on the target (deleted there by hand) stays missing, as on the ordinary
-    path (runs.RunWriter); the rest of the same batch is applied."""
+    """The pipeline's UPDATE matches an update's new image on its key: a row missing on the
+    target (deleted there by hand) stays missing, as on the ordinary path (runs.RunWriter);
+    the rest of the same batch is applied."""
     source_db.execute("CREATE TABLE k (id int8 PRIMARY KEY, a float8);"
                       " INSERT INTO k SELECT g, 0 FROM generate_series(1, 10) g")
     sc = ThreadSidecar(source=source_db.dsn, target=replica_db.dsn).start()
@@ -93,3 +93,62 @@ def test_a_pipelined_update_of_a_key_the_target_lacks_leaves_it_absent(source_db
                                   ) == [(4, 1.0), (6, 1.0)]
     finally:
         sc.stop()
+
+
+TRIGGERS = """
+CREATE TABLE events (n bigserial, op text, ids int8[]);
+CREATE FUNCTION log_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO events (op, ids) SELECT TG_OP, array_agg(id ORDER BY id) FROM old_rows;
+    ELSE
+        INSERT INTO events (op, ids) SELECT TG_OP, array_agg(id ORDER BY id) FROM new_rows;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER k_ins AFTER INSERT ON k REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION log_event();
+CREATE TRIGGER k_upd AFTER UPDATE ON k REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION log_event();
+CREATE TRIGGER k_del AFTER DELETE ON k REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION log_event();
+ALTER TABLE k ENABLE ALWAYS TRIGGER k_ins, ENABLE ALWAYS TRIGGER k_upd,
+    ENABLE ALWAYS TRIGGER k_del;
+"""
+
+
+def test_a_pipelined_update_fires_the_targets_update_triggers(source_db, replica_db,
+                                                              monkeypatch):
+    """A materialized exposure (sql/30_expose.sql) rescores rows in statement-level AFTER
+    triggers on the mirrored table: the pipeline must write a full-row update as an UPDATE.
+    Written as one DELETE-then-INSERT statement (a data-modifying CTE) the exposure's DELETE
+    and INSERT triggers ran in an order the plan decided, and it could lose the rows' new
+    predictions (tests/writeback/test_end_to_end.py did). Fails with that form: the events
+    are then a DELETE and an INSERT of the updated keys."""
+    calls = {"piped": 0}
+    commit = pipelined.commit
+
+    def counted(writer, runs, end_lsn, commit_time):
+        calls["piped"] += 1
+        return commit(writer, runs, end_lsn, commit_time)
+
+    monkeypatch.setattr(pipelined, "commit", counted)
+    source_db.execute("CREATE TABLE k (id int8 PRIMARY KEY, a float8);"
+                      " INSERT INTO k SELECT g, 0 FROM generate_series(1, 10) g")
+    sc = ThreadSidecar(source=source_db.dsn, target=replica_db.dsn).start()
+    try:
+        sc.wait_streaming()
+        wait_equal(sc, source_db, replica_db, ["public.k"], 60, "the copy")
+        replica_db.execute(TRIGGERS)
+        with source_db.connect() as c, c.transaction():
+            c.execute("UPDATE k SET a = 1 WHERE id IN (4, 5)")
+            c.execute("DELETE FROM k WHERE id = 7")
+            c.execute("INSERT INTO k VALUES (11, 1)")
+        wait_equal(sc, source_db, replica_db, ["public.k"], 60, "the batch")
+    finally:
+        sc.stop()
+    assert calls["piped"] >= 1
+    events = replica_db.execute("SELECT op, ids FROM events WHERE ids IS NOT NULL ORDER BY n")
+    assert ("UPDATE", [4, 5]) in events
+    assert all(op == "UPDATE" for op, ids in events if {4, 5} & set(ids)), events
+    assert ("DELETE", [7]) in events and ("INSERT", [11]) in events
