@@ -12,6 +12,34 @@ from replica.stream import pipelined
 from tests.faults.compare import wait_equal
 from tests.replica.conftest import ThreadSidecar
 
+
+def _count_pipelines(monkeypatch) -> dict[str, int]:
+    """Count the batches committed through the pipeline (calls["piped"])."""
+    calls = {"piped": 0}
+    commit = pipelined.commit
+
+    def counted(writer, runs, end_lsn, commit_time):
+        calls["piped"] += 1
+        return commit(writer, runs, end_lsn, commit_time)
+
+    monkeypatch.setattr(pipelined, "commit", counted)
+    return calls
+
+
+def _ten_rows_copied(source_db, replica_db) -> ThreadSidecar:
+    """A sidecar streaming table k (id int8 key, a float8) whose ten rows are on the target."""
+    source_db.execute("CREATE TABLE k (id int8 PRIMARY KEY, a float8);"
+                      " INSERT INTO k SELECT g, 0 FROM generate_series(1, 10) g")
+    sc = ThreadSidecar(source=source_db.dsn, target=replica_db.dsn).start()
+    try:
+        sc.wait_streaming()
+        wait_equal(sc, source_db, replica_db, ["public.k"], 60, "the copy")
+    except BaseException:
+        sc.stop()
+        raise
+    return sc
+
+
 TABLES = ["public.k", "public.pair", "public.bag", "public.toast", "public.arr"]
 DDL = """
 CREATE TABLE k (id int8 PRIMARY KEY, a float8, t text, ts timestamptz);
@@ -25,14 +53,7 @@ INSERT INTO toast SELECT g, repeat(md5(g::text), 400), 0 FROM generate_series(1,
 
 def test_small_batches_commit_in_one_pipeline_and_the_target_equals_the_source(
         source_db, replica_db, monkeypatch):
-    calls = {"piped": 0}
-    commit = pipelined.commit
-
-    def counted(writer, runs, end_lsn, commit_time):
-        calls["piped"] += 1
-        return commit(writer, runs, end_lsn, commit_time)
-
-    monkeypatch.setattr(pipelined, "commit", counted)
+    calls = _count_pipelines(monkeypatch)
     source_db.execute(DDL)
     sc = ThreadSidecar(source=source_db.dsn, target=replica_db.dsn).start()
     try:
@@ -75,12 +96,8 @@ def test_a_pipelined_update_of_a_key_the_target_lacks_leaves_it_absent(source_db
     """The pipeline's UPDATE matches an update's new image on its key: a row missing on the
     target (deleted there by hand) stays missing, as on the ordinary path (runs.RunWriter);
     the rest of the same batch is applied."""
-    source_db.execute("CREATE TABLE k (id int8 PRIMARY KEY, a float8);"
-                      " INSERT INTO k SELECT g, 0 FROM generate_series(1, 10) g")
-    sc = ThreadSidecar(source=source_db.dsn, target=replica_db.dsn).start()
+    sc = _ten_rows_copied(source_db, replica_db)
     try:
-        sc.wait_streaming()
-        wait_equal(sc, source_db, replica_db, ["public.k"], 60, "the copy")
         replica_db.execute("DELETE FROM k WHERE id = 5")
         with source_db.connect() as c, c.transaction():
             c.execute("UPDATE k SET a = 1 WHERE id IN (4, 5, 6)")
@@ -125,20 +142,9 @@ def test_a_pipelined_update_fires_the_targets_update_triggers(source_db, replica
     and INSERT triggers ran in an order the plan decided, and it could lose the rows' new
     predictions (tests/writeback/test_end_to_end.py did). Fails with that form: the events
     are then a DELETE and an INSERT of the updated keys."""
-    calls = {"piped": 0}
-    commit = pipelined.commit
-
-    def counted(writer, runs, end_lsn, commit_time):
-        calls["piped"] += 1
-        return commit(writer, runs, end_lsn, commit_time)
-
-    monkeypatch.setattr(pipelined, "commit", counted)
-    source_db.execute("CREATE TABLE k (id int8 PRIMARY KEY, a float8);"
-                      " INSERT INTO k SELECT g, 0 FROM generate_series(1, 10) g")
-    sc = ThreadSidecar(source=source_db.dsn, target=replica_db.dsn).start()
+    calls = _count_pipelines(monkeypatch)
+    sc = _ten_rows_copied(source_db, replica_db)
     try:
-        sc.wait_streaming()
-        wait_equal(sc, source_db, replica_db, ["public.k"], 60, "the copy")
         replica_db.execute(TRIGGERS)
         with source_db.connect() as c, c.transaction():
             c.execute("UPDATE k SET a = 1 WHERE id IN (4, 5)")
