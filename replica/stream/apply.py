@@ -18,6 +18,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import psycopg
@@ -157,21 +159,8 @@ class TargetWriter:
             b.ops = [0, 0, 0, 0]
             return 0
         t0 = time.perf_counter()
-        try:
+        with self.target_errors([tw]):
             sent = self.runs.write(tw, b)
-        except psycopg.errors.LockNotAvailable as exc:
-            raise TransientError(f"a write to {tw.qualname} waited past lock_timeout for a "
-                                 "lock on the target; rolled back, replaying", "target") from exc
-        except psycopg.OperationalError as exc:
-            raise TransientError(f"target connection lost: {exc}", "target") from exc
-        except psycopg.errors.NotNullViolation as exc:
-            d = exc.diag
-            raise NullRejected(d.schema_name or tw.schema, d.table_name or tw.name,
-                               d.column_name or "", f"the target rejected a NULL in "
-                               f"{tw.qualname}: {d.message_primary}") from exc
-        except psycopg.Error as exc:
-            raise ApplyError(f"the target rejected changes to {tw.qualname}: "
-                             f"{exc.diag.message_primary or exc}") from exc
         self._count(tw, b.ops)
         b.ops = [0, 0, 0, 0]
         b.clear()
@@ -180,6 +169,33 @@ class TargetWriter:
             log.warning("writing a run of %d rows into %s took %.0f s", sent, tw.qualname, took)
         self.busy_seconds += took
         return sent
+
+    @contextmanager
+    def target_errors(self, tables: list[MirroredTable], during: str = "") -> Iterator[None]:
+        """psycopg's errors from writing ``tables`` as the stream's errors: a lock wait or a
+        lost connection is transient (rolled back, replayed), a NULL the target rejects is
+        NullRejected (the runner relaxes that column), anything else an ApplyError. The
+        table named is the one the server names, else the only one."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            d = exc.diag
+            tw = next((t for t in tables if t.name == d.table_name),
+                      tables[0] if len(tables) == 1 else None)
+            what = tw.qualname if tw is not None else "the batch's tables"
+            if isinstance(exc, psycopg.errors.LockNotAvailable):
+                raise TransientError(f"a write to {what} waited past lock_timeout for a lock "
+                                     "on the target; rolled back, replaying", "target") from exc
+            if isinstance(exc, psycopg.OperationalError):
+                raise TransientError(f"target connection lost{during}: {exc}",
+                                     "target") from exc
+            if isinstance(exc, psycopg.errors.NotNullViolation):
+                raise NullRejected(d.schema_name or (tw.schema if tw else ""),
+                                   d.table_name or (tw.name if tw else ""), d.column_name or "",
+                                   f"the target rejected a NULL in {what}: "
+                                   f"{d.message_primary}") from exc
+            raise ApplyError(f"the target rejected changes to {what}: "
+                             f"{d.message_primary or exc}") from exc
 
     def _count(self, tw: MirroredTable, ops: list[int]) -> None:
         mine = self._ops.setdefault(tw.relation_id, (tw, [0, 0, 0, 0]))[1]

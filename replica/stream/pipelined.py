@@ -26,13 +26,10 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-import psycopg
 from psycopg import sql
 
 from decoder import accel
-from replica.errors import ApplyError, NullRejected, TransientError
 from replica.stream.batch import TableBatch
-from replica.stream.runs import _ARRAY_TYPES_SQL
 from replica.stream.statistics import analyze_if_stale
 from replica.stream.tables import MirroredTable
 from replica.target import progress
@@ -63,55 +60,19 @@ def take_small(dirty: dict[int, MirroredTable], rows: int
     return runs
 
 
-def _types(conn: psycopg.Connection, tw: MirroredTable) -> tuple:
-    """The target's (element, array) type per column, as runs.RunWriter keeps them."""
-    if tw.array_types is None:
-        found = {name: (elem, arr) for name, elem, arr in conn.execute(
-            _ARRAY_TYPES_SQL, (tw.schema, tw.name))}
-        tw.array_types = tuple(found.get(c, (0, 0)) if found.get(c, (0, 0))[1] else (0, 0)
-                               for c in tw.layout.columns)
-    return tw.array_types
-
-
-def _insert(tw: MirroredTable, where: sql.Composable | None = None) -> sql.Composable:
-    """INSERT the rows of one binary array per column (``where`` filters them)."""
-    cols = sql.SQL(", ").join(map(sql.Identifier, tw.layout.columns))
-    s = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u ({})").format(
-        tw.ident, cols, sql.SQL(", ").join(sql.Identifier("u", c) for c in tw.layout.columns),
-        sql.SQL(", ").join(sql.SQL("%b") for _ in tw.layout.columns), cols)
-    return s if where is None else s + sql.SQL(" WHERE ") + where
-
-
-def _update(tw: MirroredTable) -> sql.Composable | None:
-    """An UPDATE of the run's full-row updates from one binary array per column, matched on
-    the key: an update of a key the target does not hold changes nothing, as in
-    runs.RunWriter. None when every column is a key column (nothing to set).
-
-    Why an UPDATE and not the ordinary path's delete-and-insert: in one statement (a
-    ``WITH d AS (DELETE ...) INSERT``) the statement-level AFTER triggers of a materialized
-    exposure (sql/30_expose.sql) get a DELETE and an INSERT of the same keys in an order the
-    plan decides, and the DELETE's removal could land after the INSERT's scoring (the
-    predictions lost); an UPDATE fires the UPDATE trigger, which rescores the rows."""
-    keys = [tw.layout.columns[i] for i in tw.layout.key_pos]
-    rest = [c for c in tw.layout.columns if c not in keys]
-    if not rest:
-        return None
-    cols = sql.SQL(", ").join(map(sql.Identifier, tw.layout.columns))
-    return sql.SQL("UPDATE {} AS t SET {} FROM unnest({}) AS u ({}) WHERE {}").format(
-        tw.ident,
-        sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("u", c))
-                           for c in rest),
-        sql.SQL(", ").join(sql.SQL("%b") for _ in tw.layout.columns), cols,
-        sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("t", k),
-                                                        sql.Identifier("u", k))
-                              for k in keys))
-
-
 def plan(writer, tw: MirroredTable, b: TableBatch) -> list[tuple[sql.Composable, list]] | None:
     """The run's statements with their parameters, or None: written the ordinary way. Runs
-    queries of its own (the array types once, the statistics check): before the pipeline."""
+    queries of its own (the array types once, the statistics check): before the pipeline.
+
+    Full-row updates are one ``update_any``, not the ordinary path's delete + COPY: a
+    pipeline cannot COPY, and as one statement (``WITH d AS (DELETE ...) INSERT``) the
+    statement-level AFTER triggers of a materialized exposure (sql/30_expose.sql) got a
+    DELETE and an INSERT of the same keys in an order the plan decided - the DELETE's
+    removal could land after the INSERT's scoring, the predictions lost. An UPDATE fires
+    the UPDATE trigger, which rescores the rows; an update of a key the target does not
+    hold changes nothing, as in runs.RunWriter."""
     conn = writer.conn
-    types = _types(conn, tw)
+    types = writer.runs.array_types(tw)
     if not all(arr for _, arr in types):
         return None
     fresh, deletes, updates, staged, patterns = b.split()
@@ -121,7 +82,8 @@ def plan(writer, tw: MirroredTable, b: TableBatch) -> list[tuple[sql.Composable,
 
     def arrays(images: list, positions) -> list:
         data = accel.column_arrays(images, positions, [types[i][0] for i in positions])
-        return [writer.runs._array(types[i], a) for i, a in zip(positions, data, strict=True)]
+        return [writer.runs.array_param(types[i], a)
+                for i, a in zip(positions, data, strict=True)]
 
     stmts: list[tuple[sql.Composable, list]] = []
     if deletes or updates:
@@ -129,11 +91,11 @@ def plan(writer, tw: MirroredTable, b: TableBatch) -> list[tuple[sql.Composable,
             analyze_if_stale(conn, tw, len(deletes) + len(updates))
         if deletes:
             stmts.append((tw.stmt("delete_any"), arrays(deletes, key_pos)))
-        update = _update(tw) if updates else None
+        update = tw.stmt("update_any") if updates else None
         if update is not None:
             stmts.append((update, arrays(updates, every)))
     if fresh:
-        stmts.append((_insert(tw), arrays(fresh, every)))
+        stmts.append((tw.stmt("insert_any"), arrays(fresh, every)))
     return stmts
 
 
@@ -150,28 +112,12 @@ def commit(writer, runs: list[tuple[MirroredTable, TableBatch]], end_lsn: int,
         else:
             planned.append((tw, b, stmts))
     t0 = time.perf_counter()
-    try:
-        with conn.pipeline():
-            for _, _, stmts in planned:
-                for stmt, params in stmts:
-                    conn.execute(stmt, params)
-            conn.execute(progress.advance_sql(writer.slot, end_lsn, commit_time))
-            conn.execute("COMMIT")
-    except psycopg.errors.LockNotAvailable as exc:
-        raise TransientError("a write to the target waited past lock_timeout for a lock; "
-                             "rolled back, replaying", "target") from exc
-    except psycopg.OperationalError as exc:
-        raise TransientError(f"target connection lost at commit: {exc}", "target") from exc
-    except psycopg.errors.NotNullViolation as exc:
-        d = exc.diag  # (the server names the table: the runner relaxes that column)
-        tw = next((t for t, _, _ in planned if t.name == d.table_name), planned[0][0])
-        raise NullRejected(d.schema_name or tw.schema, d.table_name or tw.name,
-                           d.column_name or "", f"the target rejected a NULL in "
-                           f"{tw.qualname}: {d.message_primary}") from exc
-    except psycopg.Error as exc:
-        where = f" ({exc.diag.table_name})" if exc.diag.table_name else ""
-        raise ApplyError(f"the target rejected the batch's changes{where}: "
-                         f"{exc.diag.message_primary or exc}") from exc
+    with writer.target_errors([tw for tw, _, _ in planned], " at commit"), conn.pipeline():
+        for _, _, stmts in planned:
+            for stmt, params in stmts:
+                conn.execute(stmt, params)
+        conn.execute(progress.advance_sql(writer.slot, end_lsn, commit_time))
+        conn.execute("COMMIT")
     for tw, b, _ in planned:
         writer._count(tw, b.ops)
         b.ops = [0, 0, 0, 0]

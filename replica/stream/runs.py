@@ -131,13 +131,7 @@ class RunWriter:
         mirror: docs/sidecar.md, Apply). An update whose key the target does not hold is
         dropped, as the UPDATE matched nothing. Returns the deletes and updates still for
         the stage (a key column's type cannot travel as an array) and the images to COPY."""
-        types = tw.array_types
-        if types is None:
-            found = {name: (elem, arr) for name, elem, arr in self.conn.execute(
-                _ARRAY_TYPES_SQL, (tw.schema, tw.name))}
-            types = tw.array_types = tuple(
-                found.get(c, (0, 0)) if found.get(c, (0, 0))[1] else (0, 0)
-                for c in tw.layout.columns)
+        types = self.array_types(tw)
         key_pos = tw.layout.key_pos
         if not all(types[i][1] for i in key_pos):
             return deletes, updates, []
@@ -145,7 +139,7 @@ class RunWriter:
         if updates or len(key_pos) > 1:  # (an unnest join, or rows that were UPDATEd before)
             analyze_if_stale(self.conn, tw, len(images))
         arrays = accel.column_arrays(images, key_pos, [types[i][0] for i in key_pos])
-        params = [self._array(types[i], a) for i, a in zip(key_pos, arrays, strict=True)]
+        params = [self.array_param(types[i], a) for i, a in zip(key_pos, arrays, strict=True)]
         if not updates:
             self.conn.execute(tw.stmt("delete_any"), params)
             return [], [], []
@@ -157,7 +151,17 @@ class RunWriter:
             updates = [raw for raw in updates if tuple(raw[i] for i in key_pos) in found]
         return [], [], updates
 
-    def _array(self, types: tuple[int, int], data: bytes) -> bytes:
+    def array_types(self, tw: MirroredTable) -> tuple[tuple[int, int], ...]:
+        """The target's (element, array) type oids per column, looked up once per table
+        (kept on ``tw``; (0, 0) for a column whose type has no array type)."""
+        if tw.array_types is None:
+            found = {name: (elem, arr) for name, elem, arr in self.conn.execute(
+                _ARRAY_TYPES_SQL, (tw.schema, tw.name))}
+            tw.array_types = tuple(found.get(c, (0, 0)) if found.get(c, (0, 0))[1] else (0, 0)
+                                   for c in tw.layout.columns)
+        return tw.array_types
+
+    def array_param(self, types: tuple[int, int], data: bytes) -> bytes:
         """``data`` (a binary array of element type ``types[0]``) as a parameter psycopg
         sends as-is, typed ``types[1]``."""
         cls, dumper = _array_class(types[1])

@@ -51,9 +51,11 @@ class MirroredTable:
         delete_any and replace_any take binary arrays (one per key column) and need no
         stage: measured 2x the stage's rows/s for deletes, 5x for 100-row runs; replace_any
         is delete_any returning the keys it found, the first half of a full-row update
-        written as delete + COPY (apply.py ``_write_arrays``: 1.3-1.6x ``UPDATE ... FROM
-        unnest``, benchmarks/update_forms.py). The rest use literals, so several can go to
-        the server in one message."""
+        written as delete + COPY (runs.py ``_write_arrays``: 1.3-1.6x ``UPDATE ... FROM
+        unnest``, benchmarks/update_forms.py). insert_any and update_any take one binary
+        array per column, for the one-round-trip batch (pipelined.py), which cannot COPY;
+        update_any is None when every column is in the key. The rest use literals, so
+        several can go to the server in one message."""
         cache_key = (what, kinds, code)
         if cache_key in self._stmts:
             return self._stmts[cache_key]
@@ -94,7 +96,17 @@ class MirroredTable:
                 s = sql.SQL("DELETE FROM {} t USING unnest({}) AS s ({}) WHERE {}").format(
                     self.ident, sql.SQL(", ").join(sql.SQL("%b") for _ in keys),
                     sql.SQL(", ").join(map(sql.Identifier, keys)), self._on())
-        elif what == "replace_any":  # delete_any, the keys found returned (see apply.py)
+        elif what == "insert_any":  # parameters: one array per column
+            s = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS s ({})").format(
+                self.ident, cols_sql, sql.SQL(", ").join(sql.Identifier("s", c) for c in cols),
+                sql.SQL(", ").join(sql.SQL("%b") for _ in cols), cols_sql)
+        elif what == "update_any":  # parameters: one array per column
+            positions = [i for i in range(len(cols)) if i not in key]
+            s = None if not positions else sql.SQL(
+                "UPDATE {} t SET {} FROM unnest({}) AS s ({}) WHERE {}").format(
+                self.ident, set_list(positions), sql.SQL(", ").join(sql.SQL("%b") for _ in cols),
+                cols_sql, self._on())
+        elif what == "replace_any":  # delete_any, the keys found returned (see runs.py)
             keys = [cols[i] for i in self.layout.key_pos]
             s = self.stmt("delete_any") + sql.SQL(" RETURNING {}").format(
                 sql.SQL(", ").join(sql.Identifier("t", k) for k in keys)
