@@ -421,7 +421,7 @@ STEPS = [("pgml.train total", "inference.sql_api", "train"),
          ("load (relations.load)", "inference.relations", "load"),
          ("statistics (relations.analyze)", "inference.relations", "analyze"),
          ("store.finish_snapshot", "inference.store", "finish_snapshot"),
-         ("split (relations.split)", "inference.relations", "split"),
+         ("split (train_split.split)", "inference.train_split", "split"),
          ("encoding.fit", "inference.encoding", "fit"),
          ("gather (relations.gather)", "inference.relations", "gather"),
          ("as_float_matrix", "inference.training", "as_float_matrix"),
@@ -538,7 +538,7 @@ RETURNS text LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 import json, time
 import numpy as np
-from inference import float8_bytes, relations, store
+from inference import float8_bytes, relations, store, train_split
 
 def analyze_before(values):  # relations.analyze before issue 12's round (numpy calls)
     out = {}
@@ -587,7 +587,7 @@ snap = store.new_snapshot(source, [y], 0.25, "random", meta,
 step("snapshot", relations.materialize, snap, source, cols)
 n, values = step("load", load, snap.table, cols, {}, {}, (y,))
 step("statistics", analyze, values)
-train, test = step("split", relations.split, n, 0.25, "random", 0)
+train, test = step("split", train_split.split, n, 0.25, "random", 0)
 features = [c.name for c in cols if c.name != y]
 step("gather", lambda: [gather(values, names, r) for names in (features, [y])
                         for r in (train, test)])

@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from inference import relations, store
+from inference import relations, store, train_split
 from inference.encoding import TEXT_TYPES
 from inference.errors import (
     InvalidData,
@@ -83,7 +83,7 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
         raise NotNumeric(f"y column {text_labels[0]!r} is text: only classification takes "
                          "text labels; cast it to a number for a regression")
     labels = values[snap.y_column_name[0]] if task == "classification" else None
-    train_rows, test_rows = relations.split(n, snap.test_size, snap.test_sampling,
+    train_rows, test_rows = train_split.split(n, snap.test_size, snap.test_sampling,
                                             snap.random_state, labels)
     features, values, preprocess, encoded = encoding.fit(
         snap.columns, preprocess, values, train_rows,
@@ -320,8 +320,8 @@ def take_snapshot(relation_name, y_columns, test_size, test_sampling, materializ
     oid, source = _resolve(relation_name)
     cols = relations.columns(oid)
     relations.check_columns(source, cols, y_columns)
-    fraction = relations.test_fraction(test_size)
-    sampling = relations.check_sampling(test_sampling)
+    fraction = train_split.test_fraction(test_size)
+    sampling = train_split.check_sampling(test_sampling)
     meta = [{"name": c.name, "pg_type": c.pg_type, "position": c.position,
              "nullable": c.nullable, "label": c.name in y_columns} for c in cols]
     snap = store.new_snapshot(source, y_columns, fraction, sampling, meta,

@@ -1,4 +1,4 @@
-"""Relations into numpy inside PL/Python: names, column checks, snapshots, loading, splitting.
+"""Relations into numpy inside PL/Python: names, column checks, snapshots, loading, statistics.
 
 Loading. One query scans the relation once and returns every column as a single bytea of
 float8 values: the bytes of ``array_agg(col::float8)`` itself through
@@ -17,14 +17,13 @@ parallel worker and the backend at once (float8_bytes.py, which also holds the b
 Row order. A snapshot table is written once and never updated, so a sequential scan returns
 its rows in the same physical order every time; synchronized scans (which can start a scan
 in the middle of a big table) are switched off for the load. That, the stored random_state
-and the split rule below make a retrain from the same snapshot see the same rows in the same
-split.
+and the split rule (train_split.py) make a retrain from the same snapshot see the same rows
+in the same split.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +31,7 @@ import plpy
 
 from inference import float8_bytes, store
 from inference.encoding import TEXT_TYPES
-from inference.errors import InvalidData, NotNumeric, PgmlError, UnknownColumn, UnknownRelation
+from inference.errors import InvalidData, NotNumeric, UnknownColumn, UnknownRelation
 from inference.float8_bytes import (
     NAN_BYTES,
     aligned,
@@ -48,7 +47,6 @@ from inference.float8_bytes import (
 NUMERIC_TYPES = {21: "smallint", 23: "integer", 20: "bigint", 700: "real",
                  701: "double precision", 1700: "numeric", 16: "boolean"}
 _BOOL = 16
-SAMPLINGS = ("random", "first", "last", "stratified")
 
 
 @dataclass(frozen=True)
@@ -411,56 +409,3 @@ def analyze(values: dict[str, np.ndarray]) -> dict[str, dict]:
                          max=float(col.max()), median=float(median))
         out[name] = stats
     return out
-
-
-def test_fraction(test_size: float) -> float:
-    """test_size arrives as float4 (0.2 -> 0.2000000030); use the decimal the user wrote."""
-    fraction = float(f"{float(test_size):.7g}")
-    if not 0 < fraction < 1:
-        raise InvalidData(f"test_size must be between 0 and 1 (exclusive), got {fraction:g}")
-    return fraction
-
-
-def check_sampling(test_sampling: str) -> str:
-    sampling = (test_sampling or "").strip().lower()
-    if sampling not in SAMPLINGS:
-        raise PgmlError(f"test_sampling {test_sampling!r} is not one of {', '.join(SAMPLINGS)}")
-    return sampling
-
-
-def split(n: int, test_size: float, sampling: str, random_state: int,
-          labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(train row indexes, test row indexes) of an n-row snapshot.
-
-    The test split has ceil(test_size * n) rows, as scikit-learn's train_test_split. 'random'
-    is exactly ``train_test_split(range(n), test_size, random_state, shuffle=True)``, so the
-    same split can be rebuilt outside the database; 'stratified' is the same call with
-    ``stratify=labels`` (classification; where a class has fewer than 2 rows, or there are more
-    classes than test rows, it is the plain random split); 'first' tests on the first rows of the
-    snapshot, 'last' on the last ones.
-    """
-    fraction = test_fraction(test_size)
-    n_test = math.ceil(fraction * n)
-    n_train = n - n_test
-    if n == 0:
-        raise InvalidData("the relation is empty; there is nothing to train on")
-    if n_train < 2 or n_test < 1:
-        raise InvalidData(
-            f"the relation has {n} row(s): test_size {fraction:g} leaves {n_train} for training "
-            f"and {n_test} for testing; at least 2 and 1 are needed -- add rows or change test_size"
-        )
-    rows = np.arange(n)
-    if sampling == "first":
-        return rows[n_test:], rows[:n_test]
-    if sampling == "last":
-        return rows[:n_train], rows[n_train:]
-    from sklearn.model_selection import train_test_split
-
-    stratify = labels if sampling == "stratified" else None
-    if stratify is not None:
-        _, counts = np.unique(stratify, return_counts=True)
-        if counts.min() < 2 or len(counts) > n_test or len(counts) > n_train:
-            stratify = None  # too few rows per class to stratify: a plain random split
-    train, test = train_test_split(rows, test_size=fraction, random_state=random_state,
-                                   shuffle=True, stratify=stratify)
-    return train, test
