@@ -419,8 +419,10 @@ import gc, importlib, resource, time
 STEPS = [("pgml.train total", "inference.sql_api", "train"),
          ("snapshot rows (store.new_snapshot)", "inference.store", "new_snapshot"),
          ("load (relations.load)", "inference.relations", "load"),
-         ("statistics (relations.analyze)", "inference.relations", "analyze"),
-         ("store.finish_snapshot", "inference.store", "finish_snapshot"),
+         ("  statistics (column_stats.analyze; in a thread from 2026-12-05)",
+          "inference.column_stats", "analyze"),
+         ("statistics: wait for them and store them", "inference.column_stats", "Beside.finish"),
+         ("  store.finish_snapshot", "inference.store", "finish_snapshot"),
          ("split (train_split.split)", "inference.train_split", "split"),
          ("encoding.fit", "inference.encoding", "fit"),
          ("gather (relations.gather)", "inference.relations", "gather"),
@@ -538,9 +540,9 @@ RETURNS text LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 import json, time
 import numpy as np
-from inference import float8_bytes, relations, store, train_split
+from inference import column_stats, float8_bytes, relations, store, train_split
 
-def analyze_before(values):  # relations.analyze before issue 12's round (numpy calls)
+def analyze_before(values):  # column_stats.analyze before issue 12's round (numpy calls)
     out = {}
     for name, col in values.items():
         col = np.asarray(col, dtype=np.float64)
@@ -568,7 +570,7 @@ def load_before(table, cols, *_):  # relations.load before issue 12's round: one
     return row["n"], {c.name: float8_bytes.float8_column(row[f"c{i}"], row["n"], True)
                       for i, c in enumerate(cols)}
 
-analyze = analyze_before if reference else relations.analyze
+analyze = analyze_before if reference else column_stats.analyze
 gather = gather_before if reference else relations.gather
 load = load_before if reference else relations.load
 cpu = {}

@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from inference import relations, store, train_split
+from inference import column_stats, relations, store, train_split
 from inference.encoding import TEXT_TYPES
 from inference.errors import (
     InvalidData,
@@ -68,8 +68,9 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
         if y_columns:
             raise PgmlError(f"{task} learns without a label; leave y_column_name out")
         y_columns = []
-    snap, n, values = _snapshot_for(project, project_name, relation_name, y_columns,
-                                    test_size, test_sampling, unsupervised, materialize_snapshot)
+    snap, n, values, statistics = _snapshot_for(project, project_name, relation_name, y_columns,
+                                                test_size, test_sampling, unsupervised,
+                                                materialize_snapshot)
     if len(snap.y_column_name) > 1 and not joint:
         raise PgmlError(f"project {project_name!r} has several y columns; use pgml.train_joint")
     for y in snap.y_column_name:
@@ -95,6 +96,8 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
     X_train, X_test = (relations.gather(values, features, rows) for rows in (train_rows, test_rows))
     Y_train, Y_test = (relations.gather(values, snap.y_column_name, rows)
                        for rows in (train_rows, test_rows))
+    if statistics is not None:  # a new snapshot: its statistics ran beside the steps above
+        statistics.finish()
     if unsupervised:
         from inference import unsupervised as learn
 
@@ -287,7 +290,8 @@ def _beats_deployed(project_id: int, task: str, metrics: dict) -> bool:
 
 def _snapshot_for(project, project_name, relation_name, y_columns, test_size, test_sampling,
                   unsupervised=False, materialize=False):
-    """A new snapshot when relation_name is given, else the project's latest, reloaded."""
+    """(snapshot, rows, values, its statistics under way or None): a new snapshot when
+    relation_name is given, else the project's latest, reloaded (its statistics are stored)."""
     previous = store.project_snapshot(project.id) if project else None
     if relation_name is None:
         if previous is None:
@@ -306,17 +310,25 @@ def _snapshot_for(project, project_name, relation_name, y_columns, test_size, te
                 "pass relation_name to take a new snapshot") from None
         n, values = relations.load(table, relations.snapshot_columns(previous, oid), previous.widths,
                                    previous.categories, tuple(previous.y_column_name))
-        return previous, n, values
+        return previous, n, values, None
     if not y_columns and not unsupervised:
         if previous is None:
             raise PgmlError("y_column_name is required for the first pgml.train of a project")
         y_columns = previous.y_column_name
-    return take_snapshot(relation_name, y_columns, test_size, test_sampling, materialize)
+    return _new_snapshot(relation_name, y_columns, test_size, test_sampling, materialize)
 
 
 def take_snapshot(relation_name, y_columns, test_size, test_sampling, materialize=True):
     """A new snapshot of the relation, copied into its own table where relations.needs_copy
-    says so, else read in place; (snapshot, rows, column values)."""
+    says so, else read in place, its statistics stored; (snapshot, rows, column values)."""
+    snap, n, values, statistics = _new_snapshot(relation_name, y_columns, test_size,
+                                                test_sampling, materialize)
+    statistics.finish()
+    return snap, n, values
+
+
+def _new_snapshot(relation_name, y_columns, test_size, test_sampling, materialize):
+    """take_snapshot with its statistics still computing (``column_stats.Beside``)."""
     oid, source = _resolve(relation_name)
     cols = relations.columns(oid)
     relations.check_columns(source, cols, y_columns)
@@ -335,8 +347,7 @@ def take_snapshot(relation_name, y_columns, test_size, test_sampling, materializ
     snap = dataclasses.replace(snap, columns=meta)
     n, values = relations.load(snap.table, cols, snap.widths, snap.categories, tuple(y_columns))
     # statistics of the snapshot's own rows (PostgresML #527 read them from the live table)
-    store.finish_snapshot(snap.id, n, relations.analyze(values), meta)
-    return snap, n, values
+    return snap, n, values, column_stats.Beside(snap.id, n, values, meta)
 
 
 def _resolve(relation_name: str) -> tuple[int, str]:

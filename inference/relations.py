@@ -1,4 +1,4 @@
-"""Relations into numpy inside PL/Python: names, column checks, snapshots, loading, statistics.
+"""Relations into numpy inside PL/Python: names, column checks, snapshots, loading.
 
 Loading. One query scans the relation once and returns every column as a single bytea of
 float8 values: the bytes of ``array_agg(col::float8)`` itself through
@@ -370,42 +370,3 @@ def _set(name: str, value: str) -> str:
     """SET LOCAL name = value; returns the value it had."""
     return store.query("SELECT current_setting($1) AS v, set_config($1, $2, true)",
                        ("text", "text"), (name, value))[0]["v"]
-
-
-def analyze(values: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Per-column statistics over all rows (NULL counted as missing), stored with the snapshot.
-
-    The same numbers, bit for bit, as numpy's mean, std, min, max and median of the column's
-    non-NULL values, with less work: the sum that gives the mean also says whether there is
-    a NaN at all (no mask then), and the deviations and the median's partition are computed
-    in one scratch array reused for every column instead of fresh temporaries per call
-    (first-touching fresh memory is slow here).
-    """
-    out = {}
-    scratch = np.empty(max((np.size(c) for c in values.values()), default=0))
-    for name, col in values.items():
-        col = np.asarray(col, dtype=np.float64)  # native order: the same sums as numpy's own
-        total = np.add.reduce(col) if col.size else 0.0
-        missing = 0
-        if np.isnan(total):  # a NaN (or inf - inf): count and drop the NaN
-            nan = np.isnan(col)
-            missing = int(nan.sum())
-            if missing:
-                col = col[~nan]
-                total = np.add.reduce(col) if col.size else 0.0
-        n = col.size
-        stats = {"count": int(n), "missing": missing}
-        if n:
-            mean = total / n  # numpy's mean: the pairwise sum divided by the count
-            work = scratch[:n]
-            np.subtract(col, mean, out=work)  # numpy's var: the same steps, in place
-            np.multiply(work, work, out=work)
-            stddev = np.sqrt(np.add.reduce(work) / n)
-            np.copyto(work, col)
-            k = n // 2
-            work.partition(k)
-            median = work[k] if n % 2 else (work[:k].max() + work[k]) / 2.0
-            stats.update(mean=float(mean), stddev=float(stddev), min=float(col.min()),
-                         max=float(col.max()), median=float(median))
-        out[name] = stats
-    return out

@@ -62,7 +62,7 @@ CREATE FUNCTION pg_temp.same_as_numpy() RETURNS text LANGUAGE plpython3u AS $$
 if "pgml" not in GD: plpy.execute("SELECT pgml._bootstrap()")
 import json
 import numpy as np
-from inference import relations
+from inference import column_stats, relations
 
 def reference(col):  # the statistics as numpy's own functions compute them
     col = np.asarray(col, dtype=np.float64)
@@ -86,7 +86,7 @@ for n in (0, 1, 2, 7, 70_000, 70_001):
     values = {"plain": base[:, 0].copy(), "strided": base[:, 1], "holes": holes,
               "infinities": infinities, "nulls": np.full(n, np.nan),
               "big_endian": base[:, 2].astype(">f8")}
-    got, want = relations.analyze(values), {k: reference(v) for k, v in values.items()}
+    got, want = column_stats.analyze(values), {k: reference(v) for k, v in values.items()}
     out["analyze"].append([n, json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)])
     rows = rng.permutation(n)[: (3 * n) // 4]
     names = list(values)
