@@ -66,7 +66,7 @@ class Beside:
                  columns: list[dict]) -> None:
         self._row = (snapshot_id, n, columns)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgml-statistics")
-        # a plain copy of the name -> array map: the caller's dict may be re-bound (encodings)
+        # a copy of the name -> array map: encoding.fit adds the encoded columns to the caller's
         self._future = pool.submit(analyze, dict(values))
         pool.shutdown(wait=False)  # the one task still runs; nothing else will be queued
 
