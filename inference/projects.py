@@ -85,7 +85,7 @@ def train(project_name, task, relation_name, y_column_name, algorithm, hyperpara
                          "text labels; cast it to a number for a regression")
     labels = values[snap.y_column_name[0]] if task == "classification" else None
     train_rows, test_rows = train_split.split(n, snap.test_size, snap.test_sampling,
-                                            snap.random_state, labels)
+                                              snap.random_state, labels)
     features, values, preprocess, encoded = encoding.fit(
         snap.columns, preprocess, values, train_rows,
         values[snap.y_column_name[0]] if snap.y_column_name else None)
